@@ -1,0 +1,57 @@
+"""The `triserve` command: one entry point, one subcommand per process or tool.
+
+Each subcommand lives in its own module and exposes `main(argv) -> int`; this module only
+dispatches, importing the target lazily so that `triserve crds` does not pay for kopf.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("triserve.node_agent.demo", "run the agent on a simulated 2-GPU node (no cluster)"),
+    "bench": ("triserve.bench.cli", "run scenarios x strategies on the simulator"),
+    "agent": ("triserve.node_agent.main", "run the node agent (in a cluster or --standalone)"),
+    "operator": ("triserve.operator.cli", "run the kopf operator"),
+    "crds": ("triserve.api.crds", "generate or --check the CRD manifests in crds/"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: triserve <command> [options]", "", "commands:"]
+    lines += [f"  {name:<9} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += ["", "Run `triserve <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to a subcommand's `main(argv)`; unknown or unbuilt commands exit non-zero."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        from triserve import __version__
+
+        print(__version__)
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in SUBCOMMANDS:
+        print(f"triserve: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name = SUBCOMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        print(f"triserve {name}: not built yet ({module_name} is missing)", file=sys.stderr)
+        return 3
+    result: int = module.main(rest)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

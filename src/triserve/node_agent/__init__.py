@@ -1,0 +1,1 @@
+"""triserve.node_agent."""

@@ -1,0 +1,81 @@
+"""What the node agent observes about serving, as plain data shared by every layer.
+
+The serving engines' `/metrics` (vLLM, SGLang, TensorRT-LLM) are parsed into
+`ServingSnapshot`s by the node agent; the simulator produces the same snapshots (and the same
+exposition text) for its stages. Controllers consume only these and `GpuSample`s — never
+simulator state — which is how the honesty rule is kept by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """A cumulative Prometheus histogram: bucket upper bounds (s) and cumulative counts."""
+
+    upper_bounds_s: tuple[float, ...]
+    cumulative_counts: tuple[float, ...]
+    sum_s: float
+    count: float
+
+    def quantile_s(self, q: float) -> float | None:
+        """Estimate quantile `q` by linear interpolation inside buckets (like histogram_quantile)."""
+        if self.count <= 0 or not self.upper_bounds_s:
+            return None
+        rank = q * self.count
+        prev_bound, prev_count = 0.0, 0.0
+        for bound, cum in zip(self.upper_bounds_s, self.cumulative_counts, strict=True):
+            if cum >= rank:
+                if bound == float("inf"):
+                    return prev_bound
+                width = cum - prev_count
+                frac = 0.0 if width <= 0 else (rank - prev_count) / width
+                return prev_bound + (bound - prev_bound) * frac
+            prev_bound, prev_count = bound, cum
+        return prev_bound
+
+    def minus(self, earlier: Histogram) -> Histogram:
+        """The observations made since `earlier` (same buckets), for windowed quantiles."""
+        return Histogram(
+            self.upper_bounds_s,
+            tuple(a - b for a, b in zip(self.cumulative_counts, earlier.cumulative_counts, strict=True)),
+            self.sum_s - earlier.sum_s,
+            self.count - earlier.count,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServingSnapshot:
+    """One scrape of a serving engine's metrics for one stage (counters are cumulative)."""
+
+    timestamp_s: float
+    running: int
+    waiting: int
+    prompt_tokens_total: float
+    generation_tokens_total: float
+    requests_finished_total: float
+    ttft: Histogram | None = None
+    inter_token: Histogram | None = None
+    e2e: Histogram | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StageObservation:
+    """What the agent knows about one serving stage placed on a GPU.
+
+    `stage` is the resolved stage name (thinker, talker, code2wav, prefill, decode, …);
+    `upstream` names the stages that feed it in the same pipeline (from the pipeline
+    annotation and the known stage graphs); `serving` is the latest scrape (may be None when
+    the pod exposes no metrics, or stale by up to one scrape interval).
+    """
+
+    stage: str
+    pipeline: str | None = None
+    pod: str | None = None
+    namespace: str | None = None
+    container: str | None = None
+    upstream: tuple[str, ...] = ()
+    serving: ServingSnapshot | None = None
+    upstream_serving: tuple[ServingSnapshot, ...] = field(default_factory=tuple)
