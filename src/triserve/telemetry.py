@@ -21,7 +21,7 @@ class Histogram:
     count: float
 
     def quantile_s(self, q: float) -> float | None:
-        """Estimate quantile `q` by linear interpolation inside buckets (like histogram_quantile)."""
+        """Estimate quantile `q` by interpolating inside buckets, as histogram_quantile does."""
         if self.count <= 0 or not self.upper_bounds_s:
             return None
         rank = q * self.count
@@ -40,7 +40,10 @@ class Histogram:
         """The observations made since `earlier` (same buckets), for windowed quantiles."""
         return Histogram(
             self.upper_bounds_s,
-            tuple(a - b for a, b in zip(self.cumulative_counts, earlier.cumulative_counts, strict=True)),
+            tuple(
+                a - b
+                for a, b in zip(self.cumulative_counts, earlier.cumulative_counts, strict=True)
+            ),
             self.sum_s - earlier.sum_s,
             self.count - earlier.count,
         )

@@ -1,0 +1,277 @@
+"""Pydantic models of the triserve API: `EnergyPolicy` and `NodeEnergyReport`.
+
+These are the single source of truth for the CRDs (`triserve.api.crds` generates the
+OpenAPI schema from them) and for the semantic checks the operator and the standalone agent
+run. Python names are snake_case; the Kubernetes field names are the camelCase aliases.
+Every numeric field carries its unit in its name.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel as _to_camel
+
+
+def to_camel(name: str) -> str:
+    """snake_case → the camelCase Kubernetes uses, keeping unit spellings (`minMHz`)."""
+    camel = _to_camel(name)
+    return camel[:-3] + "MHz" if camel.endswith("Mhz") else camel
+
+
+class ApiModel(BaseModel):
+    """Base: camelCase aliases, unknown fields rejected, population by either name."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=False,
+        validate_default=True,
+    )
+
+    def to_k8s(self) -> dict[str, Any]:
+        """Serialise with Kubernetes (camelCase) names, leaving out unset optionals."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class PolicyMode(enum.StrEnum):
+    """Whether the agent actuates clocks or only records what it would do."""
+
+    ENFORCE = "Enforce"
+    OBSERVE = "Observe"
+
+
+class Strategy(enum.StrEnum):
+    """How clocks are chosen on the policy's GPUs."""
+
+    TRI_SERVE = "TriServe"
+    STATIC_CLOCK = "StaticClock"
+    POWER_CAP = "PowerCap"
+    DEFAULT = "Default"
+
+
+class AISource(enum.StrEnum):
+    """Where the arithmetic-intensity estimate comes from."""
+
+    AUTO = "Auto"
+    DCGM = "DCGM"
+    PHASE = "Phase"
+
+
+class SelectorOperator(enum.StrEnum):
+    """Operators of a label selector requirement (as in Kubernetes)."""
+
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+LabelKey = Annotated[str, Field(min_length=1, max_length=316)]
+
+
+class LabelSelectorRequirement(ApiModel):
+    """One `matchExpressions` entry."""
+
+    key: LabelKey = Field(description="Label key the requirement applies to.")
+    operator: SelectorOperator = Field(description="In, NotIn, Exists or DoesNotExist.")
+    values: list[str] = Field(
+        default_factory=list,
+        description="Values for In/NotIn (non-empty); must be empty for Exists/DoesNotExist.",
+    )
+
+    @model_validator(mode="after")
+    def _values_match_operator(self) -> Self:
+        needs_values = self.operator in (SelectorOperator.IN, SelectorOperator.NOT_IN)
+        if needs_values and not self.values:
+            raise ValueError(f"values: operator {self.operator.value} needs at least one value")
+        if not needs_values and self.values:
+            raise ValueError(f"values: operator {self.operator.value} takes no values; remove them")
+        return self
+
+
+class LabelSelector(ApiModel):
+    """A Kubernetes label selector; empty selects everything."""
+
+    match_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels that must all be present with these values."
+    )
+    match_expressions: list[LabelSelectorRequirement] = Field(
+        default_factory=list, description="Requirements that must all hold."
+    )
+
+
+class StallSpec(ApiModel):
+    """Component D: low clocks while a stage waits on its upstream."""
+
+    enabled: bool = Field(default=True, description="Lower clocks during dependency stalls.")
+    stall_clock_mhz: int = Field(
+        default=0,
+        ge=0,
+        le=5000,
+        description="SM clock to hold during a stall, in MHz; 0 lets triserve choose.",
+    )
+
+
+class ArithmeticIntensitySpec(ApiModel):
+    """Component A: clocks chosen from arithmetic intensity."""
+
+    enabled: bool = Field(default=True, description="Run memory-bound phases at the ridge clock.")
+    source: AISource = Field(
+        default=AISource.AUTO,
+        description="Auto (activity counters when present, else serving phase), DCGM or Phase.",
+    )
+
+
+class ThermalSpec(ApiModel):
+    """Component T: hold a sustainable clock instead of hitting thermal slowdown."""
+
+    enabled: bool = Field(default=True, description="Predict temperature and avoid throttling.")
+    headroom_c: float = Field(
+        default=3.0,
+        alias="headroomCelsius",
+        ge=0.0,
+        le=30.0,
+        description="Degrees Celsius below the slowdown threshold to stay under.",
+    )
+
+
+class TriServeSpec(ApiModel):
+    """The three Tri-serve components; each can be switched off on its own."""
+
+    dependency_stalls: StallSpec = Field(default_factory=StallSpec, description="Component D.")
+    arithmetic_intensity: ArithmeticIntensitySpec = Field(
+        default_factory=ArithmeticIntensitySpec, description="Component A."
+    )
+    thermal: ThermalSpec = Field(default_factory=ThermalSpec, description="Component T.")
+
+
+class StaticClockSpec(ApiModel):
+    """Settings of the StaticClock strategy."""
+
+    sm_clock_mhz: int = Field(ge=1, le=5000, description="SM clock to lock, in MHz.")
+
+
+class PowerCapSpec(ApiModel):
+    """Settings of the PowerCap strategy."""
+
+    watts: int = Field(ge=1, le=2000, description="Power limit per GPU, in watts.")
+
+
+class ClockLimits(ApiModel):
+    """Bounds on any SM clock triserve locks; 0 means the device's own limit."""
+
+    min_mhz: int = Field(default=0, ge=0, le=5000, description="Lowest SM clock, MHz; 0 = device.")
+    max_mhz: int = Field(default=0, ge=0, le=5000, description="Highest SM clock, MHz; 0 = device.")
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Self:
+        if self.max_mhz and self.min_mhz > self.max_mhz:
+            raise ValueError(
+                f"minMHz: {self.min_mhz} is above maxMHz ({self.max_mhz}); lower minMHz, "
+                "raise maxMHz, or set maxMHz to 0 for the device limit"
+            )
+        return self
+
+
+class SloSpec(ApiModel):
+    """How much service quality the policy may trade for energy."""
+
+    max_latency_increase_percent: float = Field(
+        default=1.0, ge=0.0, le=100.0, description="Allowed p99 latency inflation, percent."
+    )
+    max_throughput_loss_percent: float = Field(
+        default=0.5, ge=0.0, le=100.0, description="Allowed throughput loss, percent."
+    )
+
+
+class EnergyPolicySpec(ApiModel):
+    """What the user asks for: which nodes and pods, and how to manage their GPU clocks."""
+
+    node_selector: LabelSelector = Field(
+        default_factory=LabelSelector,
+        description="Nodes to manage (only nodes with GPUs are taken). Empty: every GPU node.",
+    )
+    pod_selector: LabelSelector = Field(
+        default_factory=LabelSelector,
+        description="Serving pods that count. Empty: every pod with a stage on the node.",
+    )
+    priority: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="Higher wins when policies select the same node (then older, then name).",
+    )
+    mode: PolicyMode = Field(
+        default=PolicyMode.ENFORCE, description="Enforce sets clocks; Observe only records."
+    )
+    strategy: Strategy = Field(default=Strategy.TRI_SERVE, description="How clocks are chosen.")
+    tri_serve: TriServeSpec = Field(
+        default_factory=TriServeSpec, description="TriServe strategy components."
+    )
+    static_clock: StaticClockSpec | None = Field(
+        default=None, description="Required when strategy is StaticClock."
+    )
+    power_cap: PowerCapSpec | None = Field(
+        default=None, description="Required when strategy is PowerCap."
+    )
+    clock_limits: ClockLimits = Field(
+        default_factory=ClockLimits, description="Bounds on every clock triserve sets."
+    )
+    slo: SloSpec = Field(default_factory=SloSpec, description="Service-level guard rails.")
+    control_interval_ms: int = Field(
+        default=50, ge=10, le=10_000, description="Control tick per GPU, in milliseconds."
+    )
+    report_interval_s: int = Field(
+        default=30,
+        ge=5,
+        le=3600,
+        alias="reportIntervalSeconds",
+        description="How often each node writes its NodeEnergyReport, in seconds.",
+    )
+
+    @model_validator(mode="after")
+    def _strategy_settings_present(self) -> Self:
+        if self.strategy is Strategy.STATIC_CLOCK and self.static_clock is None:
+            raise ValueError("staticClock: strategy StaticClock needs staticClock.smClockMHz")
+        if self.strategy is Strategy.POWER_CAP and self.power_cap is None:
+            raise ValueError("powerCap: strategy PowerCap needs powerCap.watts")
+        if (
+            self.static_clock is not None
+            and self.clock_limits.max_mhz
+            and self.static_clock.sm_clock_mhz > self.clock_limits.max_mhz
+        ):
+            raise ValueError(
+                f"staticClock.smClockMHz: {self.static_clock.sm_clock_mhz} is above "
+                f"clockLimits.maxMHz ({self.clock_limits.max_mhz}); lower it or raise the limit"
+            )
+        return self
+
+
+class ObjectMeta(ApiModel):
+    """The part of Kubernetes metadata triserve reads."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+    name: str = Field(min_length=1, max_length=253, description="Object name.")
+    generation: int | None = Field(default=None, description="Spec generation.")
+
+
+class EnergyPolicy(ApiModel):
+    """A whole EnergyPolicy manifest as a user writes it (status is ignored here)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    api_version: str = Field(description="Must be triserve.io/v1alpha1.")
+    kind: str = Field(description="Must be EnergyPolicy.")
+    metadata: ObjectMeta
+    spec: EnergyPolicySpec = Field(default_factory=EnergyPolicySpec)
+
+    @model_validator(mode="after")
+    def _type_matches(self) -> Self:
+        if self.api_version != "triserve.io/v1alpha1":
+            raise ValueError(f"apiVersion is {self.api_version!r}; use triserve.io/v1alpha1")
+        if self.kind != "EnergyPolicy":
+            raise ValueError(f"kind is {self.kind!r}; use EnergyPolicy")
+        return self

@@ -1,0 +1,148 @@
+"""Status models: what the operator writes on an EnergyPolicy and the agent on its report.
+
+`NodeEnergyReport` is cluster-scoped, one per node, named after the node and owned by it.
+Its spec only names the node; everything observed lives in `status` (observed state is never
+written into a spec).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import Field
+
+from triserve.api.models import ApiModel, PolicyMode, Strategy
+
+
+class ConditionStatus(enum.StrEnum):
+    """Kubernetes condition status values."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(ApiModel):
+    """A standard Kubernetes condition (metav1.Condition)."""
+
+    type: str = Field(min_length=1, max_length=316, description="Ready, Progressing, ….")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        min_length=1, max_length=1024, description="CamelCase reason for the last transition."
+    )
+    message: str = Field(default="", max_length=32768, description="Human-readable detail.")
+    observed_generation: int = Field(default=0, ge=0, description="Generation this reflects.")
+    last_transition_time: str = Field(description="RFC 3339 time of the last status change.")
+
+
+class EnergyWindow(ApiModel):
+    """Energy over a reporting window."""
+
+    joules: float = Field(default=0.0, ge=0.0, description="Energy in the window, joules.")
+    average_watts: float = Field(default=0.0, ge=0.0, description="Mean power, watts.")
+    window_seconds: float = Field(default=0.0, ge=0.0, description="Window length, seconds.")
+
+
+class Efficiency(ApiModel):
+    """Useful work per joule and how it compares with the PMU default."""
+
+    tokens: float = Field(default=0.0, ge=0.0, description="Tokens generated in the window.")
+    tokens_per_joule: float = Field(default=0.0, ge=0.0, description="Tokens per joule.")
+    baseline_tokens_per_joule: float = Field(
+        default=0.0, ge=0.0, description="Estimated tokens per joule under the PMU default."
+    )
+    improvement_percent: float = Field(
+        default=0.0, description="tokensPerJoule vs baseline, percent."
+    )
+    method: str = Field(default="", description="How the baseline was estimated.")
+
+
+class NodeCounts(ApiModel):
+    """How many nodes a policy targets and how many of their agents report."""
+
+    targeted: int = Field(default=0, ge=0, description="Nodes placed under this policy.")
+    reporting: int = Field(default=0, ge=0, description="Nodes whose agent reported recently.")
+    conflicted: int = Field(
+        default=0, ge=0, description="Matching nodes held by a higher-priority policy."
+    )
+
+
+class GpuCounts(ApiModel):
+    """GPUs under a policy."""
+
+    managed: int = Field(default=0, ge=0, description="GPUs whose clocks the agents govern.")
+    degraded: int = Field(default=0, ge=0, description="GPUs left at defaults after errors.")
+
+
+class EnergyPolicyStatus(ApiModel):
+    """Written by the operator only."""
+
+    observed_generation: int = Field(default=0, ge=0, description="Last spec generation seen.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, …")
+    nodes: NodeCounts = Field(default_factory=NodeCounts, description="Node counts.")
+    gpus: GpuCounts = Field(default_factory=GpuCounts, description="GPU counts.")
+    pods: dict[str, int] = Field(default_factory=dict, description="Serving pods by stage.")
+    energy: EnergyWindow = Field(default_factory=EnergyWindow, description="Fleet energy.")
+    efficiency: Efficiency = Field(default_factory=Efficiency, description="Fleet efficiency.")
+
+
+class GpuState(enum.StrEnum):
+    """Where a GPU stands with the agent."""
+
+    MANAGED = "Managed"
+    OBSERVED = "Observed"
+    RELEASED = "Released"
+    DEGRADED = "Degraded"
+
+
+class GpuReport(ApiModel):
+    """Per-GPU state in a NodeEnergyReport."""
+
+    index: int = Field(ge=0, description="Node-local GPU index.")
+    uuid: str = Field(description="GPU UUID (GPU-…).")
+    name: str = Field(default="", description="GPU model name.")
+    state: GpuState = Field(description="Managed, Observed, Released or Degraded.")
+    pods: list[str] = Field(default_factory=list, description="namespace/name of serving pods.")
+    stages: list[str] = Field(default_factory=list, description="Stages running on the GPU.")
+    target_sm_clock_mhz: int = Field(default=0, ge=0, description="Chosen SM clock; 0 = PMU.")
+    applied_sm_clock_mhz: int = Field(default=0, ge=0, description="SM clock read back, MHz.")
+    power_watts: float = Field(default=0.0, ge=0.0, description="Board power, watts.")
+    temperature_celsius: float = Field(default=0.0, description="GPU temperature, °C.")
+    energy_joules: float = Field(default=0.0, ge=0.0, description="Energy in the window, J.")
+    stall_seconds: float = Field(default=0.0, ge=0.0, description="Stalled time in the window.")
+    throttle_seconds: float = Field(default=0.0, ge=0.0, description="Throttled time, window.")
+    decisions: dict[str, int] = Field(
+        default_factory=dict, description="Decisions in the window by reason."
+    )
+    message: str = Field(default="", description="Why the GPU is in its state.")
+
+
+class ReportPhase(enum.StrEnum):
+    """The agent's overall state on its node."""
+
+    MANAGING = "Managing"
+    OBSERVING = "Observing"
+    RELEASED = "Released"
+    DEGRADED = "Degraded"
+
+
+class NodeEnergyReportSpec(ApiModel):
+    """Identity only: which node this report describes."""
+
+    node_name: str = Field(min_length=1, max_length=253, description="The node reported on.")
+
+
+class NodeEnergyReportStatus(ApiModel):
+    """Written by the node's agent every report interval."""
+
+    policy: str = Field(default="", description="EnergyPolicy the node follows ('' if none).")
+    policy_generation: int = Field(default=0, ge=0, description="Policy generation applied.")
+    mode: PolicyMode | None = Field(default=None, description="Mode applied.")
+    strategy: Strategy | None = Field(default=None, description="Strategy applied.")
+    phase: ReportPhase = Field(description="Managing, Observing, Released or Degraded.")
+    last_report_time: str = Field(description="RFC 3339 time of this report.")
+    managed_gpus: int = Field(default=0, ge=0, description="GPUs currently governed.")
+    gpus: list[GpuReport] = Field(default_factory=list, description="Per-GPU state.")
+    pods: dict[str, int] = Field(default_factory=dict, description="Serving pods by stage.")
+    energy: EnergyWindow = Field(default_factory=EnergyWindow, description="Node energy.")
+    efficiency: Efficiency = Field(default_factory=Efficiency, description="Node efficiency.")
