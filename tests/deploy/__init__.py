@@ -1,0 +1,1 @@
+"""Deployment artefacts: Helm chart, container image, Prometheus rules, Grafana dashboard."""

@@ -1,0 +1,326 @@
+"""The Helm chart renders, lints and validates, and keeps the promises its README makes.
+
+Every rendered object is validated strictly (unknown fields are errors) with
+kubernetes-validate for Kubernetes KUBERNETES_VERSION. kubernetes-validate has no schemas for
+CRD kinds, so ServiceMonitor, PodMonitor and PrometheusRule are validated against the minimal
+hand-written schema in schemas/monitoring.coreos.com_v1.json instead; those three kinds are the
+only ones not checked by kubernetes-validate (MONITORING_KINDS).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from .support import (
+    CHART,
+    DASHBOARD,
+    REPO,
+    VARIANTS,
+    by_kind,
+    leaf_paths,
+    one,
+    render,
+    run,
+    tool,
+)
+
+# The newest Kubernetes the installed kubernetes-validate knows, and the oldest the chart allows.
+KUBERNETES_VERSION = "1.37.0"
+OLDEST_KUBERNETES_VERSION = "1.29.0"
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+MONITORING_SCHEMA = json.loads(
+    (Path(__file__).parent / "schemas" / "monitoring.coreos.com_v1.json").read_text()
+)
+# The CRD files `triserve crds` writes into the repository's crds/.
+EXPECTED_CRDS = {"triserve.io_energypolicies.yaml", "triserve.io_nodeenergyreports.yaml"}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def rendered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """(variant name, rendered objects) for each value set."""
+    name = request.param
+    return name, render(tmp_path_factory.mktemp(name), VARIANTS[name])
+
+
+def _validate(obj: dict[str, Any], version: str) -> None:
+    if obj["kind"] in MONITORING_KINDS:
+        schema = {**MONITORING_SCHEMA, "$ref": f"#/kinds/{obj['kind']}"}
+        jsonschema.Draft202012Validator(schema).validate(obj)
+    else:
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_helm_lint_passes_in_strict_mode_for_every_variant(tmp_path: Path) -> None:
+    helm = tool("helm")
+    for name, values in VARIANTS.items():
+        values_file = tmp_path / f"{name}.json"
+        values_file.write_text(json.dumps(values))
+        run([helm, "lint", "--strict", str(CHART), "--values", str(values_file)])
+
+
+def test_packaged_chart_renders_what_the_chart_directory_renders(tmp_path: Path) -> None:
+    helm = tool("helm")
+    run([helm, "package", str(CHART), "--destination", str(tmp_path)])
+    (package,) = tmp_path.glob("triserve-0.1.0.tgz")
+    template = [helm, "template", "triserve", "--namespace", "triserve-system", "--include-crds"]
+    from_dir = run([*template, str(CHART)]).stdout
+    from_package = run([*template, str(package)]).stdout
+    assert from_package == from_dir, "the package misses files (check .helmignore)"
+
+
+@pytest.mark.parametrize("version", [KUBERNETES_VERSION, OLDEST_KUBERNETES_VERSION])
+def test_every_rendered_object_validates_strictly(rendered: Any, version: str) -> None:
+    variant, objects = rendered
+    assert objects, f"{variant}: helm template rendered nothing"
+    for obj in objects:
+        try:
+            _validate(obj, version)
+        except jsonschema.ValidationError as exc:
+            name = f"{obj['kind']}/{obj['metadata']['name']}"
+            pytest.fail(f"{variant}: {name} is invalid for Kubernetes {version}: {exc.message}")
+
+
+def test_operator_runs_under_restricted_pod_security(tmp_path: Path) -> None:
+    deployment = one(render(tmp_path, {}), "Deployment", "operator")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"]["type"] == "Recreate", "two kopf operators must never overlap"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert container["command"] == ["triserve"]
+    assert container["args"] == [
+        "operator",
+        "--standalone",
+        "--liveness=http://0.0.0.0:8080/healthz",
+    ]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
+def test_operator_peering_replaces_standalone_and_gets_peering_rbac(tmp_path: Path) -> None:
+    objects = render(tmp_path, VARIANTS["podmonitor-peering"])
+    args = one(objects, "Deployment", "operator")["spec"]["template"]["spec"]["containers"][0]
+    assert "--standalone" not in args["args"]
+    assert "--peering=triserve" in args["args"]
+    rules = one(objects, "ClusterRole", "operator")["rules"]
+    assert any("clusterkopfpeerings" in rule["resources"] for rule in rules)
+
+
+def test_agent_daemonset_follows_the_policy_label_with_least_privilege(tmp_path: Path) -> None:
+    daemonset = one(render(tmp_path, {}), "DaemonSet", "agent")
+    pod = daemonset["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    expressions = terms["nodeSelectorTerms"][0]["matchExpressions"]
+    assert {"key": "triserve.io/policy", "operator": "Exists"} in expressions
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert "runtimeClassName" not in pod
+    env = {item["name"]: item for item in container["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    security = container["securityContext"]
+    assert security["privileged"] is False
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
+    assert security["runAsUser"] == 0
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["pod-resources"]["hostPath"] == {
+        "path": "/var/lib/kubelet/pod-resources",
+        "type": "Directory",
+    }
+    assert volumes["state"]["hostPath"] == {
+        "path": "/var/lib/triserve",
+        "type": "DirectoryOrCreate",
+    }
+    mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+    assert mounts["pod-resources"]["readOnly"] is True
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9402, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["command"] == ["triserve"]
+    assert container["args"] == [
+        "agent",
+        "--metrics-port=9402",
+        "--state-file=/var/lib/triserve/state.json",
+        "--dcgm-url=http://nvidia-dcgm-exporter.gpu-operator.svc:9400/metrics",
+        "--log-level=INFO",
+    ]
+
+
+def test_privileged_agent_is_opt_in(tmp_path: Path) -> None:
+    daemonset = one(render(tmp_path, VARIANTS["privileged-agent"]), "DaemonSet", "agent")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["containers"][0]["securityContext"]["privileged"] is True
+
+
+def test_custom_scheduling_keeps_the_policy_label_requirement(tmp_path: Path) -> None:
+    objects = render(tmp_path, VARIANTS["custom-scheduling"])
+    pod = one(objects, "DaemonSet", "agent")["spec"]["template"]["spec"]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    keys = [expr["key"] for expr in terms["nodeSelectorTerms"][0]["matchExpressions"]]
+    assert keys == ["triserve.io/policy", "nvidia.com/gpu.product"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert len(pod["tolerations"]) == 2
+    args = pod["containers"][0]["args"]
+    assert "--dcgm-url=http://$(HOST_IP):9400/metrics" in args
+
+
+def test_rbac_uses_named_verbs_and_resources_only(rendered: Any) -> None:
+    variant, objects = rendered
+    for role in by_kind(objects, "ClusterRole") + by_kind(objects, "Role"):
+        for rule in role["rules"]:
+            for field in ("verbs", "resources", "apiGroups"):
+                assert "*" not in rule.get(field, []), f"{variant}: {role['metadata']['name']}"
+
+
+def _grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_rbac_is_split_per_component(tmp_path: Path) -> None:
+    objects = render(tmp_path, {})
+    operator = _grants(one(objects, "ClusterRole", "operator"))
+    agent = _grants(one(objects, "ClusterRole", "agent"))
+    assert ("triserve.io", "energypolicies/status", "patch") in operator
+    assert ("triserve.io", "energypolicies/finalizers", "update") in operator
+    assert ("", "nodes", "patch") in operator
+    assert ("triserve.io", "nodeenergyreports", "create") not in operator
+    assert ("triserve.io", "nodeenergyreports/status", "patch") in agent
+    assert ("triserve.io", "nodeenergyreports", "create") in agent
+    assert ("", "pods", "watch") in agent
+    assert ("", "nodes", "patch") not in agent, "only the operator labels nodes"
+    assert ("triserve.io", "energypolicies", "patch") not in agent
+    lease_role = one(objects, "Role", "operator")
+    assert lease_role["metadata"]["namespace"] == "triserve-system"
+    assert _grants(lease_role) >= {("coordination.k8s.io", "leases", "update")}
+
+
+def test_monitoring_objects_follow_their_toggles(rendered: Any) -> None:
+    variant, objects = rendered
+    kinds = {obj["kind"] for obj in objects}
+    values = VARIANTS[variant].get("monitoring", {})
+
+    def enabled(key: str, default: bool) -> bool:
+        return bool(values.get(key, {}).get("enabled", default))
+
+    assert ("ServiceMonitor" in kinds) == enabled("serviceMonitor", True)
+    assert ("PodMonitor" in kinds) == enabled("podMonitor", False)
+    assert ("PrometheusRule" in kinds) == enabled("prometheusRule", True)
+    assert ("ConfigMap" in kinds) == enabled("dashboard", True)
+
+
+def test_service_monitor_scrapes_the_headless_agent_service(tmp_path: Path) -> None:
+    values = {"monitoring": {"serviceMonitor": {"additionalLabels": {"release": "kps"}}}}
+    objects = render(tmp_path, values)
+    monitor = one(objects, "ServiceMonitor")
+    service = one(objects, "Service", "agent")
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["ports"][0]["port"] == 9402
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+
+
+def test_chart_crds_are_byte_copies_of_the_generated_crds() -> None:
+    generated = {path.name: path.read_bytes() for path in (REPO / "crds").glob("*.yaml")}
+    copied = {path.name: path.read_bytes() for path in (CHART / "crds").glob("*.yaml")}
+    assert set(generated) >= EXPECTED_CRDS, "run `triserve crds` to generate crds/"
+    assert copied == generated, (
+        "charts/triserve/crds/ differs from crds/: run "
+        "`rm -f charts/triserve/crds/*.yaml && cp crds/*.yaml charts/triserve/crds/`"
+    )
+
+
+def test_dashboard_configmap_is_the_repository_dashboard(tmp_path: Path) -> None:
+    configmap = one(render(tmp_path, {}), "ConfigMap", "monitoring")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    copy = CHART / "files" / "dashboards" / "triserve.json"
+    assert copy.read_bytes() == DASHBOARD.read_bytes(), (
+        "the chart's dashboard differs from dashboards/triserve.json: run "
+        "`cp dashboards/triserve.json charts/triserve/files/dashboards/triserve.json`"
+    )
+    assert json.loads(configmap["data"]["triserve.json"]) == json.loads(DASHBOARD.read_text())
+
+
+def test_readme_documents_every_value() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+    missing = [path for path in leaf_paths(values) if f"`{path}`" not in readme]
+    assert not missing, f"charts/triserve/README.md does not document: {missing}"
+
+
+def _schema_properties(schema: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    found = []
+    for key, child in schema.get("properties", {}).items():
+        path = f"{prefix}.{key}" if prefix else key
+        found.append((path, child))
+        found += _schema_properties(child, path)
+    return found
+
+
+def test_values_schema_is_strict_and_describes_every_value() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    jsonschema.Draft7Validator(schema).validate(values)
+    properties = _schema_properties(schema)
+    undescribed = [path for path, child in properties if not child.get("description")]
+    assert not undescribed, f"values.schema.json properties without description: {undescribed}"
+    loose = [
+        path
+        for path, child in [("", schema), *properties]
+        if child.get("type") == "object"
+        and "properties" in child
+        and child.get("additionalProperties") is not False
+    ]
+    assert not loose, f"objects in values.schema.json that accept unknown keys: {loose}"
+    schema_by_path = dict(properties)
+    # Entries of free-form maps (resources, labels) are typed by the map's additionalProperties.
+    untyped = [
+        path
+        for path in leaf_paths(values)
+        if path not in schema_by_path
+        and not isinstance(
+            schema_by_path.get(path.rsplit(".", 1)[0], {}).get("additionalProperties"), dict
+        )
+    ]
+    assert not untyped, f"values.yaml keys missing from values.schema.json: {untyped}"
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"agent": {"privilegd": True}}, "privilegd"),
+        ({"operator": {"replicaCount": 2}}, "replicaCount"),
+        ({"monitoring": {"serviceMonitor": {"interval": "fast"}}}, "interval"),
+    ],
+)
+def test_values_schema_rejects_mistakes(tmp_path: Path, values: Any, complaint: str) -> None:
+    import subprocess
+
+    values_file = tmp_path / "values.json"
+    values_file.write_text(json.dumps(values))
+    argv = [tool("helm"), "template", "t", str(CHART), "--values", str(values_file)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0
+    assert complaint in proc.stderr
