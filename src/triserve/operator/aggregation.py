@@ -1,0 +1,191 @@
+"""Aggregation: fold the NodeEnergyReports of a policy's nodes into fleet figures.
+
+The kopf index keeps one `ReportView` per node (built once per report change by
+`report_view()`); the status timer then calls `aggregate()` for each policy, which only
+walks those slim views, so a status update over 1,000 nodes x 8 GPUs costs milliseconds
+(see tests/benchmarks/test_operator_aggregation.py). Pure: no kopf, no client.
+
+Fleet figures, over the *reporting* nodes only (a report is reporting when it names the
+policy and its `lastReportTime` is younger than a few report intervals):
+
+* `energy.joules` is the sum; `energy.averageWatts` is the mean per-node power;
+  `energy.windowSeconds` the longest window;
+* `efficiency.tokensPerJoule` is total tokens over total joules; the baseline is the
+  tokens-weighted (harmonic) mean of the nodes' baselines, i.e. total tokens over the energy
+  the PMU default would have spent on the same tokens; `improvementPercent` compares them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from triserve.api.status import (
+    Efficiency,
+    EnergyWindow,
+    GpuState,
+    NodeEnergyReportStatus,
+    ReportPhase,
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReportView:
+    """The part of a NodeEnergyReport that aggregation reads."""
+
+    node: str
+    policy: str
+    policy_generation: int
+    phase: ReportPhase
+    reported_at_s: float
+    managed_gpus: int = 0
+    degraded_gpus: int = 0
+    pods: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    joules: float = 0.0
+    average_watts: float = 0.0
+    window_s: float = 0.0
+    tokens: float = 0.0
+    tokens_per_joule: float = 0.0
+    baseline_tokens_per_joule: float = 0.0
+    method: str = ""
+
+
+def parse_time_s(value: str) -> float:
+    """RFC 3339 → POSIX seconds; a time without zone is taken as UTC."""
+    moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+def report_view(body: Mapping[str, Any]) -> ReportView | None:
+    """Condense a raw NodeEnergyReport; None while it has no (valid) status yet.
+
+    The node is `spec.nodeName`, falling back to the object name (reports are named after
+    their node).
+    """
+    raw_status = body.get("status")
+    if not raw_status:
+        return None
+    try:
+        status = NodeEnergyReportStatus.model_validate(raw_status)
+        reported_at_s = parse_time_s(status.last_report_time)
+    except (ValidationError, ValueError):
+        return None
+    spec = body.get("spec") or {}
+    meta = body.get("metadata") or {}
+    return ReportView(
+        node=str(spec.get("nodeName") or meta.get("name", "")),
+        policy=status.policy,
+        policy_generation=status.policy_generation,
+        phase=status.phase,
+        reported_at_s=reported_at_s,
+        managed_gpus=status.managed_gpus,
+        degraded_gpus=sum(1 for gpu in status.gpus if gpu.state is GpuState.DEGRADED),
+        pods=dict(status.pods),
+        joules=status.energy.joules,
+        average_watts=status.energy.average_watts,
+        window_s=status.energy.window_seconds,
+        tokens=status.efficiency.tokens,
+        tokens_per_joule=status.efficiency.tokens_per_joule,
+        baseline_tokens_per_joule=status.efficiency.baseline_tokens_per_joule,
+        method=status.efficiency.method,
+    )
+
+
+@dataclasses.dataclass(slots=True)
+class Aggregate:
+    """What a policy's reports add up to.
+
+    Attributes:
+        targeted: nodes labelled for the policy.
+        reporting: targeted nodes with a fresh report naming the policy.
+        waiting: targeted nodes whose agent has not yet reported for the policy.
+        stale: targeted nodes whose last report for the policy is too old.
+        behind: reporting nodes still applying an older generation of the policy.
+        degraded_nodes: reporting nodes in phase Degraded.
+    """
+
+    targeted: int = 0
+    reporting: int = 0
+    waiting: list[str] = dataclasses.field(default_factory=list)
+    stale: list[str] = dataclasses.field(default_factory=list)
+    behind: list[str] = dataclasses.field(default_factory=list)
+    degraded_nodes: list[str] = dataclasses.field(default_factory=list)
+    managed_gpus: int = 0
+    degraded_gpus: int = 0
+    pods: dict[str, int] = dataclasses.field(default_factory=dict)
+    energy: EnergyWindow = dataclasses.field(default_factory=EnergyWindow)
+    efficiency: Efficiency = dataclasses.field(default_factory=Efficiency)
+
+
+def _round(value: float) -> float:
+    """Round to 4 significant decimals so float noise alone never causes a status patch."""
+    return float(f"{value:.4g}") if value else 0.0
+
+
+def aggregate(
+    policy: str,
+    generation: int,
+    nodes: Iterable[str],
+    reports: Mapping[str, ReportView],
+    *,
+    now_s: float,
+    stale_after_s: float,
+) -> Aggregate:
+    """Aggregate the reports of `nodes` (the nodes labelled for `policy`) at time `now_s`."""
+    result = Aggregate()
+    joules = watts = window_s = tokens = baseline_j = 0.0
+    methods: set[str] = set()
+    for node in sorted(nodes):
+        result.targeted += 1
+        report = reports.get(node)
+        if report is None or report.policy != policy:
+            result.waiting.append(node)
+            continue
+        if now_s - report.reported_at_s > stale_after_s:
+            result.stale.append(node)
+            continue
+        result.reporting += 1
+        if generation and report.policy_generation < generation:
+            result.behind.append(node)
+        if report.phase is ReportPhase.DEGRADED:
+            result.degraded_nodes.append(node)
+        result.managed_gpus += report.managed_gpus
+        result.degraded_gpus += report.degraded_gpus
+        for stage, count in report.pods.items():
+            result.pods[stage] = result.pods.get(stage, 0) + count
+        joules += report.joules
+        watts += report.average_watts
+        window_s = max(window_s, report.window_s)
+        tokens += report.tokens
+        if report.tokens and report.baseline_tokens_per_joule:
+            baseline_j += report.tokens / report.baseline_tokens_per_joule
+        if report.method:
+            methods.add(report.method)
+    mean_watts = watts / result.reporting if result.reporting else 0.0
+    result.energy = EnergyWindow(
+        joules=_round(joules), average_watts=_round(mean_watts), window_seconds=_round(window_s)
+    )
+    tokens_per_joule = tokens / joules if joules else 0.0
+    baseline = tokens / baseline_j if baseline_j else 0.0
+    improvement = (tokens_per_joule / baseline - 1.0) * 100.0 if baseline else 0.0
+    result.efficiency = Efficiency(
+        tokens=_round(tokens),
+        tokens_per_joule=_round(tokens_per_joule),
+        baseline_tokens_per_joule=_round(baseline),
+        improvement_percent=_round(improvement),
+        method=" + ".join(sorted(methods)),
+    )
+    return result
+
+
+def pending_release(policy: str, reports: Iterable[ReportView]) -> list[str]:
+    """Nodes whose agent still reports holding GPUs for `policy` (not yet `Released`)."""
+    return sorted(
+        r.node for r in reports if r.policy == policy and r.phase is not ReportPhase.RELEASED
+    )

@@ -1,0 +1,154 @@
+"""kopf handler registration: thin handlers that hand cached views to `reconciler.Placer`.
+
+`register(registry, settings)` is the single place the operator's handlers are declared;
+`main.py` calls it on kopf's default registry, tests call it on a fresh
+`kopf.OperatorRegistry()` with their own `OperatorSettings`. Three kopf indices cache the
+cluster (nodes, policies, reports) as slim views, so placement and status never list the
+API; kopf holds every handler until those indices are populated, which is what makes the
+start-up sweep of stale node labels safe.
+
+Triggers: a node event re-places that node; a policy event re-places every node; a timer
+per policy re-places (self-healing) and patches status when it changed; deletion unlabels,
+then waits for the agents to report `Released` (bounded by `release_timeout_s`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import kopf
+
+from triserve.api.annotations import GROUP, POLICY_FINALIZER, VERSION
+from triserve.operator import aggregation, placement
+from triserve.operator.kube import NodeLabeller
+from triserve.operator.reconciler import Placer, post
+from triserve.operator.settings import OperatorSettings
+
+POLICIES = (GROUP, VERSION, "energypolicies")
+REPORTS = (GROUP, VERSION, "nodeenergyreports")
+NODES = ("", "v1", "nodes")
+
+T = TypeVar("T")
+
+
+def values(index: Any, kind: type[T]) -> Iterator[T]:
+    """Every value of a kopf index whose keys are unique (one view per object)."""
+    for store in index.values():
+        for value in store:
+            if isinstance(value, kind):
+                yield value
+
+
+def by_node(index: Any) -> dict[str, aggregation.ReportView]:
+    """The report index as node → report."""
+    return {r.node: r for r in values(index, aggregation.ReportView)}
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Placer:
+    """Declare every handler on `registry`; returns the placer (tests inspect it)."""
+    labeller = NodeLabeller()
+    placer = Placer(settings, labeller)
+
+    @kopf.on.startup(registry=registry, id="configure")
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = POLICY_FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration"
+        )
+        # kopf's own handler logs would otherwise become one Event per timer tick.
+        settings.posting.level = logging.WARNING
+
+    @kopf.on.login(registry=registry, id="login")
+    async def login(**kwargs: Any) -> Any:
+        if settings.login is not None:
+            info = settings.login(**kwargs)
+        else:
+            info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        if info is not None:
+            await labeller.connect(info)
+        return info
+
+    @kopf.on.cleanup(registry=registry, id="close")
+    async def close(**_: Any) -> None:
+        await labeller.close()
+
+    @kopf.index(*NODES, id="triserve_nodes", registry=registry)
+    def index_node(**kwargs: Any) -> dict[str, placement.NodeView]:
+        return {kwargs["name"]: placement.node_view(kwargs["body"])}
+
+    @kopf.index(*POLICIES, id="triserve_policies", registry=registry)
+    def index_policy(**kwargs: Any) -> dict[str, placement.PolicyView]:
+        return {kwargs["name"]: placement.policy_view(kwargs["body"])}
+
+    @kopf.index(*REPORTS, id="triserve_reports", registry=registry)
+    def index_report(**kwargs: Any) -> dict[str, Any]:
+        view = aggregation.report_view(kwargs["body"])
+        return {kwargs["name"]: view} if view is not None else {}
+
+    @kopf.on.event(*NODES, registry=registry, id="node_changed")
+    async def node_changed(**kwargs: Any) -> None:
+        node = placement.node_view(kwargs["body"])
+        placer.observe(node)
+        if kwargs["type"] != "DELETED":
+            policies = values(kwargs["triserve_policies"], placement.PolicyView)
+            await placer.place([node], policies, kwargs["logger"])
+
+    @kopf.on.event(*POLICIES, registry=registry, id="policy_changed")
+    async def policy_changed(**kwargs: Any) -> None:
+        await placer.place(
+            values(kwargs["triserve_nodes"], placement.NodeView),
+            values(kwargs["triserve_policies"], placement.PolicyView),
+            kwargs["logger"],
+        )
+
+    @kopf.timer(
+        *POLICIES, interval=settings.status_interval_s, registry=registry, id="refresh_status"
+    )
+    async def refresh_status(**kwargs: Any) -> None:
+        body: kopf.Body = kwargs["body"]
+        logger = kwargs["logger"]
+        triserve_policies, triserve_nodes = kwargs["triserve_policies"], kwargs["triserve_nodes"]
+        policy = placement.policy_view(body)
+        nodes = list(values(triserve_nodes, placement.NodeView))
+        others = [
+            p for p in values(triserve_policies, placement.PolicyView) if p.name != policy.name
+        ]
+        result = await placer.place(nodes, [*others, policy], logger)
+        update = placer.status_update(
+            policy, body.get("status"), result, nodes, by_node(kwargs["triserve_reports"])
+        )
+        if update.patch:
+            kwargs["patch"]["status"] = update.patch
+        for notice in update.notices:
+            post(policy.ref(), notice.reason, notice.message, warning=notice.warning)
+
+    @kopf.on.delete(*POLICIES, registry=registry, id="release")
+    async def release(**kwargs: Any) -> None:
+        name: str = kwargs["name"]
+        triserve_nodes, triserve_policies = kwargs["triserve_nodes"], kwargs["triserve_policies"]
+        logger, runtime = kwargs["logger"], kwargs["runtime"]
+        others = [p for p in values(triserve_policies, placement.PolicyView) if p.name != name]
+        await placer.place(values(triserve_nodes, placement.NodeView), others, logger)
+        reports = values(kwargs["triserve_reports"], aggregation.ReportView)
+        waiting = placer.release_message(name, reports)
+        ref = placement.policy_view(kwargs["body"]).ref()
+        if waiting is None:
+            post(ref, "GpusReleased", "Every agent restored default clocks; removing finalizer.")
+            return
+        if runtime.total_seconds() < settings.release_timeout_s:
+            raise kopf.TemporaryError(
+                f"Waiting for agents: {waiting}.", delay=settings.release_poll_s
+            )
+        post(
+            ref,
+            "ReleaseTimedOut",
+            f"{waiting} within {settings.release_timeout_s:.0f}s; removing the finalizer anyway. "
+            "Their agents may be down: check the triserve agent pods there, and reset clocks "
+            "by hand if needed (nvidia-smi -rgc).",
+            warning=True,
+        )
+
+    return placer

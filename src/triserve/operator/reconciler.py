@@ -1,0 +1,196 @@
+"""The operator's stateful core: apply placements, compute status, check releases.
+
+`handlers.py` creates one `Placer` per operator (per kopf registry) and calls it from thin
+kopf handlers, passing the cached views from the kopf indices. The `Placer` owns the only
+mutable state: a lock so that concurrent handlers never race on node labels, and the label
+writes in flight (`pending`) so that a write is not repeated before the watch stream shows
+it. Decisions come from the pure modules `placement`, `aggregation` and `policy_status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, cast
+
+import kopf
+
+from triserve.operator import aggregation, placement, policy_status
+from triserve.operator.placement import NodeView, Plan, PolicyView
+from triserve.operator.settings import OperatorSettings
+
+#: How long a label write counts as in flight when the watch stream does not confirm it.
+PENDING_TTL_S = 30.0
+#: Staleness window when a policy's spec (and so its report interval) is invalid.
+DEFAULT_REPORT_INTERVAL_S = 30.0
+
+
+class Labeller(Protocol):
+    """What the placer needs from a Kubernetes client (`kube.NodeLabeller` in production)."""
+
+    async def patch_node(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch one node."""
+
+
+def now_rfc3339() -> str:
+    """The current UTC time as Kubernetes writes it (seconds, `Z`)."""
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def post(ref: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
+    """Post a Kubernetes event on a policy (Normal events bypass kopf's log-level filter)."""
+    if warning:
+        kopf.warn(kopf.Body(cast("kopf.RawBody", dict(ref))), reason=reason, message=message)
+    else:
+        kopf.event(
+            kopf.Body(cast("kopf.RawBody", dict(ref))),
+            type="Normal",
+            reason=reason,
+            message=message,
+        )
+
+
+@dataclasses.dataclass(slots=True)
+class StatusUpdate:
+    """What the status timer must do: a status merge patch (maybe empty) and events."""
+
+    patch: dict[str, Any]
+    notices: list[policy_status.Notice]
+
+
+class Placer:
+    """Applies placements to node labels and derives policy status; one per operator."""
+
+    def __init__(self, settings: OperatorSettings, labeller: Labeller) -> None:
+        self.settings = settings
+        self.labeller = labeller
+        self._lock = asyncio.Lock()
+        self._pending: dict[str, tuple[str | None, float]] = {}
+
+    def observe(self, node: NodeView) -> None:
+        """The watch stream showed `node`: a write it confirms is no longer in flight."""
+        entry = self._pending.get(node.name)
+        if entry is not None and entry[0] == node.policy:
+            del self._pending[node.name]
+
+    def _in_flight(self) -> dict[str, str | None]:
+        deadline = time.monotonic() - PENDING_TTL_S
+        for name in [n for n, (_, at) in self._pending.items() if at < deadline]:
+            del self._pending[name]
+        return {name: value for name, (value, _) in self._pending.items()}
+
+    def effective_labels(self, nodes: Iterable[NodeView]) -> dict[str, str | None]:
+        """node → policy label, counting writes not yet seen in the cache."""
+        in_flight = self._in_flight()
+        return {n.name: in_flight.get(n.name, n.policy) for n in nodes}
+
+    async def place(
+        self,
+        nodes: Iterable[NodeView],
+        policies: Iterable[PolicyView],
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+    ) -> Plan:
+        """Bring the labels of `nodes` in line with the placement; post events on policies.
+
+        Safe to call from any handler at any time: it writes only labels that differ.
+        """
+        nodes, policies = list(nodes), list(policies)
+        by_name = {p.name: p for p in policies}
+        async with self._lock:
+            result = placement.plan(nodes, policies)
+            changes = placement.label_changes(nodes, result, self._in_flight())
+            gained: dict[str, list[str]] = {}
+            released: dict[str, list[tuple[str, str | None]]] = {}
+            for change in changes:
+                try:
+                    await self.labeller.patch_node(change.node, placement.label_patch(change.new))
+                except Exception as exc:  # a vanished node or a flaky API: the next pass retries
+                    logger.warning(f"Could not label node {change.node}: {exc}")
+                    continue
+                self._pending[change.node] = (change.new, time.monotonic())
+                if change.new is not None:
+                    gained.setdefault(change.new, []).append(change.node)
+                if change.old is not None:
+                    released.setdefault(change.old, []).append((change.node, change.new))
+        self._announce(gained, released, by_name, logger)
+        return result
+
+    def _announce(
+        self,
+        gained: Mapping[str, list[str]],
+        released: Mapping[str, list[tuple[str, str | None]]],
+        policies: Mapping[str, PolicyView],
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+    ) -> None:
+        limit = self.settings.max_event_nodes
+        for name, nodes in gained.items():
+            message = (
+                f"Labelled {len(nodes)} nodes for this policy: {placement.summarize(nodes, limit)}."
+            )
+            logger.info(f"Policy {name}: {message}")
+            if name in policies:
+                post(policies[name].ref(), "NodesPlaced", message)
+        for name, moves in released.items():
+            if name not in policies:
+                logger.info(f"Removed stale labels of missing policy {name}: {len(moves)} nodes.")
+                continue
+            takers = sorted({new for _, new in moves if new is not None})
+            names = [node for node, _ in moves]
+            where = f"now held by policy {', '.join(takers)}" if takers else "label removed"
+            message = f"Released {len(moves)} nodes ({where}): {placement.summarize(names, limit)}."
+            post(policies[name].ref(), "NodesReleased", message)
+
+    def stale_after_s(self, policy: PolicyView) -> float:
+        """Reports older than this stop counting as reporting for `policy`."""
+        interval = policy.spec.report_interval_s if policy.spec else DEFAULT_REPORT_INTERVAL_S
+        return self.settings.stale_report_intervals * interval
+
+    def status_update(
+        self,
+        policy: PolicyView,
+        stored: Mapping[str, Any] | None,
+        result: Plan,
+        nodes: Iterable[NodeView],
+        reports: Mapping[str, aggregation.ReportView],
+        *,
+        now_s: float | None = None,
+    ) -> StatusUpdate:
+        """The status patch for `policy` (empty when nothing changed) and its events."""
+        labels = self.effective_labels(nodes)
+        labelled = sorted(n for n, p in labels.items() if p == policy.name)
+        stale_after_s = self.stale_after_s(policy)
+        agg = aggregation.aggregate(
+            policy.name,
+            policy.generation,
+            labelled,
+            reports,
+            now_s=time.time() if now_s is None else now_s,
+            stale_after_s=stale_after_s,
+        )
+        found = policy_status.verdicts(
+            policy,
+            result,
+            labelled,
+            agg,
+            stale_after_s=stale_after_s,
+            limit=self.settings.max_event_nodes,
+        )
+        old = policy_status.owned(stored)
+        new = policy_status.build_status(policy, result, agg, found, old, now_rfc3339())
+        patch = policy_status.merge_patch(old, new)
+        notices = policy_status.transitions(old.get("conditions") or [], found) if patch else []
+        return StatusUpdate(patch=patch, notices=notices)
+
+    def release_message(self, policy: str, reports: Iterable[aggregation.ReportView]) -> str | None:
+        """None when every agent has let go of `policy`; otherwise who still holds it."""
+        pending = aggregation.pending_release(policy, reports)
+        if not pending:
+            return None
+        return (
+            f"{len(pending)} nodes have not reported phase Released: "
+            f"{placement.summarize(pending, self.settings.max_event_nodes)}"
+        )

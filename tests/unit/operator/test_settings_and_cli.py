@@ -1,0 +1,27 @@
+"""Operator settings travel through the environment; the CLI builds the `kopf run` command."""
+
+from __future__ import annotations
+
+import pytest
+
+from triserve.operator.cli import kopf_args, parser
+from triserve.operator.settings import OperatorSettings
+
+
+def test_settings_round_trip_through_the_environment() -> None:
+    settings = OperatorSettings(status_interval_s=2.5, release_timeout_s=7, max_event_nodes=3)
+    assert OperatorSettings.from_env(settings.to_env()) == settings
+    assert OperatorSettings.from_env({}) == OperatorSettings()
+
+
+def test_bad_environment_values_name_the_variable() -> None:
+    with pytest.raises(ValueError, match="TRISERVE_OPERATOR_RELEASE_TIMEOUT_S"):
+        OperatorSettings.from_env({"TRISERVE_OPERATOR_RELEASE_TIMEOUT_S": "soon"})
+
+
+def test_cli_runs_the_main_module_cluster_wide() -> None:
+    args = kopf_args(parser().parse_args([]))
+    assert args[:4] == ["run", "-m", "triserve.operator.main", "--all-namespaces"]
+    assert "--standalone" in args and "--liveness" in args
+    peered = kopf_args(parser().parse_args(["--peering", "triserve", "--liveness", ""]))
+    assert "--peering" in peered and "--standalone" not in peered and "--liveness" not in peered
