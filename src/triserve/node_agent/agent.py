@@ -1,0 +1,372 @@
+"""The node agent's core: one control tick over every GPU, and the state around it.
+
+`NodeAgent` is fed from outside — policy (`set_policy`), pods (`set_pods`), pod-resources
+and dcgm data (`set_pod_resources`, `set_dcgm`), serving scrapes (`set_serving`) — by the
+cluster or standalone sources, the scrapers and the simulated node; `tick(now_s)` then runs
+every GPU's `ControlLoop` synchronously. Nothing in a tick waits on the network: scrapes
+land asynchronously and the tick reads the latest. A lock guards the state so that the
+exporter thread (`triserve.node_agent.exporter`) reads a consistent view.
+
+Safety lives here too: every GPU that leaves management is restored at once; a GPU whose
+backend calls fail `max_gpu_errors` times in a row is restored and marked Degraded while the
+others keep running; `shutdown()` restores everything (SIGTERM/SIGINT); `on_watchdog` is
+what the watchdog thread calls when ticks stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from triserve.api.models import EnergyPolicySpec, PolicyMode
+from triserve.api.selectors import matches
+from triserve.api.status import GpuState
+from triserve.control import ControlLoop, ControlSettings
+from triserve.gpu.backend import GpuBackend, GpuError
+from triserve.node_agent.dcgm import DcgmSnapshot
+from triserve.node_agent.gpumap import GpuIndex, map_pods
+from triserve.node_agent.gpus import GpuRuntime
+from triserve.node_agent.podresources import ContainerGpus
+from triserve.node_agent.safety import GuardedBackend, StateFile, restore_stale
+from triserve.node_agent.stages import ServingPod
+from triserve.telemetry import ServingSnapshot, StageObservation
+
+log = logging.getLogger(__name__)
+
+#: Upper bounds (s) of the `triserve_agent_tick_seconds` histogram.
+TICK_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRef:
+    """The policy the node follows: its name, generation and validated spec."""
+
+    name: str
+    spec: EnergyPolicySpec
+    generation: int = 0
+
+
+class NodeAgent:
+    """Governs every GPU of one node under one policy (or none)."""
+
+    def __init__(
+        self,
+        backend: GpuBackend,
+        node_name: str,
+        state: StateFile,
+        *,
+        max_gpu_errors: int = 3,
+    ) -> None:
+        """Wraps `backend` in a `GuardedBackend` that records every setter in `state`."""
+        self.node_name = node_name
+        self.backend = GuardedBackend(backend, state)
+        self.state_file = state
+        self.max_gpu_errors = max_gpu_errors
+        self.lock = threading.RLock()
+        self.policy: PolicyRef | None = None
+        self.gpus = {
+            i: GpuRuntime(identity=backend.identity(i)) for i in range(backend.device_count())
+        }
+        self._gpu_index = GpuIndex([g.identity for g in self.gpus.values()])
+        self.pods: dict[tuple[str, str], ServingPod] = {}
+        self.pod_resources: list[ContainerGpus] | None = None
+        self.dcgm: DcgmSnapshot | None = None
+        self.serving: dict[tuple[str, str], ServingSnapshot] = {}
+        self._tokens_seen: dict[tuple[str, str], float] = {}
+        self.errors: Counter[str] = Counter()
+        self.tick_counts = [0] * (len(TICK_BUCKETS_S) + 1)
+        self.tick_sum_s = 0.0
+        self.last_tick_s: float | None = None
+        self.ready = False
+        self._dirty = True
+        self._serving_dirty = True
+        self._rebuild_loops = False
+        #: Called (on the caller's thread) after the policy changed, e.g. to report at once.
+        self.on_policy_change: Callable[[PolicyRef | None], None] | None = None
+
+    def is_ready(self) -> bool:
+        """Ready once the first tick ran (for `/readyz`)."""
+        return self.ready
+
+    # ---- inputs -------------------------------------------------------------------------
+    def error(self, kind: str, message: str) -> None:
+        """Count and log an error that was skipped (`triserve_agent_errors_total{kind}`)."""
+        self.errors[kind] += 1
+        log.warning("%s error: %s", kind, message)
+
+    def startup(self) -> list[int]:
+        """Restore every GPU the state file says an earlier agent left locked."""
+        restored = restore_stale(self.backend.inner, self.state_file)
+        if restored:
+            log.warning(
+                "restored default clocks on GPUs %s left locked by an earlier run", restored
+            )
+        return restored
+
+    def set_policy(self, policy: PolicyRef | None) -> None:
+        """Follow `policy` (None: release every GPU). A changed spec rebuilds every loop."""
+        with self.lock:
+            if policy == self.policy:
+                return
+            old, self.policy = self.policy, policy
+            for gpu in self.gpus.values():
+                if gpu.governed:
+                    self._release(gpu, GpuState.RELEASED, "policy changed")
+            if policy is None:
+                log.info("no policy for node %s: every GPU released", self.node_name)
+            else:
+                mc = policy.spec.clock_limits
+                self.backend.set_clock_limits(mc.min_mhz, mc.max_mhz)
+                log.info(
+                    "following policy %s (generation %d, was %s)",
+                    policy.name, policy.generation, old.name if old else "none",
+                )  # fmt: skip
+            self._dirty = True
+        if self.on_policy_change is not None:
+            self.on_policy_change(policy)
+
+    def set_pods(self, pods: Iterable[ServingPod]) -> None:
+        """Replace the set of serving pods on this node."""
+        with self.lock:
+            self.pods = {p.key: p for p in pods}
+            self.serving = {k: v for k, v in self.serving.items() if k in self.pods}
+            self._dirty = True
+
+    def set_pod_resources(self, entries: Sequence[ContainerGpus] | None) -> None:
+        """New pod-resources data (None: the kubelet could not be asked)."""
+        with self.lock:
+            new = list(entries) if entries is not None else None
+            if new != self.pod_resources:
+                self.pod_resources = new
+                self._dirty = True
+
+    def set_dcgm(self, snapshot: DcgmSnapshot | None) -> None:
+        """New dcgm-exporter data; remaps pods only when its pod labels changed."""
+        with self.lock:
+            old = self.dcgm
+            self.dcgm = snapshot
+            activity = {}
+            for gpu in self.gpus.values():
+                entry = snapshot.for_gpu(gpu.index, gpu.identity.uuid) if snapshot else None
+                found = entry.activity() if entry is not None else None
+                if found is not None:
+                    activity[gpu.index] = found
+            self.backend.fallback_activity = activity
+            if old is None or snapshot is None or _dcgm_pods(old) != _dcgm_pods(snapshot):
+                self._dirty = True
+
+    def set_serving(self, key: tuple[str, str], snapshot: ServingSnapshot) -> None:
+        """A fresh scrape of pod `key`'s serving metrics."""
+        with self.lock:
+            if key in self.pods:
+                self.serving[key] = snapshot
+                self._serving_dirty = True
+
+    # ---- the tick -----------------------------------------------------------------------
+    def tick(self, now_s: float) -> None:
+        """One control step for every GPU at `now_s` (seconds, the backend's clock)."""
+        started = time.perf_counter()
+        with self.lock:
+            dt_s = 0.0 if self.last_tick_s is None else max(now_s - self.last_tick_s, 0.0)
+            self.last_tick_s = now_s
+            if self._rebuild_loops:
+                self._rebuild()
+            if self._dirty:
+                self._remap()
+            if self._serving_dirty:
+                self._refresh_stages()
+            for gpu in self.gpus.values():
+                if gpu.state is not GpuState.DEGRADED:
+                    self._tick_gpu(gpu, now_s, dt_s)
+            self.ready = True
+        self._observe_tick(time.perf_counter() - started)
+
+    def _tick_gpu(self, gpu: GpuRuntime, now_s: float, dt_s: float) -> None:
+        try:
+            if gpu.loop is not None:
+                gpu.last_decision = gpu.loop.tick(now_s, gpu.stages)
+                gpu.locked = gpu.loop.applied_lock_mhz is not None
+                sample = gpu.loop.last_sample
+            else:
+                sample = self.backend.sample(gpu.index)
+        except GpuError as exc:
+            self._gpu_error(gpu, exc)
+            return
+        gpu.consecutive_errors = 0
+        if sample is not None:
+            gpu.account(sample, dt_s, now_s)
+
+    def _gpu_error(self, gpu: GpuRuntime, exc: GpuError) -> None:
+        gpu.consecutive_errors += 1
+        self.error("nvml", f"GPU {gpu.index}: {type(exc).__name__}: {exc}")
+        if gpu.consecutive_errors < self.max_gpu_errors:
+            return
+        message = f"{gpu.consecutive_errors} GPU errors in a row (last: {exc}); left at defaults"
+        self._release(gpu, GpuState.DEGRADED, message)
+        log.error("GPU %d degraded: %s", gpu.index, message)
+
+    def _rebuild(self) -> None:
+        self._rebuild_loops = False
+        for gpu in self.gpus.values():
+            if gpu.governed and self.policy is not None:
+                gpu.detach(GpuState.RELEASED, "restored by the watchdog")
+                self._govern(gpu, self.policy)
+
+    def _observe_tick(self, elapsed_s: float) -> None:
+        self.tick_sum_s += elapsed_s
+        for i, bound in enumerate(TICK_BUCKETS_S):
+            if elapsed_s <= bound:
+                self.tick_counts[i] += 1
+                return
+        self.tick_counts[-1] += 1
+
+    # ---- mapping and loops --------------------------------------------------------------
+    def _selected(self) -> list[ServingPod]:
+        if self.policy is None:
+            return []
+        selector = self.policy.spec.pod_selector
+        return [p for p in self.pods.values() if matches(selector, p.labels)]
+
+    def _remap(self) -> None:
+        self._dirty = False
+        selected = self._selected()
+        mapping = map_pods(
+            selected,
+            self._gpu_index,
+            self.pod_resources,
+            self.dcgm,
+            on_unmapped=lambda pod, why: self.error("mapping", why),
+        )
+        for gpu in self.gpus.values():
+            gpu.placements = mapping.get(gpu.index, [])
+            if gpu.state is GpuState.DEGRADED:
+                continue
+            opted_out = [p.pod.ref for p in gpu.placements if p.pod.opt_out]
+            if self.policy is None or not gpu.placements or opted_out:
+                if gpu.governed:
+                    why = (
+                        f"opted out by {', '.join(opted_out)}"
+                        if opted_out
+                        else "no policy"
+                        if self.policy is None
+                        else "no serving pod left on this GPU"
+                    )
+                    self._release(gpu, GpuState.RELEASED, why)
+                elif opted_out:
+                    gpu.message = f"opted out by {', '.join(opted_out)}"
+                continue
+            if not gpu.governed:
+                self._govern(gpu, self.policy)
+        self._serving_dirty = True
+
+    def _govern(self, gpu: GpuRuntime, policy: PolicyRef) -> None:
+        try:
+            settings = ControlSettings.from_policy(policy.spec)
+            loop = ControlLoop(self.backend, gpu.index, None, settings)
+        except (ValueError, GpuError) as exc:
+            self.error("policy", f"GPU {gpu.index}: cannot apply policy {policy.name}: {exc}")
+            gpu.message = f"policy {policy.name} cannot run here: {exc}"
+            return
+        observe = policy.spec.mode is PolicyMode.OBSERVE
+        state = GpuState.OBSERVED if observe else GpuState.MANAGED
+        verb = "observing" if observe else "managing"
+        gpu.attach(loop, state, f"{verb} under {policy.name} ({policy.spec.strategy.value})")
+        gpu.window.start_s = self.last_tick_s or 0.0
+        log.info("GPU %d: %s", gpu.index, gpu.message)
+
+    def _release(self, gpu: GpuRuntime, state: GpuState, message: str) -> None:
+        """Restore the GPU's defaults and stop governing it (errors are logged, not raised)."""
+        try:
+            if gpu.loop is not None:
+                gpu.loop.release()
+            if gpu.identity.uuid in self.state_file.held() or state is GpuState.DEGRADED:
+                self.backend.restore(gpu.index)
+        except GpuError as exc:
+            self.error("nvml", f"GPU {gpu.index}: restoring defaults failed: {exc}")
+        gpu.detach(state, message)
+        log.info("GPU %d released (%s): %s", gpu.index, state.value, message)
+
+    def _refresh_stages(self) -> None:
+        """Rebuild each GPU's stage observations from the latest scrapes."""
+        self._serving_dirty = False
+        by_stage: dict[tuple[str | None, str], list[ServingSnapshot]] = {}
+        for key, pod in self.pods.items():
+            snap = self.serving.get(key)
+            if snap is not None:
+                by_stage.setdefault((pod.pipeline, pod.stage), []).append(snap)
+        for gpu in self.gpus.values():
+            observations = []
+            for placement in gpu.placements:
+                pod = placement.pod
+                upstream_snaps = tuple(
+                    s for up in pod.upstream for s in by_stage.get((pod.pipeline, up), ())
+                )
+                observations.append(
+                    StageObservation(
+                        stage=pod.stage,
+                        pipeline=pod.pipeline,
+                        pod=pod.name,
+                        namespace=pod.namespace,
+                        container=placement.container,
+                        upstream=pod.upstream,
+                        serving=self.serving.get(pod.key),
+                        upstream_serving=upstream_snaps,
+                    )
+                )
+            gpu.stages = tuple(observations)
+        self._count_tokens()
+
+    def _count_tokens(self) -> None:
+        """Attribute new generation tokens of every pod to its GPUs' report windows."""
+        gpus_of: dict[tuple[str, str], list[GpuRuntime]] = {}
+        for gpu in self.gpus.values():
+            for placement in gpu.placements:
+                gpus_of.setdefault(placement.pod.key, []).append(gpu)
+        for key, snap in self.serving.items():
+            total = snap.generation_tokens_total
+            seen = self._tokens_seen.get(key)
+            self._tokens_seen[key] = total
+            # A counter that went down means the engine restarted; count from zero.
+            delta = total if seen is None or total < seen else total - seen
+            if seen is None or delta <= 0 or key not in gpus_of:
+                continue
+            share = delta / len(gpus_of[key])
+            for gpu in gpus_of[key]:
+                gpu.window.tokens += share
+
+    # ---- shutdown and safety ------------------------------------------------------------
+    def shutdown(self, reason: str = "agent stopping") -> None:
+        """Restore every GPU to defaults (SIGTERM/SIGINT, end of a standalone run)."""
+        with self.lock:
+            for gpu in self.gpus.values():
+                if gpu.governed or gpu.locked:
+                    self._release(gpu, GpuState.RELEASED, reason)
+            self.policy = None
+        self.restore_all(reason)
+
+    def restore_all(self, reason: str) -> None:
+        """Reset every GPU this agent may hold, straight through the backend, then the file."""
+        for uuid, entry in self.state_file.held().items():
+            index = int(entry.get("index", -1))
+            try:
+                self.backend.restore(index)
+            except GpuError as exc:
+                self.error("nvml", f"GPU {index} ({uuid}): restore on {reason} failed: {exc}")
+
+    def on_watchdog(self, silent_s: float) -> None:
+        """Called from the watchdog thread: the tick is stuck, so restore without the lock."""
+        self.errors["watchdog"] += 1
+        log.error(
+            "control tick stalled for %.1f s: restoring default clocks on every GPU", silent_s
+        )
+        self.restore_all("watchdog")
+        # The loops still believe their locks are applied: rebuild them when ticks resume.
+        self._rebuild_loops = True
+
+
+def _dcgm_pods(snapshot: DcgmSnapshot) -> set[tuple[str, str, str, str]]:
+    return {(g.uuid or g.gpu, *p) for g in snapshot.gpus.values() for p in g.pods}

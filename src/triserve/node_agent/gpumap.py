@@ -1,0 +1,142 @@
+"""Map serving pods to the GPUs they run on.
+
+Three sources, tried in order for each pod (the first that places the pod wins):
+
+1. the kubelet pod-resources API (`triserve.node_agent.podresources`): the devices each
+   container was allocated — what dcgm-exporter itself uses;
+2. the `pod`/`namespace` labels of dcgm-exporter series (`triserve.node_agent.dcgm`), for
+   nodes where the agent cannot reach the kubelet socket;
+3. the pod's `triserve.io/gpus` annotation (indices or UUIDs), for pods that hold GPUs
+   outside the device plugin (shared or DRA-allocated GPUs).
+
+Device ids are matched against the backend's GPU UUIDs and indices. A GPU may host several
+stage pods; the agent governs it with all of their observations. Called by
+`triserve.node_agent.agent.NodeAgent` whenever pods, pod-resources or dcgm data change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from triserve.gpu.backend import GpuIdentity
+from triserve.node_agent.dcgm import DcgmSnapshot
+from triserve.node_agent.podresources import ContainerGpus
+from triserve.node_agent.stages import ServingPod
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """One serving pod on one GPU, with how the mapping was learned."""
+
+    pod: ServingPod
+    gpu_index: int
+    container: str
+    source: str  # "pod-resources", "dcgm" or "annotation"
+
+
+class GpuIndex:
+    """Resolves device ids (UUID, ``GPU-…`` or a plain index) to node-local GPU indices."""
+
+    def __init__(self, identities: Sequence[GpuIdentity]) -> None:
+        """`identities` are the backend's GPUs."""
+        self._by_id: dict[str, int] = {}
+        for ident in identities:
+            self._by_id[ident.uuid.lower()] = ident.index
+            self._by_id[str(ident.index)] = ident.index
+
+    def resolve(self, device_id: str) -> int | None:
+        """The GPU index for a device id, or None (unknown, or a MIG slice we cannot place)."""
+        return self._by_id.get(device_id.strip().lower())
+
+
+def map_pods(
+    pods: Iterable[ServingPod],
+    gpu_index: GpuIndex,
+    pod_resources: Sequence[ContainerGpus] | None,
+    dcgm: DcgmSnapshot | None,
+    on_unmapped: Callable[[ServingPod, str], None] | None = None,
+) -> dict[int, list[Placement]]:
+    """Placements per GPU index for every pod any source can place."""
+    by_pod_res: dict[tuple[str, str], list[ContainerGpus]] = {}
+    for entry in pod_resources or ():
+        by_pod_res.setdefault((entry.namespace, entry.pod), []).append(entry)
+    by_pod_dcgm = _dcgm_pods(dcgm)
+    result: dict[int, list[Placement]] = {}
+    for pod in pods:
+        placements = (
+            _from_pod_resources(pod, by_pod_res.get(pod.key, ()), gpu_index)
+            or _from_dcgm(pod, by_pod_dcgm.get(pod.key, ()), gpu_index)
+            or _from_annotation(pod, gpu_index)
+        )
+        if not placements and on_unmapped is not None:
+            on_unmapped(pod, _why_unmapped(pod, pod_resources, dcgm))
+        for placement in placements:
+            result.setdefault(placement.gpu_index, []).append(placement)
+    return result
+
+
+def _why_unmapped(
+    pod: ServingPod, pod_resources: Sequence[ContainerGpus] | None, dcgm: DcgmSnapshot | None
+) -> str:
+    sources = []
+    sources.append("pod-resources has no GPU for it" if pod_resources is not None else "")
+    sources.append("dcgm-exporter does not label a GPU with it" if dcgm is not None else "")
+    sources.append("no triserve.io/gpus annotation" if pod.gpu_ids is None else "")
+    detail = "; ".join(s for s in sources if s)
+    return f"pod {pod.ref} (stage {pod.stage}) is on no known GPU: {detail}"
+
+
+def _dedupe(placements: list[Placement]) -> list[Placement]:
+    seen: set[int] = set()
+    out = []
+    for placement in placements:
+        if placement.gpu_index not in seen:
+            seen.add(placement.gpu_index)
+            out.append(placement)
+    return out
+
+
+def _from_pod_resources(
+    pod: ServingPod, entries: Iterable[ContainerGpus], gpu_index: GpuIndex
+) -> list[Placement]:
+    placements = []
+    for entry in entries:
+        for device_id in entry.device_ids:
+            index = gpu_index.resolve(device_id)
+            if index is not None:
+                placements.append(Placement(pod, index, entry.container, "pod-resources"))
+    return _dedupe(placements)
+
+
+def _dcgm_pods(dcgm: DcgmSnapshot | None) -> Mapping[tuple[str, str], list[tuple[str, str]]]:
+    """(namespace, pod) → [(gpu uuid or index, container)] from dcgm-exporter labels."""
+    out: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    if dcgm is None:
+        return out
+    for gpu in {id(g): g for g in dcgm.gpus.values()}.values():
+        device = gpu.uuid or gpu.gpu
+        for namespace, pod, container in gpu.pods:
+            out.setdefault((namespace, pod), []).append((device, container))
+    return out
+
+
+def _from_dcgm(
+    pod: ServingPod, devices: Iterable[tuple[str, str]], gpu_index: GpuIndex
+) -> list[Placement]:
+    placements = []
+    for device, container in devices:
+        index = gpu_index.resolve(device)
+        if index is not None:
+            placements.append(Placement(pod, index, container, "dcgm"))
+    return _dedupe(placements)
+
+
+def _from_annotation(pod: ServingPod, gpu_index: GpuIndex) -> list[Placement]:
+    placements = []
+    container = pod.containers[0] if pod.containers else ""
+    for device in pod.gpu_ids or ():
+        index = gpu_index.resolve(device)
+        if index is not None:
+            placements.append(Placement(pod, index, container, "annotation"))
+    return _dedupe(placements)

@@ -1,0 +1,145 @@
+"""`triserve agent`: the node agent's command line.
+
+In a cluster (the DaemonSet) the node name comes from `NODE_NAME` (downward API), read once
+here and passed down; the policy is the one the node's `triserve.io/policy` label names.
+Standalone, `--policy FILE` gives a whole EnergyPolicy manifest; validation errors name the
+file and the field and exit with status 2. `--sim SCENARIO` runs on a simulated node::
+
+    triserve agent --standalone --policy examples/energypolicy-full.yaml --sim reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from triserve.api.errors import PolicyError, load_policy_file
+from triserve.node_agent.agent import PolicyRef
+from triserve.node_agent.podresources import DEFAULT_SOCKET
+from triserve.node_agent.runtime import AgentOptions, AgentRuntime
+from triserve.node_agent.safety import DEFAULT_STATE_FILE
+
+log = logging.getLogger("triserve.agent")
+
+
+def build_parser(prog: str = "triserve agent") -> argparse.ArgumentParser:
+    """The agent's flags."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p.add_argument("--standalone", action="store_true", help="no cluster: policy from --policy")
+    p.add_argument("--policy", type=Path, help="EnergyPolicy manifest (YAML), with --standalone")
+    p.add_argument("--sim", metavar="SCENARIO", help="simulated node: 'reference' or a YAML path")
+    p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second")
+    p.add_argument("--duration", type=float, help="stop after S (simulated) seconds")
+    p.add_argument("--metrics-port", type=int, default=9402, help="exporter port (9402)")
+    p.add_argument("--metrics-host", default="0.0.0.0", help="exporter address (0.0.0.0)")
+    p.add_argument(
+        "--state-file", type=Path, default=DEFAULT_STATE_FILE, help="lock state (hostPath)"
+    )
+    p.add_argument("--dcgm-url", help="dcgm-exporter metrics URL, e.g. http://HOST:9400/metrics")
+    p.add_argument(
+        "--pod-resources-socket",
+        default=None,
+        help=f"kubelet pod-resources socket (in a cluster: {DEFAULT_SOCKET})",
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config)")
+    p.add_argument("--node-name", default=None, help="node name (default: $NODE_NAME)")
+    p.add_argument("--scrape-interval", type=float, default=0.5, help="seconds (0.5)")
+    p.add_argument("--report-interval", type=float, help="seconds (default: the policy's)")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING …")
+    return p
+
+
+def load_policy(path: Path) -> PolicyRef:
+    """The standalone policy; raises PolicyError naming the file and the field."""
+    manifest = load_policy_file(path)
+    return PolicyRef(
+        name=manifest.metadata.name,
+        spec=manifest.spec,
+        generation=manifest.metadata.generation or 1,
+    )
+
+
+def _api_client(kubeconfig: str | None) -> Any:
+    from kubernetes import client
+    from kubernetes import config as _config
+
+    config: Any = _config
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig)
+    else:
+        try:
+            config.load_incluster_config()
+        except _config.ConfigException:
+            config.load_kube_config()
+    return client.ApiClient()
+
+
+def options_from_args(args: argparse.Namespace) -> AgentOptions:
+    """Turn parsed flags into `AgentOptions` (raises PolicyError, ValueError)."""
+    sim = None
+    backend = None
+    if args.sim:
+        from triserve.node_agent.simnode import open_simulation
+
+        sim = open_simulation(args.sim, seed=args.seed)
+    else:
+        # Imported lazily: only a real GPU node needs pynvml.
+        nvml: Any = importlib.import_module("triserve.gpu.nvml")
+        backend = nvml.NvmlBackend()
+    node_name = args.node_name or os.environ.get("NODE_NAME")
+    if not node_name:
+        if not args.standalone:
+            raise ValueError("NODE_NAME is not set: give it from the downward API or --node-name")
+        node_name = sim.scenario.hostname if sim is not None else socket.gethostname()
+    return AgentOptions(
+        node_name=node_name,
+        state_file=args.state_file,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        policy=load_policy(args.policy) if args.standalone else None,
+        standalone=args.standalone,
+        sim=sim,
+        backend=backend,
+        speed=args.speed,
+        duration_s=args.duration,
+        dcgm_url=args.dcgm_url,
+        pod_resources_socket=args.pod_resources_socket
+        or (None if args.standalone else DEFAULT_SOCKET),
+        api_client=None if args.standalone else _api_client(args.kubeconfig),
+        scrape_interval_s=args.scrape_interval,
+        report_interval_s=args.report_interval,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `triserve agent`; exit 2 on a bad policy file or flags."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.standalone and args.policy is None:
+        parser.error("--standalone needs --policy FILE (an EnergyPolicy manifest)")
+    if args.policy is not None and not args.standalone:
+        parser.error("--policy is for --standalone runs; in a cluster the node label decides")
+    if args.speed <= 0:
+        parser.error("--speed must be positive")
+    try:
+        options = options_from_args(args)
+    except PolicyError as exc:
+        print(f"triserve agent: invalid policy {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"triserve agent: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(AgentRuntime(options).run())

@@ -1,0 +1,194 @@
+"""The NodeEnergyReport: per-GPU state and the window's energy and efficiency.
+
+`build_status(agent, now)` closes every GPU's report window and turns the agent's state into
+a `NodeEnergyReportStatus`; `ReportWriter` creates the cluster-scoped report (named after
+the node, owned by the Node so it is garbage-collected with it) and patches its status
+subresource. Standalone runs log the same status instead (`log_status`). Tokens come from
+the serving engines' generation counters; the PMU-default baseline is the agent's own
+counterfactual estimate (`triserve.node_agent.gpus.BASELINE_METHOD`), never simulator data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from triserve.api.annotations import GROUP, VERSION
+from triserve.api.models import PolicyMode
+from triserve.api.status import (
+    Efficiency,
+    EnergyWindow,
+    GpuReport,
+    GpuState,
+    NodeEnergyReportStatus,
+    ReportPhase,
+)
+from triserve.node_agent.agent import NodeAgent
+from triserve.node_agent.gpus import BASELINE_METHOD
+
+log = logging.getLogger(__name__)
+
+PLURAL = "nodeenergyreports"
+KIND = "NodeEnergyReport"
+
+
+def rfc3339(when: dt.datetime) -> str:
+    """Kubernetes' timestamp format (UTC, seconds, trailing Z)."""
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _phase(agent: NodeAgent) -> ReportPhase:
+    if agent.policy is None:
+        return ReportPhase.RELEASED
+    states = [g.state for g in agent.gpus.values()]
+    if GpuState.DEGRADED in states and not any(
+        s in (GpuState.MANAGED, GpuState.OBSERVED) for s in states
+    ):
+        return ReportPhase.DEGRADED
+    if agent.policy.spec.mode is PolicyMode.OBSERVE:
+        return ReportPhase.OBSERVING
+    return ReportPhase.MANAGING
+
+
+def build_status(agent: NodeAgent, now: dt.datetime) -> NodeEnergyReportStatus:
+    """The report for the window that ends now (resets every GPU's window)."""
+    with agent.lock:
+        now_s = agent.last_tick_s or 0.0
+        gpu_reports: list[GpuReport] = []
+        energy_j = baseline_j = tokens = window_s = 0.0
+        pods: dict[str, int] = {}
+        for pod in agent.pods.values():
+            pods[pod.stage] = pods.get(pod.stage, 0) + 1
+        for gpu in agent.gpus.values():
+            window = gpu.close_window(now_s)
+            sample = gpu.last_sample
+            decision = gpu.last_decision
+            if gpu.governed:
+                energy_j += window.energy_j
+                baseline_j += max(window.baseline_energy_j, window.energy_j)
+                tokens += window.tokens
+                window_s = max(window_s, window.seconds)
+            gpu_reports.append(
+                GpuReport(
+                    index=gpu.index,
+                    uuid=gpu.identity.uuid,
+                    name=gpu.identity.name,
+                    state=gpu.state,
+                    pods=sorted({p.pod.ref for p in gpu.placements}),
+                    stages=sorted({p.pod.stage for p in gpu.placements}),
+                    target_sm_clock_mhz=(decision.target_sm_clock_mhz or 0) if decision else 0,
+                    applied_sm_clock_mhz=sample.sm_clock_mhz if sample else 0,
+                    power_watts=round(sample.power_mw / 1000.0, 1) if sample else 0.0,
+                    temperature_celsius=round(sample.temperature_c, 1) if sample else 0.0,
+                    energy_joules=round(window.energy_j, 1),
+                    stall_seconds=round(window.stall_s, 2),
+                    throttle_seconds=round(window.throttle_s, 2),
+                    decisions=dict(sorted(window.decisions.items())),
+                    message=gpu.message,
+                )
+            )
+        policy = agent.policy
+        managed = sum(g.state is GpuState.MANAGED for g in agent.gpus.values())
+    tpj = tokens / energy_j if energy_j > 0 else 0.0
+    base_tpj = tokens / baseline_j if baseline_j > 0 else 0.0
+    return NodeEnergyReportStatus(
+        policy=policy.name if policy else "",
+        policy_generation=policy.generation if policy else 0,
+        mode=policy.spec.mode if policy else None,
+        strategy=policy.spec.strategy if policy else None,
+        phase=_phase(agent),
+        last_report_time=rfc3339(now),
+        managed_gpus=managed,
+        gpus=gpu_reports,
+        pods=pods,
+        energy=EnergyWindow(
+            joules=round(energy_j, 1),
+            average_watts=round(energy_j / window_s, 1) if window_s > 0 else 0.0,
+            window_seconds=round(window_s, 2),
+        ),
+        efficiency=Efficiency(
+            tokens=round(tokens, 1),
+            tokens_per_joule=round(tpj, 4),
+            baseline_tokens_per_joule=round(base_tpj, 4),
+            improvement_percent=round(100.0 * (tpj / base_tpj - 1.0), 2) if base_tpj > 0 else 0.0,
+            method=BASELINE_METHOD,
+        ),
+    )
+
+
+def log_status(status: NodeEnergyReportStatus) -> None:
+    """One log line per report (standalone mode has no API server to write to)."""
+    eff = status.efficiency
+    log.info(
+        "report: phase=%s policy=%s gpus=%d energy=%.0f J over %.1f s, %.3f tokens/J "
+        "(baseline est. %.3f, %+.1f%%)",
+        status.phase.value, status.policy or "-", status.managed_gpus, status.energy.joules,
+        status.energy.window_seconds, eff.tokens_per_joule, eff.baseline_tokens_per_joule,
+        eff.improvement_percent,
+    )  # fmt: skip
+
+
+class ReportWriter:
+    """Creates and updates this node's NodeEnergyReport through the Kubernetes API."""
+
+    def __init__(self, api_client: Any, node_name: str) -> None:
+        """`api_client` is a `kubernetes.client.ApiClient`; calls are synchronous."""
+        from kubernetes import client
+
+        self.node_name = node_name
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self._exists = False
+        self._exception = client.ApiException
+        self._stages_sent: set[str] = set()
+
+    def _ensure(self) -> None:
+        if self._exists:
+            return
+        try:
+            self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, self.node_name)
+        except self._exception as exc:
+            if exc.status != 404:
+                raise
+            node = self.core.read_node(self.node_name)
+            body = {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "metadata": {
+                    "name": self.node_name,
+                    "labels": {"app.kubernetes.io/managed-by": "triserve-agent"},
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Node",
+                            "name": self.node_name,
+                            "uid": (node.metadata.uid if node.metadata else None) or "",
+                            "blockOwnerDeletion": False,
+                        }
+                    ],
+                },
+                "spec": {"nodeName": self.node_name},
+            }
+            try:
+                self.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
+            except self._exception as create_exc:
+                if create_exc.status != 409:
+                    raise
+        self._exists = True
+
+    def write(self, status: NodeEnergyReportStatus) -> None:
+        """Create the report if needed and replace its status (raises ApiException)."""
+        self._ensure()
+        body = status.to_k8s()
+        # A merge patch keeps map keys it is not told about: zero the stages that left.
+        body["pods"] = {**dict.fromkeys(self._stages_sent, 0), **body.get("pods", {})}
+        self._stages_sent = {k for k, v in body["pods"].items() if v}
+        try:
+            self.custom.patch_cluster_custom_object_status(
+                GROUP, VERSION, PLURAL, self.node_name, {"status": body}
+            )
+        except self._exception as exc:
+            if exc.status == 404:
+                self._exists = False
+            raise

@@ -1,0 +1,222 @@
+"""Assemble and run one agent process: backend, sources, scrapers, tick, exporter, reports.
+
+`run(options)` is the body of `triserve agent` (see `triserve.node_agent.main` for the
+flags) and of `triserve demo`. It restores stale locks at start-up, serves `/metrics`,
+starts the watchdog, follows the policy (cluster watches or a file), runs the control tick
+(wall clock, or inside the simulation with `--sim`), scrapes asynchronously, reports every
+report interval, and on SIGTERM/SIGINT or the end of `--duration` restores every GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from triserve.gpu.backend import GpuBackend
+from triserve.node_agent.agent import NodeAgent, PolicyRef
+from triserve.node_agent.exporter import MetricsServer, build_registry, liveness
+from triserve.node_agent.podresources import PodResourcesClient
+from triserve.node_agent.reports import ReportWriter, build_status, log_status
+from triserve.node_agent.safety import StateFile, Watchdog
+from triserve.node_agent.scraping import Scrapers
+from triserve.node_agent.simnode import SimNode
+from triserve.sim import Simulation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class AgentOptions:
+    """Everything `run` needs; the CLI fills it from flags, tests build it directly."""
+
+    node_name: str
+    state_file: Path
+    metrics_port: int = 9402
+    metrics_host: str = "0.0.0.0"
+    policy: PolicyRef | None = None  # standalone: the policy from the file
+    standalone: bool = False
+    sim: Simulation | None = None
+    backend: GpuBackend | None = None
+    speed: float = 1.0
+    duration_s: float | None = None
+    dcgm_url: str | None = None
+    pod_resources_socket: str | None = None
+    api_client: Any = None
+    scrape_interval_s: float = 0.5
+    report_interval_s: float | None = None  # None: the policy's reportIntervalSeconds
+    watchdog_timeout_s: float = 5.0
+    metrics_port_fallback: bool = False  # demo: take any free port if the one asked is busy
+    on_step: Callable[[NodeAgent, float], None] | None = None
+    on_report: list[Any] = field(default_factory=list)
+
+
+class AgentRuntime:
+    """One running agent; `run()` returns when stopped and every GPU is restored."""
+
+    def __init__(self, options: AgentOptions) -> None:
+        """Builds the agent over the simulation's backend or the given one."""
+        self.options = options
+        backend = options.sim.backend if options.sim is not None else options.backend
+        if backend is None:
+            raise ValueError("no GPU backend: pass --sim SCENARIO or run on a GPU node with NVML")
+        self.agent = NodeAgent(backend, options.node_name, StateFile(options.state_file))
+        self.stop_event = asyncio.Event()
+        self.server: MetricsServer | None = None
+        self.watchdog: Watchdog | None = None
+        self.sim_node: SimNode | None = None
+        self.writer: ReportWriter | None = None
+        self.reports: list[Any] = options.on_report
+        self._next_report_s: float | None = None
+
+    def stop(self) -> None:
+        """Ask the run to end (signal handlers call this)."""
+        self.stop_event.set()
+
+    def _interval_s(self) -> float:
+        policy = self.agent.policy
+        return policy.spec.control_interval_ms / 1000.0 if policy else 0.05
+
+    def _report_interval_s(self) -> float:
+        if self.options.report_interval_s is not None:
+            return self.options.report_interval_s
+        policy = self.agent.policy
+        return float(policy.spec.report_interval_s) if policy else 30.0
+
+    async def run(self) -> int:
+        """Run until stopped; 0 on a clean stop."""
+        opts, agent = self.options, self.agent
+        agent.startup()
+        self.server = self._serve_metrics()
+        self.server.start()
+        self.watchdog = Watchdog(opts.watchdog_timeout_s, agent.on_watchdog)
+        self.watchdog.start()
+        loop = asyncio.get_running_loop()
+        agent.on_policy_change = lambda _policy: self._report_soon()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        tasks: list[asyncio.Task[Any]] = []
+        source = None
+        try:
+            if opts.standalone:
+                agent.set_policy(opts.policy)
+            else:
+                from triserve.node_agent.kube import ClusterSource
+
+                source = ClusterSource(opts.api_client, agent, loop)
+                source.start()
+                self.writer = ReportWriter(opts.api_client, opts.node_name)
+            if opts.sim is not None:
+                self.sim_node = SimNode(
+                    opts.sim,
+                    agent,
+                    scrape_interval_s=opts.scrape_interval_s,
+                    publish_pods=opts.standalone,
+                )
+                if opts.standalone:
+                    selector = opts.policy.spec.pod_selector if opts.policy else None
+                    self.sim_node.publish_pods(selector)
+            async with httpx.AsyncClient() as client:
+                podres = (
+                    PodResourcesClient(opts.pod_resources_socket)
+                    if opts.pod_resources_socket
+                    else None
+                )
+                scrapers = Scrapers(
+                    agent,
+                    client,
+                    clock=self._clock,
+                    interval_s=opts.scrape_interval_s,
+                    dcgm_url=opts.dcgm_url,
+                    pod_resources=podres,
+                    scrape_serving=not (opts.sim is not None and opts.standalone),
+                )
+                tasks.append(asyncio.create_task(scrapers.run(), name="scrapers"))
+                await self._drive()
+                if podres is not None:
+                    await podres.close()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if source is not None:
+                source.stop()
+            agent.shutdown("agent stopping")
+            await self._report(final=True)
+            self.watchdog.stop()
+            self.server.stop()
+        return 0
+
+    def _serve_metrics(self) -> MetricsServer:
+        opts, agent = self.options, self.agent
+        registry = build_registry(agent)
+        healthy = liveness(agent, max(opts.watchdog_timeout_s * 2, 10.0))
+        try:
+            return MetricsServer(
+                registry, opts.metrics_port, opts.metrics_host, healthy, agent.is_ready
+            )
+        except OSError:
+            if not opts.metrics_port_fallback:
+                raise
+            return MetricsServer(registry, 0, opts.metrics_host, healthy, agent.is_ready)
+
+    def _clock(self) -> float:
+        sim = self.options.sim
+        return sim.now_s if sim is not None else time.monotonic()
+
+    async def _drive(self) -> None:
+        opts = self.options
+        if self.sim_node is not None:
+            await self.sim_node.drive(
+                speed=opts.speed,
+                tick_s=self._interval_s(),
+                duration_s=opts.duration_s,
+                stop=self.stop_event,
+                after_step=self._after_step,
+            )
+            return
+        end = time.monotonic() + opts.duration_s if opts.duration_s is not None else None
+        while not self.stop_event.is_set() and (end is None or time.monotonic() < end):
+            started = time.monotonic()
+            self.agent.tick(started)
+            self._after_step(started)
+            remaining = self._interval_s() - (time.monotonic() - started)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), timeout=max(remaining, 0.001))
+
+    def _after_step(self, now_s: float) -> None:
+        assert self.watchdog is not None
+        self.watchdog.beat()
+        if self.options.on_step is not None:
+            self.options.on_step(self.agent, now_s)
+        if self._next_report_s is None:
+            self._next_report_s = now_s + self._report_interval_s()
+        elif now_s >= self._next_report_s:
+            self._next_report_s = now_s + self._report_interval_s()
+            asyncio.get_running_loop().create_task(self._report())
+
+    def _report_soon(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().create_task(self._report())
+
+    async def _report(self, final: bool = False) -> None:
+        status = build_status(self.agent, dt.datetime.now(dt.UTC))
+        self.reports.append(status)
+        if self.writer is None:
+            if not final:
+                log_status(status)
+            return
+        try:
+            await asyncio.to_thread(self.writer.write, status)
+        except Exception as exc:
+            self.agent.error("report", f"NodeEnergyReport {self.options.node_name}: {exc}")

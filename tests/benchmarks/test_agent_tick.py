@@ -1,0 +1,96 @@
+"""Benchmark: one agent tick over 8 simulated GPUs at a 50 ms control interval.
+
+Targets: under 5% of one CPU core and under 150 MB resident. The figures are measured
+with the agent tick alone (the simulator's own cost is excluded), printed, and asserted.
+Print them with::
+
+    .venv/bin/pytest tests/benchmarks/test_agent_tick.py -s --benchmark-enable
+    .venv/bin/python tests/benchmarks/test_agent_tick.py
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from triserve.api.models import EnergyPolicySpec
+from triserve.node_agent.agent import NodeAgent, PolicyRef
+from triserve.node_agent.safety import StateFile
+from triserve.node_agent.simnode import SimNode
+from triserve.node_agent.stages import pod_from_manifest
+from triserve.sim import Simulation, load_scenario
+
+GPUS = 8
+INTERVAL_S = 0.05
+REFERENCE = Path(__file__).resolve().parents[2] / "examples" / "scenarios" / "reference.yaml"
+
+
+def eight_gpu_node(tmp: Path) -> tuple[Simulation, NodeAgent, SimNode]:
+    """The reference pipeline on an 8-GPU node, with a stage pod on every GPU."""
+    scenario = yaml.safe_load(REFERENCE.read_text())
+    scenario["gpus"] = [{"profile": "h100-sxm"}] * GPUS
+    path = tmp / "eight.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    sim = Simulation(load_scenario(str(path)), seed=0)
+    agent = NodeAgent(sim.backend, "bench-node", StateFile(tmp / "state.json"))
+    node = SimNode(sim, agent, scrape_interval_s=0.5)
+    manifests: list[dict[str, Any]] = []
+    stages = [p.stage for p in sim.placements]
+    for gpu in range(GPUS):
+        m = node.manifests()[gpu % len(stages)]
+        m["metadata"]["name"] = f"{m['metadata']['name']}-g{gpu}"
+        m["metadata"]["annotations"]["triserve.io/gpus"] = str(gpu)
+        manifests.append(m)
+    node.pods = [p for p in (pod_from_manifest(m) for m in manifests) if p is not None]
+    agent.set_pods(node.pods)
+    agent.set_policy(PolicyRef("bench", EnergyPolicySpec.model_validate({}), 1))
+    sim.run_until(30.0, on_tick=node.on_tick, tick_s=INTERVAL_S)  # warm: loops built, locks on
+    return sim, agent, node
+
+
+def measure(ticks: int = 400) -> dict[str, float]:
+    """CPU seconds per tick, the CPU share of one core at 50 ms, and the process RSS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sim, agent, node = eight_gpu_node(Path(tmp))
+        cpu_s = 0.0
+        for _ in range(ticks):
+            sim.run_until(sim.now_s + INTERVAL_S)
+            node.scrape(sim.now_s)
+            started = time.process_time()
+            agent.tick(sim.now_s)
+            cpu_s += time.process_time() - started
+        assert sum(g.governed for g in agent.gpus.values()) == GPUS
+    per_tick_s = cpu_s / ticks
+    return {
+        "tick_cpu_ms": 1000.0 * per_tick_s,
+        "cpu_share_pct": 100.0 * per_tick_s / INTERVAL_S,
+        "rss_mb": psutil.Process().memory_info().rss / 2**20,
+    }
+
+
+def test_tick_for_eight_gpus_fits_the_cpu_and_memory_budget(benchmark: Any) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        sim, agent, _node = eight_gpu_node(Path(tmp))
+
+        def advance() -> None:
+            sim.run_until(sim.now_s + INTERVAL_S)
+
+        benchmark.pedantic(lambda: agent.tick(sim.now_s), setup=advance, rounds=200)
+    figures = measure()
+    benchmark.extra_info.update(figures)
+    print(
+        f"\nagent tick, {GPUS} GPUs @ {INTERVAL_S * 1000:.0f} ms: "
+        f"{figures['tick_cpu_ms']:.3f} ms CPU/tick = {figures['cpu_share_pct']:.2f}% of a core; "
+        f"RSS {figures['rss_mb']:.0f} MB"
+    )
+    assert figures["cpu_share_pct"] < 5.0
+    assert figures["rss_mb"] < 150.0
+
+
+if __name__ == "__main__":
+    print(measure())

@@ -1,0 +1,216 @@
+"""The agent against real protocols on loopback: kmock's API server, a pod-resources gRPC
+server on a unix socket, and HTTP dcgm-exporter and vLLM metrics endpoints; GPUs simulated."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import kmock
+import pytest
+import yaml
+from kubernetes import client
+
+from triserve.api.status import GpuState
+from triserve.node_agent.podresources import api_pb2, api_pb2_grpc
+from triserve.node_agent.runtime import AgentOptions, AgentRuntime
+from triserve.node_agent.simnode import open_simulation
+from triserve.sim import Simulation
+
+CRDS = Path(__file__).resolve().parents[3] / "crds"
+NODE = "node-1"
+
+
+def _register_crds(k8s: kmock.KubernetesEmulator) -> None:
+    for path in sorted(CRDS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        names = crd["spec"]["names"]
+        k8s.resources[f"triserve.io/v1alpha1/{names['plural']}"] = kmock.ResourceInfo(
+            kind=names["kind"], singular=names["singular"], namespaced=False,
+            subresources={"status"},
+            verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+        )  # fmt: skip
+
+
+class PodResources(api_pb2_grpc.PodResourcesListerServicer):  # type: ignore[misc]
+    """A kubelet stand-in: the stage pods hold the simulated GPUs' UUIDs."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def List(self, request: Any, context: Any) -> Any:
+        pods = []
+        for p in self.sim.placements:
+            uuid = self.sim.backend.identity(p.gpu_index).uuid
+            device = api_pb2.ContainerDevices(resource_name="nvidia.com/gpu", device_ids=[uuid])
+            container = api_pb2.ContainerResources(name=p.container, devices=[device], cpu_ids=[2])
+            pods.append(api_pb2.PodResources(name=p.pod, namespace=p.namespace,
+                                             containers=[container]))  # fmt: skip
+        return api_pb2.ListPodResourcesResponse(pod_resources=pods)
+
+
+@contextlib.contextmanager
+def http_server(routes: dict[str, Callable[[], str]]) -> Iterator[int]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            route = routes.get(self.path)
+            body = (route() if route else "nope").encode()
+            self.send_response(200 if route else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+
+
+def pod(name: str, stage: str, port: int, node: str = NODE, **ann: str) -> dict[str, Any]:
+    annotations = {"triserve.io/stage": stage, "triserve.io/pipeline": "qwen3-omni",
+                   "triserve.io/metrics": f"{port}/{stage}", **ann}  # fmt: skip
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "omni", "annotations": annotations,
+                     "labels": {"app": "omni"}},
+        "spec": {"nodeName": node, "containers": [{"name": stage}]},
+        "status": {"phase": "Running", "podIP": "127.0.0.1"},
+    }  # fmt: skip
+
+
+def policy(name: str, mode: str) -> dict[str, Any]:
+    return {"apiVersion": "triserve.io/v1alpha1", "kind": "EnergyPolicy",
+            "metadata": {"name": name, "generation": 1},
+            "spec": {"mode": mode, "podSelector": {"matchLabels": {"app": "omni"}}}}  # fmt: skip
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def cluster() -> AsyncIterator[tuple[kmock.KubernetesEmulator, str]]:
+    async with kmock.KubernetesEmulator() as k8s, kmock.Server(k8s, host="127.0.0.1") as srv:
+        k8s.resources.load_bundled()
+        _register_crds(k8s)
+        yield k8s, str(srv.url).rstrip("/")
+
+
+async def test_agent_discovers_maps_controls_reports_and_follows_its_node_label(
+    tmp_path: Path,
+) -> None:
+    sim = open_simulation("reference")
+    socket_path = tmp_path / "kubelet.sock"
+    grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    api_pb2_grpc.add_PodResourcesListerServicer_to_server(PodResources(sim), grpc_server)
+    grpc_server.add_insecure_port(f"unix://{socket_path}")
+    grpc_server.start()
+    routes: dict[str, Callable[[], str]] = {
+        f"/{p.stage}": (lambda s=p.stage: sim.serving_exposition(s)) for p in sim.placements
+    }
+    routes["/broken"] = lambda: "this is { not prometheus"
+    routes["/dcgm"] = lambda: sim.dcgm_exposition(NODE)
+    with http_server(routes) as port:
+        async with cluster() as (k8s, url):
+            api = client.ApiClient(client.Configuration(host=url))
+            core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+            call = asyncio.to_thread
+            await call(core.create_node, {"apiVersion": "v1", "kind": "Node",
+                              "metadata": {"name": NODE, "uid": "node-uid-1",
+                                           "labels": {"triserve.io/policy": "p1"}}})  # fmt: skip
+            for name, mode in (("p1", "Enforce"), ("p2", "Observe")):
+                await call(custom.create_cluster_custom_object, "triserve.io", "v1alpha1",
+                           "energypolicies", policy(name, mode))  # fmt: skip
+            for p in sim.placements:
+                await call(core.create_namespaced_pod, "omni", pod(p.pod, p.stage, port))
+            await call(
+                core.create_namespaced_pod, "omni", pod("elsewhere", "thinker", port, node="node-2")
+            )
+            await call(core.create_namespaced_pod, "omni", pod("odd", "talker", port, **{
+                "triserve.io/metrics": f"{port}/broken", "triserve.io/gpus": "seven"}))  # fmt: skip
+
+            options = AgentOptions(
+                node_name=NODE, state_file=tmp_path / "state.json", metrics_port=0,
+                metrics_host="127.0.0.1", sim=sim, speed=20.0, api_client=api,
+                dcgm_url=f"http://127.0.0.1:{port}/dcgm",
+                pod_resources_socket=str(socket_path), scrape_interval_s=0.2,
+                report_interval_s=5.0,
+            )  # fmt: skip
+            runtime = AgentRuntime(options)
+            task = asyncio.create_task(runtime.run())
+            agent = runtime.agent
+            try:
+                await eventually(lambda: all(g.governed for g in agent.gpus.values()), "control")
+                gpus = agent.gpus
+                assert {p.pod.name for p in gpus[1].placements} == {
+                    "qwen3-omni-talker-0", "qwen3-omni-code2wav-0"}  # fmt: skip
+                assert {p.source for g in gpus.values() for p in g.placements} == {"pod-resources"}
+                assert "omni/elsewhere" not in {p.pod.ref for g in gpus.values()
+                                                for p in g.placements}  # fmt: skip
+                await eventually(lambda: len(agent.serving) >= 3, "serving scrapes")
+                await eventually(lambda: any(sim.backend.locked_sm_clocks_mhz(i)
+                                             for i in range(2)), "a clock lock")  # fmt: skip
+                await eventually(lambda: agent.errors["scrape"] > 0, "the broken scrape counted")
+
+                def report() -> dict[str, Any] | None:
+                    try:
+                        obj = k8s.objects["triserve.io/v1alpha1/nodeenergyreports", None, NODE]
+                    except KeyError:
+                        return None
+                    return None if obj.deleted else dict(obj.raw)
+
+                first = await eventually(
+                    lambda: (r := report()) and r.get("status", {}).get("energy", {}).get("joules")
+                    and r, "a NodeEnergyReport with energy")  # fmt: skip
+                assert first["metadata"]["ownerReferences"][0]["kind"] == "Node"
+                assert first["metadata"]["ownerReferences"][0]["uid"] == "node-uid-1"
+                assert first["status"]["phase"] == "Managing" and first["status"]["policy"] == "p1"
+                assert len(first["status"]["gpus"]) == 2
+
+                # The label switches to the Observe policy: no restart, locks released.
+                await call(
+                    core.patch_node, NODE, {"metadata": {"labels": {"triserve.io/policy": "p2"}}}
+                )
+                await eventually(
+                    lambda: agent.policy and agent.policy.name == "p2", "the switch to p2"
+                )
+                observed = [GpuState.OBSERVED] * 2
+                await eventually(
+                    lambda: [g.state for g in agent.gpus.values()] == observed, "observing"
+                )
+                assert [sim.backend.locked_sm_clocks_mhz(i) for i in range(2)] == [None, None]
+
+                # The label goes away: every GPU released and the report says so.
+                await call(
+                    core.patch_node, NODE, {"metadata": {"labels": {"triserve.io/policy": None}}}
+                )
+                await eventually(lambda: agent.policy is None, "release")
+                await eventually(lambda: (r := report()) and
+                                 r["status"]["phase"] == "Released", "Released report")  # fmt: skip
+            finally:
+                runtime.stop()
+                await asyncio.wait_for(task, timeout=15)
+                grpc_server.stop(0)
+    assert [sim.backend.locked_sm_clocks_mhz(i) for i in range(2)] == [None, None]
+
+
+pytestmark = pytest.mark.timeout(90)

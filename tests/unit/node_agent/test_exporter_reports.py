@@ -1,0 +1,90 @@
+"""The exporter's names and labels (the dashboard contract) and the report's contents."""
+
+from __future__ import annotations
+
+import datetime as dt
+import urllib.request
+from collections.abc import Callable
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from triserve.api.status import ReportPhase
+from triserve.node_agent.agent import NodeAgent
+from triserve.node_agent.exporter import MetricsServer, build_registry
+from triserve.node_agent.reports import build_status
+from triserve.node_agent.simnode import SimNode
+from triserve.sim import Simulation
+
+from .conftest import run
+
+Make = Callable[..., tuple[NodeAgent, SimNode]]
+CONTRACT = {
+    "triserve_gpu_sm_clock_applied_mhz", "triserve_gpu_sm_clock_target_mhz",
+    "triserve_gpu_power_watts", "triserve_gpu_temperature_celsius",
+    "triserve_gpu_energy_joules_total", "triserve_gpu_stall_seconds_total",
+    "triserve_gpu_throttle_seconds_total", "triserve_gpu_decisions_total",
+    "triserve_gpu_tokens_per_joule", "triserve_gpu_baseline_tokens_per_joule",
+    "triserve_gpu_clocks_locked", "triserve_gpu_managed", "triserve_gpu_degraded",
+    "triserve_gpu_stage_active", "triserve_slo_guard_active", "triserve_slo_guard_trips_total",
+    "triserve_policy_info", "triserve_agent_tick_seconds_bucket", "triserve_agent_errors_total",
+}  # fmt: skip
+GPU_LABELS = {"node", "gpu", "UUID", "pod", "namespace", "container", "stage", "policy"}
+
+
+def test_every_contract_metric_is_exported_with_the_join_labels(
+    sim: Simulation, make_agent: Make
+) -> None:
+    agent, node = make_agent()
+    run(sim, node, 20.0)
+    registry = build_registry(agent)
+    names = {s.name for fam in registry.collect() for s in fam.samples}
+    assert names >= CONTRACT
+    for fam in registry.collect():
+        if fam.name.startswith("triserve_gpu_"):
+            for sample in fam.samples:
+                assert set(sample.labels) >= GPU_LABELS, (fam.name, sample.labels)
+    labels = {"node": "sim-node-0", "gpu": "1", "UUID": sim.backend.identity(1).uuid,
+              "pod": "qwen3-omni-talker-0", "namespace": "omni", "container": "talker",
+              "stage": "talker", "policy": "p1"}  # fmt: skip
+    assert registry.get_sample_value("triserve_gpu_managed", labels) == 1.0
+    assert (registry.get_sample_value("triserve_gpu_energy_joules_total", labels) or 0) > 0
+
+
+def test_metrics_healthz_and_readyz_are_served(sim: Simulation, make_agent: Make) -> None:
+    agent, node = make_agent()
+    server = MetricsServer(build_registry(agent), 0, "127.0.0.1", ready=agent.is_ready)
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        try:
+            urllib.request.urlopen(base + "/readyz")
+            raise AssertionError("ready before the first tick")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503
+        run(sim, node, 2.0)
+        assert urllib.request.urlopen(base + "/readyz").status == 200
+        assert urllib.request.urlopen(base + "/healthz").status == 200
+        body = urllib.request.urlopen(base + "/metrics").read().decode()
+        fams = {f.name for f in text_string_to_metric_families(body)}
+        assert "triserve_gpu_clocks_locked" in fams
+    finally:
+        server.stop()
+
+
+def test_report_carries_gpus_energy_tokens_and_an_honest_baseline_method(
+    sim: Simulation, make_agent: Make
+) -> None:
+    agent, node = make_agent()
+    run(sim, node, 120.0)
+    status = build_status(agent, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    assert status.phase is ReportPhase.MANAGING and status.managed_gpus == 2
+    assert status.last_report_time == "2026-01-01T00:00:00Z"
+    assert status.energy.joules > 0 and status.efficiency.tokens > 0
+    assert "agent's own samples" in status.efficiency.method
+    assert status.efficiency.baseline_tokens_per_joule <= status.efficiency.tokens_per_joule
+    assert status.pods == {"thinker": 1, "talker": 1, "code2wav": 1}
+    assert {tuple(g.stages) for g in status.gpus} == {("thinker",), ("code2wav", "talker")}
+    again = build_status(agent, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    assert again.energy.joules == 0  # the window was reset
+    agent.set_policy(None)
+    assert build_status(agent, dt.datetime.now(dt.UTC)).phase is ReportPhase.RELEASED

@@ -1,0 +1,165 @@
+"""Every safety path hands the clocks back to the PMU (SimBackend shows the lock state)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from triserve.api.status import GpuState
+from triserve.gpu.backend import GpuLostError
+from triserve.node_agent.agent import NodeAgent
+from triserve.node_agent.safety import GuardedBackend, StateFile, Watchdog, restore_stale
+from triserve.node_agent.simnode import SimNode
+from triserve.sim import Simulation
+
+from .conftest import policy, run
+
+Make = Callable[..., tuple[NodeAgent, SimNode]]
+
+
+def locks(sim: Simulation) -> list[tuple[int, int] | None]:
+    return [sim.backend.locked_sm_clocks_mhz(i) for i in range(sim.backend.device_count())]
+
+
+def test_enforce_locks_and_the_state_file_names_the_gpu_before_the_lock(
+    sim: Simulation, make_agent: Make, tmp_path: Path
+) -> None:
+    _agent, node = make_agent()
+    run(sim, node, 20.0)
+    held = json.loads((tmp_path / "state.json").read_text())["gpus"]
+    assert any(lock is not None for lock in locks(sim))
+    for i, lock in enumerate(locks(sim)):
+        if lock is not None:
+            assert sim.backend.identity(i).uuid in held
+
+
+def test_shutdown_restores_every_gpu_and_clears_the_state_file(
+    sim: Simulation, make_agent: Make, tmp_path: Path
+) -> None:
+    agent, node = make_agent()
+    run(sim, node, 20.0)
+    agent.shutdown("SIGTERM")
+    assert locks(sim) == [None, None]
+    assert json.loads((tmp_path / "state.json").read_text())["gpus"] == {}
+    assert all(g.state is GpuState.RELEASED for g in agent.gpus.values())
+
+
+def test_start_up_restores_locks_a_crashed_agent_left(sim: Simulation, tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.json")
+    GuardedBackend(sim.backend, state).lock_sm_clocks(1, 500, 600)  # then "crash"
+    assert locks(sim)[1] is not None
+    fresh = NodeAgent(sim.backend, "n", StateFile(tmp_path / "state.json"))
+    assert fresh.startup() == [1]
+    assert locks(sim) == [None, None]
+
+
+def test_corrupt_state_file_restores_every_gpu(sim: Simulation, tmp_path: Path) -> None:
+    sim.backend.lock_sm_clocks(0, 500, 600)
+    (tmp_path / "state.json").write_text("{not json")
+    assert restore_stale(sim.backend, StateFile(tmp_path / "state.json")) == [0, 1]
+    assert locks(sim) == [None, None]
+
+
+def test_removed_policy_releases_every_gpu(sim: Simulation, make_agent: Make) -> None:
+    agent, node = make_agent()
+    run(sim, node, 20.0)
+    agent.set_policy(None)
+    assert locks(sim) == [None, None]
+    assert not any(g.governed for g in agent.gpus.values())
+
+
+def test_gpu_leaving_management_is_restored(sim: Simulation, make_agent: Make) -> None:
+    agent, node = make_agent()
+    run(sim, node, 20.0)
+    sim.backend.lock_sm_clocks(0, 500, 600)  # make sure GPU 0 holds a lock right now
+    agent.gpus[0].locked = True
+    agent.state_file.mark(sim.backend.identity(0).uuid, 0, clocks=True)
+    agent.set_pods([p for p in node.pods if p.stage != "thinker"])
+    run(sim, node, 21.0)
+    assert locks(sim)[0] is None and agent.gpus[0].state is GpuState.RELEASED
+    assert agent.gpus[1].governed
+
+
+def test_opt_out_pod_keeps_its_gpu_at_defaults(sim: Simulation, make_agent: Make) -> None:
+    agent, node = make_agent()
+    from dataclasses import replace
+
+    agent.set_pods([replace(p, opt_out=p.stage == "thinker") for p in node.pods])
+    run(sim, node, 20.0)
+    assert locks(sim)[0] is None and not agent.gpus[0].governed
+    assert "opted out" in agent.gpus[0].message
+
+
+def test_repeated_gpu_errors_degrade_that_gpu_only(sim: Simulation, make_agent: Make) -> None:
+    agent, node = make_agent()
+    run(sim, node, 15.0)
+    sim.backend.mark_lost(0)
+    run(sim, node, 16.0)
+    assert agent.gpus[0].state is GpuState.DEGRADED
+    assert agent.gpus[1].governed and agent.errors["nvml"] >= 3
+    run(sim, node, 20.0)  # the healthy GPU keeps being controlled
+    assert agent.gpus[1].last_decision is not None
+
+
+def test_observe_never_actuates(sim: Simulation, make_agent: Make) -> None:
+    calls: list[str] = []
+    backend = sim.backend
+    for name in ("lock_sm_clocks", "reset_sm_clocks", "set_power_limit_mw", "reset_power_limit"):
+        original = getattr(backend, name)
+
+        def spy(*args: object, _name: str = name, _orig: Callable[..., None] = original) -> None:
+            calls.append(_name)
+            _orig(*args)
+
+        setattr(backend, name, spy)
+    agent, node = make_agent(policy(mode="Observe"))
+    run(sim, node, 30.0)
+    agent.set_policy(None)
+    agent.shutdown()
+    assert calls == [] and locks(sim) == [None, None]
+    assert sum(agent.gpus[0].decisions.values()) > 0  # it did decide, and recorded it
+
+
+def test_watchdog_restores_when_the_tick_stalls(sim: Simulation, make_agent: Make) -> None:
+    agent, node = make_agent()
+    run(sim, node, 20.0)
+    sim.backend.lock_sm_clocks(0, 500, 600)
+    agent.state_file.mark(sim.backend.identity(0).uuid, 0, clocks=True)
+    dog = Watchdog(0.2, agent.on_watchdog, poll_s=0.02)
+    dog.start()
+    try:
+        deadline = time.monotonic() + 3.0
+        while dog.trips == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)  # no beats: the "loop" is stuck
+    finally:
+        dog.stop()
+    assert dog.trips == 1 and locks(sim) == [None, None]
+    run(sim, node, 25.0)  # ticks resume: loops are rebuilt and control again
+    assert any(g.governed for g in agent.gpus.values())
+
+
+def test_guard_never_locks_outside_device_range_or_policy_limits(
+    sim: Simulation, tmp_path: Path
+) -> None:
+    guarded = GuardedBackend(sim.backend, StateFile(tmp_path / "s.json"))
+    clocks = sim.backend.supported_sm_clocks_mhz(0)
+    guarded.lock_sm_clocks(0, 1, 99_999)
+    assert sim.backend.locked_sm_clocks_mhz(0) == (min(clocks), max(clocks))
+    guarded.set_clock_limits(900, 1200)
+    guarded.lock_sm_clocks(0, 300, 1980)
+    lo, hi = sim.backend.locked_sm_clocks_mhz(0) or (0, 0)
+    assert 900 <= lo <= hi <= 1200
+
+
+def test_lost_gpu_restore_failure_is_logged_not_raised(sim: Simulation, make_agent: Make) -> None:
+    agent, node = make_agent()
+    run(sim, node, 20.0)
+    sim.backend.mark_lost(1)
+    with pytest.raises(GpuLostError):
+        sim.backend.sample(1)
+    agent.shutdown()  # must not raise
+    assert agent.errors["nvml"] >= 0
