@@ -1,0 +1,393 @@
+"""Stage engines and per-GPU scheduling: continuous batching, prefill, decode, one-shot passes.
+
+Called by `triserve.sim.simulation.Simulation`. An `ArEngine` is one autoregressive stage
+(thinker, talker): a waiting queue, prefills one request at a time, and a decode batch that
+progresses as a fluid (every running sequence gains ``dt / step_time`` tokens between
+events). A `OneshotEngine` (code2wav) runs one pass per batch of queued chunks. A `GpuRunner`
+picks what its GPU runs next — one-shot passes first, then a pending prefill, else one mixed
+decode phase over all its engines' batches (round-robin, like two processes sharing a GPU) —
+and turns it into a `triserve.sim.physics.Phase`. Hand-offs between stages are scheduled
+through the simulation's `schedule` callback after the edge's latency.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from triserve.sim.metrics import StageMetrics
+from triserve.sim.physics import Kernel, Phase
+from triserve.sim.scenario import StageSpec
+from triserve.sim.workload import RequestSpec
+
+__all__ = ["ArEngine", "GpuRunner", "Job", "OneshotEngine", "PipelineRequest", "Scheduler"]
+
+_EPS = 1e-9
+Scheduler = Callable[[float, Callable[[], None]], None]
+
+
+@dataclass(slots=True, eq=False)
+class PipelineRequest:
+    """One request's journey through the whole pipeline."""
+
+    rid: int
+    spec: RequestSpec
+    first_token_s: float | None = None
+    first_audio_s: float | None = None
+    done_s: float | None = None
+    stages_reached: int = 0
+    outstanding_items: int = 0
+    final_enqueued: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """A request at one autoregressive stage."""
+
+    req: PipelineRequest
+    arrived_s: float
+    target: float
+    prompt_tokens: int
+    upstream: Job | None
+    ratio: float
+    prefill_left: float = 1.0
+    generated: float = 0.0
+    emitted: float = 0.0
+    first_token_s: float | None = None
+    done: bool = False
+
+    def cap(self) -> float:
+        """Tokens this job may have generated so far (chunked input limits it)."""
+        up = self.upstream
+        if up is None or up.done:
+            return self.target
+        return min(self.target, up.generated * self.ratio)
+
+
+@dataclass(slots=True, eq=False)
+class OneshotItem:
+    """A chunk of upstream output waiting for a one-shot pass."""
+
+    req: PipelineRequest
+    tokens: float
+    final: bool
+    enqueued_s: float
+
+
+class _Engine:
+    """Common parts: spec, position in the chain, metrics and the downstream link."""
+
+    def __init__(self, index: int, spec: StageSpec, schedule: Scheduler) -> None:
+        self.index = index
+        self.spec = spec
+        self.schedule = schedule
+        self.metrics = StageMetrics()
+        self.downstream: _Engine | None = None
+        self.on_request_done: Callable[[PipelineRequest, float], None] = lambda r, t: None
+        self.pending_upstream = 0  # requests in the pipeline that have not reached this stage
+        # Tokens this stage handles per thinker output token (product of the chain's ratios).
+        self.token_ratio = 1.0
+
+    def accept(self, req: PipelineRequest, now_s: float, upstream: Job | None) -> None:
+        raise NotImplementedError
+
+    def accept_item(self, item: OneshotItem) -> None:
+        raise NotImplementedError
+
+
+class ArEngine(_Engine):
+    """An autoregressive stage with continuous batching."""
+
+    def __init__(self, index: int, spec: StageSpec, schedule: Scheduler) -> None:
+        super().__init__(index, spec, schedule)
+        self.waiting: deque[Job] = deque()
+        self.prefilling: deque[Job] = deque()
+        self.running: list[Job] = []
+        assert spec.prefill is not None and spec.decode is not None
+        self.prefill = spec.prefill
+        self.decode = spec.decode
+
+    def accept(self, req: PipelineRequest, now_s: float, upstream: Job | None) -> None:
+        """A request arrives at this stage (from the front door or from upstream)."""
+        self.pending_upstream -= 1
+        ratio = self.spec.tokens_per_upstream_token
+        target = max(1.0, float(round(req.spec.output_tokens * self.token_ratio)))
+        chunked = upstream is not None and self.spec.handoff == "chunked"
+        prompt = req.spec.input_tokens if self.spec.prefill_tokens == "input" else 0
+        job = Job(req, now_s, target, prompt, upstream if chunked else None, ratio)
+        if prompt == 0:
+            job.prefill_left = 0.0
+        self.waiting.append(job)
+        self._admit(now_s)
+
+    def _admit(self, now_s: float) -> None:
+        while self.waiting and len(self.running) + len(self.prefilling) < self.spec.max_batch:
+            job = self.waiting.popleft()
+            if job.prefill_left > 0:
+                self.prefilling.append(job)
+            else:
+                self._first_token(job, now_s)
+        self.metrics.running = len(self.running) + len(self.prefilling)
+        self.metrics.waiting = len(self.waiting)
+
+    def prefill_kernel(self, job: Job) -> Kernel:
+        flops = self.prefill.flops_per_token * job.prompt_tokens
+        return Kernel(
+            flops, flops / self.prefill.ai, self.prefill.efficiency, self.prefill.tensor_share
+        )
+
+    def decode_kernel(self, batch: int) -> Kernel:
+        d = self.decode
+        return Kernel(
+            d.flops_per_token * batch,
+            d.weight_bytes + d.bytes_per_seq * batch,
+            d.efficiency,
+            d.tensor_share,
+        )
+
+    def active(self) -> list[Job]:
+        """Running jobs that can make progress now (not waiting on upstream chunks)."""
+        return [j for j in self.running if j.generated < j.cap() - _EPS]
+
+    def _chunk_limit(self, job: Job) -> float:
+        ds = self.downstream
+        if ds is None or ds.spec.handoff != "chunked" or not isinstance(ds, OneshotEngine):
+            return math.inf
+        size = ds.spec.chunk_tokens
+        nxt = job.emitted + size
+        return nxt if nxt < job.target - _EPS else math.inf
+
+    def steps_to_event(self, active: list[Job]) -> float:
+        """Decode steps until some running job finishes, blocks or emits a chunk."""
+        best = math.inf
+        for j in active:
+            best = min(best, j.cap() - j.generated, self._chunk_limit(j) - j.generated)
+        return max(best, 0.0)
+
+    def _first_token(self, job: Job, now_s: float) -> None:
+        job.first_token_s = now_s
+        job.generated = max(job.generated, min(1.0, job.target))
+        self.metrics.ttft.observe(now_s - job.arrived_s)  # type: ignore[union-attr]
+        self.metrics.generation_tokens_total += 1.0
+        self.metrics.prompt_tokens_total += job.prompt_tokens
+        if self.index == 0 and job.req.first_token_s is None:
+            job.req.first_token_s = now_s
+        self.running.append(job)
+        ds = self.downstream
+        if ds is not None and ds.spec.handoff == "chunked" and isinstance(ds, ArEngine):
+            at_s = now_s + ds.spec.chunk_latency_s
+            self.schedule(at_s, lambda: ds.accept(job.req, at_s, job))
+
+    def finish_prefill(self, job: Job, now_s: float) -> None:
+        """The prefill of `job` completed: first token out, job joins the decode batch."""
+        self.prefilling.remove(job)
+        job.prefill_left = 0.0
+        self._first_token(job, now_s)
+        self._after_progress(now_s)
+
+    def progress(self, active: list[Job], steps: float, step_s: float, now_s: float) -> None:
+        """Every active job generated `steps` tokens (fluid), each taking `step_s`."""
+        if steps <= 0:
+            return
+        gained = 0.0
+        for j in active:
+            new = min(j.generated + steps, j.cap())
+            gained += new - j.generated
+            j.generated = new
+        self.metrics.generation_tokens_total += gained
+        self.metrics.itl.observe(step_s, gained)  # type: ignore[union-attr]
+        self._after_progress(now_s)
+
+    def _after_progress(self, now_s: float) -> None:
+        ds = self.downstream
+        finished = []
+        for j in self.running:
+            lim = self._chunk_limit(j)
+            while j.generated >= lim - 1e-6 and isinstance(ds, OneshotEngine):
+                self._emit(j, j.emitted + ds.spec.chunk_tokens, False, now_s)
+                lim = self._chunk_limit(j)
+            if j.generated >= j.target - 1e-6:
+                finished.append(j)
+        for j in finished:
+            self.running.remove(j)
+            j.done = True
+            self.metrics.requests_finished_total += 1
+            self.metrics.e2e.observe(now_s - j.arrived_s)  # type: ignore[union-attr]
+            if ds is None:
+                self.on_request_done(j.req, now_s)
+            elif isinstance(ds, OneshotEngine):
+                self._emit(j, j.target, True, now_s)
+            elif ds.spec.handoff == "whole":
+                req = j.req
+                self.schedule(
+                    now_s + ds.spec.handoff_latency_s,
+                    lambda r=req, d=ds: d.accept(r, now_s + d.spec.handoff_latency_s, None),  # type: ignore[misc]
+                )
+        if finished:
+            self._admit(now_s)
+        self.metrics.running = len(self.running) + len(self.prefilling)
+
+    def _emit(self, job: Job, upto: float, final: bool, now_s: float) -> None:
+        ds = self.downstream
+        assert isinstance(ds, OneshotEngine)
+        tokens = upto - job.emitted
+        job.emitted = upto
+        latency = (
+            ds.spec.chunk_latency_s if ds.spec.handoff == "chunked" else ds.spec.handoff_latency_s
+        )
+        item = OneshotItem(job.req, tokens, final, now_s + latency)
+        job.req.outstanding_items += 1
+        if final:
+            job.req.final_enqueued = True
+        self.schedule(now_s + latency, lambda: ds.accept_item(item))
+
+
+class OneshotEngine(_Engine):
+    """A one-pass stage (code2wav): batches queued chunks into one pass."""
+
+    def __init__(self, index: int, spec: StageSpec, schedule: Scheduler) -> None:
+        super().__init__(index, spec, schedule)
+        self.queue: deque[OneshotItem] = deque()
+        self.batch: list[OneshotItem] = []
+        self.progress_frac = 0.0
+        self.started: dict[int, float] = {}
+        assert spec.oneshot is not None
+        self.work = spec.oneshot
+
+    def accept_item(self, item: OneshotItem) -> None:
+        """A chunk (or the whole upstream output) arrives for a pass."""
+        if item.req.rid not in self.started:
+            self.started[item.req.rid] = item.enqueued_s
+            self.pending_upstream -= 1
+        self.queue.append(item)
+        self.metrics.waiting = len(self.queue)
+
+    def start_batch(self) -> None:
+        while self.queue and len(self.batch) < self.spec.max_batch:
+            self.batch.append(self.queue.popleft())
+        self.progress_frac = 0.0
+        self.metrics.running = len(self.batch)
+        self.metrics.waiting = len(self.queue)
+
+    def kernel(self) -> Kernel:
+        w = self.work
+        tokens = sum(i.tokens for i in self.batch)
+        flops = w.fixed_flops + w.flops_per_token * max(tokens, 1.0)
+        return Kernel(flops, flops / w.ai, w.efficiency, w.tensor_share)
+
+    def finish_batch(self, now_s: float) -> None:
+        for item in self.batch:
+            req = item.req
+            self.metrics.prompt_tokens_total += item.tokens
+            req.outstanding_items -= 1
+            if req.first_audio_s is None:
+                req.first_audio_s = now_s
+                self.metrics.ttft.observe(now_s - self.started[req.rid])  # type: ignore[union-attr]
+            if item.final and req.outstanding_items == 0:
+                self.metrics.requests_finished_total += 1
+                self.metrics.e2e.observe(now_s - self.started.pop(req.rid))  # type: ignore[union-attr]
+                self.on_request_done(req, now_s)
+        self.batch = []
+        self.metrics.running = 0
+
+
+@dataclass(slots=True, eq=False)
+class GpuRunner:
+    """Chooses and advances the work of one GPU across the engines placed on it."""
+
+    engines: list[_Engine]
+    mode: str = "idle"  # idle | oneshot | prefill | decode
+    target: object = None
+    decode_sets: list[tuple[ArEngine, list[Job]]] = field(default_factory=list)
+    _phases: dict[object, Phase] = field(default_factory=dict)
+
+    def _phase(self, key: object, kind: str, kernels: Callable[[], tuple[Kernel, ...]]) -> Phase:
+        ph = self._phases.get(key)
+        if ph is None:
+            if len(self._phases) > 512:
+                self._phases.clear()
+            ph = self._phases[key] = Phase(kind, kernels())
+        return ph
+
+    def plan(self) -> Phase | None:
+        """Pick the phase to run now; keeps an unfinished one-shot pass going."""
+        self.decode_sets = []
+        for e in self.engines:
+            if isinstance(e, OneshotEngine) and (e.batch or e.queue):
+                if not e.batch:
+                    e.start_batch()
+                self.mode, self.target = "oneshot", e
+                tokens = round(sum(i.tokens for i in e.batch), 3)
+                one: OneshotEngine = e
+                # _phase calls the factory at once, so binding the loop variable is safe.
+                return self._phase(("o", e.index, tokens), "oneshot", lambda: (one.kernel(),))  # noqa: B023
+        for e in self.engines:
+            if isinstance(e, ArEngine) and e.prefilling:
+                ar: ArEngine = e
+                first: Job = ar.prefilling[0]
+                self.mode, self.target = "prefill", (ar, first)
+                return self._phase(
+                    ("p", ar.index, first.prompt_tokens),
+                    "prefill",
+                    lambda: (ar.prefill_kernel(first),),  # noqa: B023
+                )
+        key: list[tuple[int, int]] = []
+        for e in self.engines:
+            if isinstance(e, ArEngine):
+                act = e.active()
+                if act:
+                    self.decode_sets.append((e, act))
+                    key.append((e.index, len(act)))
+        if self.decode_sets:
+            self.mode, self.target = "decode", None
+            sets = self.decode_sets
+            return self._phase(
+                ("d", tuple(key)), "decode", lambda: tuple(e.decode_kernel(len(a)) for e, a in sets)
+            )
+        self.mode, self.target = "idle", None
+        return None
+
+    def time_to_event_s(self, round_s: float) -> float:
+        """Time until the current phase completes something, at the current round time."""
+        if self.mode == "oneshot":
+            assert isinstance(self.target, OneshotEngine)
+            return (1.0 - self.target.progress_frac) * round_s
+        if self.mode == "prefill":
+            pjob: Job = self.target[1]  # type: ignore[index]
+            return pjob.prefill_left * round_s
+        if self.mode == "decode":
+            return min(e.steps_to_event(a) for e, a in self.decode_sets) * round_s
+        return math.inf
+
+    def advance(self, dt_s: float, round_s: float, now_s: float) -> None:
+        """Progress the current phase by `dt_s` (the clock was constant over it)."""
+        if self.mode == "idle" or round_s <= 0 or dt_s <= 0:
+            return
+        frac = dt_s / round_s
+        if self.mode == "oneshot":
+            eng = self.target
+            assert isinstance(eng, OneshotEngine)
+            eng.progress_frac += frac
+            if eng.progress_frac >= 1.0 - 1e-7:
+                eng.finish_batch(now_s)
+        elif self.mode == "prefill":
+            eng_p: ArEngine = self.target[0]  # type: ignore[index]
+            pj: Job = self.target[1]  # type: ignore[index]
+            pj.prefill_left -= frac
+            if pj.prefill_left <= 1e-7:
+                eng_p.finish_prefill(pj, now_s)
+        else:
+            for e, act in self.decode_sets:
+                e.progress(act, frac, round_s, now_s)
+
+    def busy_stage_names(self) -> list[str]:
+        """Stages on this GPU that have running or queued work."""
+        names = []
+        for e in self.engines:
+            if (isinstance(e, ArEngine) and (e.running or e.prefilling or e.waiting)) or (
+                isinstance(e, OneshotEngine) and (e.batch or e.queue)
+            ):
+                names.append(e.spec.name)
+        return names

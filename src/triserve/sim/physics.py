@@ -1,0 +1,311 @@
+"""GPU physics: roofline throughput, power, thermal RC, the PMU and NVML-like actuation.
+
+`GpuModel` is one simulated GPU. `triserve.sim.simulation.Simulation` gives it the phase it is
+running (or None when idle) at every event and advances it through time; the calibration
+tests drive it directly. Nothing here knows about requests or stages.
+
+Model (DESIGN.md §5):
+- a `Phase` is a round-robin of `Kernel`s; a kernel's time at SM clock f (MHz) is
+  ``max(flops / (η·f), bytes / β)`` with η = peak FLOP/s x kernel efficiency / max clock,
+  i.e. Θ = min(η·f, β·AI);
+- power = static + leakage(V, T) + clock tree ∝ V²·f + dynamic ∝ activity·V²·f
+  + memory ∝ bandwidth used, V rising linearly above a knee clock;
+- temperature follows ``C·dT/dt = P - (T - T_amb)/R``, solved in closed form per segment;
+- the PMU boosts to max clock when busy, holds the clock for `idle_hold_s` after going
+  idle, then drops to the idle clock; it cuts the clock to stay under the power limit and,
+  above the slowdown temperature, to the power the cooling can sustain;
+- a clock lock is a floor/ceiling on the PMU's choice; power and thermal still cut below it.
+Clock changes requested by the PMU or a lock take effect after `clock_change_latency_s`;
+power and thermal cuts are immediate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from triserve.gpu.backend import ClockEventReason
+from triserve.sim.profiles import DeviceProfile
+
+__all__ = ["GpuModel", "Kernel", "OperatingPoint", "Phase"]
+
+
+@dataclass(frozen=True, slots=True)
+class Kernel:
+    """One unit of GPU work: FLOPs, DRAM bytes, compute efficiency and tensor-core share."""
+
+    flops: float
+    bytes: float
+    efficiency: float
+    tensor_share: float
+
+    @property
+    def ai(self) -> float:
+        """Arithmetic intensity in FLOP/byte."""
+        return self.flops / self.bytes if self.bytes > 0 else math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class OperatingPoint:
+    """A phase evaluated at one clock: round time and activity fractions."""
+
+    round_s: float
+    sm_active: float
+    dram_active: float
+    tensor_active: float
+    power_activity: float
+
+
+@dataclass(slots=True, eq=False)
+class Phase:
+    """What a GPU runs between two events: kernels executed round-robin, and a kind label.
+
+    `kind` is one of ``prefill``, ``decode``, ``oneshot`` (for reports and the oracle).
+    """
+
+    kind: str
+    kernels: tuple[Kernel, ...]
+    _cache: dict[int, OperatingPoint] = field(default_factory=dict)
+
+    @property
+    def ai(self) -> float:
+        """Aggregate arithmetic intensity of one round (FLOP/byte)."""
+        flops = sum(k.flops for k in self.kernels)
+        nbytes = sum(k.bytes for k in self.kernels)
+        return flops / nbytes if nbytes > 0 else math.inf
+
+    def at(self, profile: DeviceProfile, clock_mhz: int) -> OperatingPoint:
+        """Round time and activity of this phase at `clock_mhz` on `profile`."""
+        op = self._cache.get(clock_mhz)
+        if op is not None:
+            return op
+        peak_per_mhz = profile.peak_bf16_flops_per_s / profile.max_clock_mhz
+        bw = profile.mem_bandwidth_bytes_per_s
+        total_s = sm_s = dram_s = tensor_s = act_s = 0.0
+        for k in self.kernels:
+            compute_s = k.flops / (peak_per_mhz * k.efficiency * clock_mhz)
+            mem_s = k.bytes / bw
+            t = max(compute_s, mem_s)
+            total_s += t
+            sm_s += compute_s
+            dram_s += mem_s
+            tensor_s += compute_s * k.tensor_share
+            base = profile.dyn_base_frac
+            act_s += compute_s * (base + (1.0 - base) * k.tensor_share)
+        if total_s <= 0:
+            op = OperatingPoint(0.0, 0.0, 0.0, 0.0, 0.0)
+        else:
+            op = OperatingPoint(
+                total_s, sm_s / total_s, dram_s / total_s, tensor_s / total_s, act_s / total_s
+            )
+        self._cache[clock_mhz] = op
+        return op
+
+
+_IDLE_POINT = OperatingPoint(0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+class GpuModel:
+    """One simulated GPU: clock, power, temperature, energy and the PMU's decisions."""
+
+    def __init__(
+        self,
+        profile: DeviceProfile,
+        *,
+        ambient_c: float = 25.0,
+        thermal_r_scale: float = 1.0,
+        idle_hold_s: float = 1.5,
+        clock_change_latency_s: float = 0.02,
+        initial_temperature_c: float | None = None,
+    ) -> None:
+        self.profile = profile
+        self.ambient_c = ambient_c
+        self.r_c_per_w = profile.thermal_r_c_per_w * thermal_r_scale
+        self.c_j_per_c = profile.thermal_c_j_per_c
+        self.idle_hold_s = idle_hold_s
+        self.clock_change_latency_s = clock_change_latency_s
+        self.clocks_mhz = profile.supported_clocks_mhz
+        self.clock_mhz = profile.idle_clock_mhz
+        self.power_limit_w = profile.power_limit_default_w
+        self.lock: tuple[int, int] | None = None
+        self.phase: Phase | None = None
+        self.busy_since_s: float | None = None
+        self.idle_since_s = 0.0
+        self.pending: tuple[float, int] | None = None
+        self.thermal_active = False
+        self.reasons = ClockEventReason.GPU_IDLE
+        self.energy_j = 0.0
+        self.now_s = 0.0
+        # Cumulative integrals for utilisation and activity averages.
+        self.busy_int_s = 0.0
+        self.sm_int_s = 0.0
+        self.dram_int_s = 0.0
+        self.tensor_int_s = 0.0
+        self.point = _IDLE_POINT
+        if initial_temperature_c is None:
+            # Start at the idle equilibrium so short runs are not dominated by warm-up.
+            t = ambient_c
+            for _ in range(20):
+                t = ambient_c + self.r_c_per_w * self.power_at(self.clock_mhz, None, t)
+            initial_temperature_c = t
+        self.temperature_c = initial_temperature_c
+        self.power_w = self.power_at(self.clock_mhz, None, self.temperature_c)
+
+    # ----------------------------------------------------------------- physics
+    def voltage(self, clock_mhz: float) -> float:
+        """Normalised core voltage (1.0 at max clock), flat below the knee."""
+        p = self.profile
+        if clock_mhz <= p.v_knee_mhz:
+            return p.v_min
+        span = p.max_clock_mhz - p.v_knee_mhz
+        return p.v_min + (1.0 - p.v_min) * (clock_mhz - p.v_knee_mhz) / span
+
+    def power_at(self, clock_mhz: int, phase: Phase | None, temperature_c: float) -> float:
+        """Board power in W at a clock, running `phase` (None = idle), at a temperature."""
+        p = self.profile
+        op = phase.at(p, clock_mhz) if phase is not None else _IDLE_POINT
+        v = self.voltage(clock_mhz)
+        v2f = v * v * clock_mhz / p.max_clock_mhz
+        leak = p.leak_ref_w * v * math.exp(p.leak_per_c * (temperature_c - 25.0))
+        return (
+            p.static_w
+            + p.mem_idle_w
+            + p.mem_bw_w * op.dram_active
+            + leak
+            + p.clock_tree_w * v2f
+            + p.dynamic_w * op.power_activity * v2f
+        )
+
+    def advance(self, dt_s: float) -> None:
+        """Move time forward by `dt_s` with the current clock and phase held constant."""
+        if dt_s <= 0:
+            return
+        p_w = self.power_w
+        self.energy_j += p_w * dt_s
+        t_inf = self.ambient_c + p_w * self.r_c_per_w
+        decay = math.exp(-dt_s / (self.r_c_per_w * self.c_j_per_c))
+        self.temperature_c = t_inf + (self.temperature_c - t_inf) * decay
+        if self.phase is not None:
+            self.busy_int_s += dt_s
+            self.sm_int_s += self.point.sm_active * dt_s
+            self.dram_int_s += self.point.dram_active * dt_s
+            self.tensor_int_s += self.point.tensor_active * dt_s
+        self.now_s += dt_s
+
+    def time_to_temperature_s(self, target_c: float) -> float:
+        """Time until the temperature reaches `target_c` at the current power (inf if never)."""
+        t_inf = self.ambient_c + self.power_w * self.r_c_per_w
+        t0 = self.temperature_c
+        if (t0 - target_c) * (t_inf - target_c) >= 0:
+            return math.inf
+        tau = self.r_c_per_w * self.c_j_per_c
+        return -tau * math.log((target_c - t_inf) / (t0 - t_inf))
+
+    # --------------------------------------------------------------------- PMU
+    def set_phase(self, phase: Phase | None) -> None:
+        """Tell the GPU what it runs from now on (None = idle); call `update_clock` after."""
+        if phase is None and self.phase is not None:
+            self.idle_since_s = self.now_s
+        self.phase = phase
+
+    def _snap_down(self, clock_mhz: float) -> int:
+        """Highest supported clock ≤ `clock_mhz` (the minimum if none)."""
+        best = self.clocks_mhz[0]
+        for c in self.clocks_mhz:
+            if c <= clock_mhz:
+                best = c
+            else:
+                break
+        return best
+
+    def _ceiling_for_power(self, budget_w: float, upper_mhz: int) -> int:
+        """Highest supported clock ≤ `upper_mhz` whose power stays within `budget_w`."""
+        phase, t = self.phase, self.temperature_c
+        if self.power_at(upper_mhz, phase, t) <= budget_w:
+            return upper_mhz
+        lo, hi = 0, self.clocks_mhz.index(upper_mhz)
+        if self.power_at(self.clocks_mhz[0], phase, t) > budget_w:
+            return self.clocks_mhz[0]
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.power_at(self.clocks_mhz[mid], phase, t) <= budget_w:
+                lo = mid
+            else:
+                hi = mid
+        return self.clocks_mhz[lo]
+
+    def update_clock(self) -> float:
+        """Re-run the PMU at `now_s`; returns the next time it needs to run again (or inf)."""
+        p = self.profile
+        now = self.now_s
+        if self.pending is not None and self.pending[0] <= now + 1e-12:
+            self.clock_mhz = self.pending[1]
+            self.pending = None
+        wake = math.inf
+        reasons = ClockEventReason.NONE
+        if self.phase is not None:
+            desired = p.max_clock_mhz
+        elif now - self.idle_since_s < self.idle_hold_s - 1e-9:
+            desired = max(self.clock_mhz, p.idle_clock_mhz)
+            wake = self.idle_since_s + self.idle_hold_s
+            reasons |= ClockEventReason.GPU_IDLE
+        else:
+            desired = p.idle_clock_mhz
+            reasons |= ClockEventReason.GPU_IDLE
+        if self.lock is not None:
+            desired = min(max(desired, self.lock[0]), self.lock[1])
+        desired = self._snap_down(desired)
+        # Thermal slowdown with hysteresis: hold the power the cooling can carry away.
+        if self.temperature_c >= p.slowdown_c:
+            self.thermal_active = True
+        elif self.temperature_c < p.slowdown_c - 1.0:
+            self.thermal_active = False
+        ceiling = self._ceiling_for_power(self.power_limit_w, desired)
+        if ceiling < desired:
+            reasons |= ClockEventReason.SW_POWER_CAP
+        if self.thermal_active:
+            sustain_w = (p.slowdown_c - 1.5 - self.ambient_c) / self.r_c_per_w
+            thermal = self._ceiling_for_power(sustain_w, ceiling)
+            if thermal < ceiling:
+                reasons |= ClockEventReason.SW_THERMAL
+                if self.temperature_c >= p.max_operating_c + 2.0:
+                    reasons |= ClockEventReason.HW_SLOWDOWN
+            ceiling = thermal
+        target = min(desired, ceiling)
+        if target < self.clock_mhz and target == ceiling and ceiling < desired:
+            self.clock_mhz = target  # power/thermal cuts are immediate
+            self.pending = None
+        elif target != self.clock_mhz:
+            if self.pending is None or self.pending[1] != target:
+                self.pending = (now + self.clock_change_latency_s, target)
+            wake = min(wake, self.pending[0])
+        else:
+            self.pending = None
+        self.reasons = reasons
+        self._refresh_power()
+        # Wake when the temperature crosses the slowdown threshold either way.
+        cross = p.slowdown_c - 1.0 if self.thermal_active else p.slowdown_c
+        wake = min(wake, now + self.time_to_temperature_s(cross))
+        return wake if wake > now + 1e-9 else now + 1e-6
+
+    def _refresh_power(self) -> None:
+        """Recompute operating point and power after a clock, phase or limit change."""
+        phase = self.phase
+        self.point = phase.at(self.profile, self.clock_mhz) if phase is not None else _IDLE_POINT
+        self.power_w = self.power_at(self.clock_mhz, phase, self.temperature_c)
+
+    # ------------------------------------------------------------- actuation
+    def lock_clocks(self, min_mhz: int, max_mhz: int) -> None:
+        """Lock the SM clock into [min_mhz, max_mhz] (validated by the backend)."""
+        self.lock = (min_mhz, max_mhz)
+        self.update_clock()
+
+    def reset_clocks(self) -> None:
+        """Remove the clock lock."""
+        self.lock = None
+        self.update_clock()
+
+    def set_power_limit(self, limit_w: float) -> None:
+        """Set the enforced power limit in W (validated by the backend)."""
+        self.power_limit_w = limit_w
+        self.update_clock()

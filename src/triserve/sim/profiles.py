@@ -1,0 +1,201 @@
+"""Device profiles: datasheet values plus the physical constants of the simulated GPU.
+
+Called by `triserve.sim.physics` (which turns a profile into power, clock and temperature
+behaviour), by `triserve.sim.scenario` (scenario files name a profile) and by
+`triserve.gpu.sim.SimBackend` (identity, clock list, power-limit range, thresholds).
+
+Datasheet columns come from the shared reference/calibration.md ("Device profiles" table).
+The physical constants below them (static, clock-tree, dynamic, leakage and memory power, the
+voltage knee, thermal resistance and capacitance) are not published; they are chosen so that
+the H100 SXM profile reproduces the published anchors (idle ≈75 W at 345 MHz, decode
+≈380 W, compute-bound work pinned at the 700 W limit) and are frozen by
+tests/unit/sim/test_calibration.py. Other profiles scale them by power limit and idle power.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+__all__ = ["PROFILES", "DeviceProfile", "get_profile"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceProfile:
+    """One GPU model: datasheet values and simulator physics constants (units in names)."""
+
+    key: str
+    name: str
+    min_clock_mhz: int
+    max_clock_mhz: int
+    step_mhz: int
+    idle_clock_mhz: int
+    mem_clock_mhz: int
+    power_limit_min_w: float
+    power_limit_default_w: float
+    power_limit_max_w: float
+    mem_bandwidth_bytes_per_s: float
+    peak_bf16_flops_per_s: float
+    shutdown_c: float
+    slowdown_c: float
+    max_operating_c: float
+    idle_power_w: float
+    # Whether NVML on a current driver reports thermal limits as T.Limit offsets.
+    tlimit_offsets: bool
+    # --- physics constants (not published; calibrated, see module docstring) ---
+    static_w: float
+    mem_idle_w: float
+    mem_bw_w: float
+    clock_tree_w: float
+    dynamic_w: float
+    leak_ref_w: float
+    leak_per_c: float
+    v_min: float
+    v_knee_mhz: int
+    thermal_r_c_per_w: float
+    thermal_tau_s: float
+    # Share of dynamic power drawn by an SM busy on non-tensor work (tensor work draws 1.0).
+    dyn_base_frac: float = 0.15
+
+    @property
+    def supported_clocks_mhz(self) -> tuple[int, ...]:
+        """Every SM clock the device accepts, ascending (min … max in `step_mhz`)."""
+        clocks = list(range(self.min_clock_mhz, self.max_clock_mhz + 1, self.step_mhz))
+        if clocks[-1] != self.max_clock_mhz:
+            clocks.append(self.max_clock_mhz)
+        return tuple(clocks)
+
+    @property
+    def thermal_c_j_per_c(self) -> float:
+        """Heat capacity (J/°C) giving the profile's thermal time constant."""
+        return self.thermal_tau_s / self.thermal_r_c_per_w
+
+
+_H100_SXM = DeviceProfile(
+    key="h100-sxm",
+    name="NVIDIA H100 80GB HBM3",
+    min_clock_mhz=345,
+    max_clock_mhz=1980,
+    step_mhz=15,
+    idle_clock_mhz=345,
+    mem_clock_mhz=2619,
+    power_limit_min_w=200.0,
+    power_limit_default_w=700.0,
+    power_limit_max_w=700.0,
+    mem_bandwidth_bytes_per_s=3.35e12,
+    peak_bf16_flops_per_s=989e12,
+    shutdown_c=92.0,
+    slowdown_c=89.0,
+    max_operating_c=87.0,
+    idle_power_w=75.0,
+    tlimit_offsets=False,
+    static_w=29.0,
+    mem_idle_w=20.0,
+    mem_bw_w=110.0,
+    clock_tree_w=36.0,
+    dynamic_w=760.0,
+    leak_ref_w=30.0,
+    leak_per_c=0.012,
+    v_min=0.68,
+    v_knee_mhz=1000,
+    thermal_r_c_per_w=0.065,
+    thermal_tau_s=30.0,
+)
+
+
+def _scaled(
+    base: DeviceProfile, power_scale: float, idle_scale: float, **kw: object
+) -> DeviceProfile:
+    """A profile derived from `base`: power terms scaled by TDP, idle terms by idle power."""
+    derived = replace(
+        base,
+        static_w=base.static_w * idle_scale,
+        mem_idle_w=base.mem_idle_w * idle_scale,
+        leak_ref_w=base.leak_ref_w * idle_scale,
+        clock_tree_w=base.clock_tree_w * power_scale,
+        dynamic_w=base.dynamic_w * power_scale,
+        mem_bw_w=base.mem_bw_w * power_scale,
+        thermal_r_c_per_w=base.thermal_r_c_per_w / power_scale,
+    )
+    return replace(derived, **kw)  # type: ignore[arg-type]
+
+
+PROFILES: dict[str, DeviceProfile] = {
+    "h100-sxm": _H100_SXM,
+    "h100-pcie": _scaled(
+        _H100_SXM,
+        350 / 700,
+        0.8,
+        key="h100-pcie",
+        name="NVIDIA H100 PCIe",
+        min_clock_mhz=210,
+        max_clock_mhz=1755,
+        idle_clock_mhz=210,
+        mem_clock_mhz=1593,
+        power_limit_min_w=200.0,
+        power_limit_default_w=350.0,
+        power_limit_max_w=350.0,
+        mem_bandwidth_bytes_per_s=2.0e12,
+        peak_bf16_flops_per_s=756e12,
+        idle_power_w=60.0,
+    ),
+    "h200": _scaled(
+        _H100_SXM,
+        1.0,
+        1.0,
+        key="h200",
+        name="NVIDIA H200",
+        mem_clock_mhz=3201,
+        mem_bandwidth_bytes_per_s=4.8e12,
+        tlimit_offsets=True,
+    ),
+    "a100-sxm-80gb": _scaled(
+        _H100_SXM,
+        400 / 700,
+        52 / 75,
+        key="a100-sxm-80gb",
+        name="NVIDIA A100-SXM4-80GB",
+        min_clock_mhz=210,
+        max_clock_mhz=1410,
+        idle_clock_mhz=210,
+        mem_clock_mhz=1593,
+        power_limit_min_w=100.0,
+        power_limit_default_w=400.0,
+        power_limit_max_w=400.0,
+        mem_bandwidth_bytes_per_s=2.04e12,
+        peak_bf16_flops_per_s=312e12,
+        max_operating_c=85.0,
+        idle_power_w=52.0,
+        v_knee_mhz=750,
+    ),
+    "l40s": _scaled(
+        _H100_SXM,
+        350 / 700,
+        36 / 75,
+        key="l40s",
+        name="NVIDIA L40S",
+        min_clock_mhz=210,
+        max_clock_mhz=2520,
+        idle_clock_mhz=210,
+        mem_clock_mhz=9001,
+        power_limit_min_w=150.0,
+        power_limit_default_w=350.0,
+        power_limit_max_w=350.0,
+        mem_bandwidth_bytes_per_s=864e9,
+        peak_bf16_flops_per_s=362e12,
+        shutdown_c=93.0,
+        slowdown_c=90.0,
+        max_operating_c=88.0,
+        idle_power_w=36.0,
+        tlimit_offsets=True,
+        v_knee_mhz=1300,
+    ),
+}
+
+
+def get_profile(key: str) -> DeviceProfile:
+    """The profile named `key` (e.g. ``h100-sxm``); KeyError lists the known names."""
+    try:
+        return PROFILES[key]
+    except KeyError:
+        known = ", ".join(sorted(PROFILES))
+        raise KeyError(f"unknown GPU profile {key!r}; known profiles: {known}") from None
