@@ -1,1 +1,51 @@
-"""triserve.control."""
+"""triserve.control — the Tri-serve controller, its baselines and the per-GPU control loop.
+
+A pure library (no I/O, no Kubernetes, no NVML, no simulator): the node agent and the bench
+build a `ControlLoop` per GPU over a `GpuBackend` and call `tick` every control interval.
+
+    settings = ControlSettings.from_policy(spec)
+    loop = ControlLoop(backend, gpu_index, None, settings)
+    decision = loop.tick(now_s, stages)
+    loop.release()
+"""
+
+from __future__ import annotations
+
+from triserve.control.baselines import (
+    DefaultStrategy,
+    PowerCapStrategy,
+    SloDvfsStrategy,
+    StaticClockStrategy,
+    build_strategy,
+)
+from triserve.control.decisions import (
+    Decision,
+    DeviceLimits,
+    Reason,
+    StageSignals,
+    Strategy,
+    TickContext,
+)
+from triserve.control.loop import ControlLoop, LoopStats
+from triserve.control.settings import ControlSettings, IntensitySource, StrategyKind
+from triserve.control.triserve import TriServeStrategy
+
+__all__ = [
+    "ControlLoop",
+    "ControlSettings",
+    "Decision",
+    "DefaultStrategy",
+    "DeviceLimits",
+    "IntensitySource",
+    "LoopStats",
+    "PowerCapStrategy",
+    "Reason",
+    "SloDvfsStrategy",
+    "StageSignals",
+    "StaticClockStrategy",
+    "Strategy",
+    "StrategyKind",
+    "TickContext",
+    "TriServeStrategy",
+    "build_strategy",
+]

@@ -1,0 +1,122 @@
+"""Controller settings: the plain, validated subset of an `EnergyPolicySpec` a loop needs.
+
+`ControlSettings.from_policy(spec)` is what the node agent calls when it learns its policy;
+the bench builds settings directly (and through `replace`) for its strategies and ablations.
+Everything here is immutable data with units in the names; behaviour varies only through it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+
+from triserve.api.models import AISource, EnergyPolicySpec, PolicyMode
+from triserve.api.models import Strategy as PolicyStrategy
+
+
+class StrategyKind(enum.StrEnum):
+    """Which controller a loop runs. The first four are user-facing policy strategies."""
+
+    TRI_SERVE = "tri-serve"
+    STATIC_CLOCK = "static"
+    POWER_CAP = "power-cap"
+    DEFAULT = "default"
+    SLO_DVFS = "slo-dvfs"
+
+
+class IntensitySource(enum.StrEnum):
+    """Where component A reads arithmetic intensity from."""
+
+    AUTO = "auto"
+    ACTIVITY = "activity"
+    PHASE = "phase"
+
+
+_POLICY_STRATEGIES = {
+    PolicyStrategy.TRI_SERVE: StrategyKind.TRI_SERVE,
+    PolicyStrategy.STATIC_CLOCK: StrategyKind.STATIC_CLOCK,
+    PolicyStrategy.POWER_CAP: StrategyKind.POWER_CAP,
+    PolicyStrategy.DEFAULT: StrategyKind.DEFAULT,
+}
+_AI_SOURCES = {
+    AISource.AUTO: IntensitySource.AUTO,
+    AISource.DCGM: IntensitySource.ACTIVITY,
+    AISource.PHASE: IntensitySource.PHASE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ControlSettings:
+    """How one GPU's control loop behaves.
+
+    Clock limits of 0 mean the device's own limit; `stall_clock_mhz` 0 lets the controller
+    choose (the lowest allowed clock that still restores within one tick);
+    `ridge_margin_pct` is the safety margin added above an estimated ridge clock;
+    `ridge_floor_fraction` is the lowest ridge lock as a fraction of the boost clock (a phase
+    that starts between ticks runs at the lock until the next tick, so a very deep lock makes
+    every phase change costly in latency); `slo_guard` enables the latency guard that backs
+    clocks off toward default.
+    """
+
+    strategy: StrategyKind = StrategyKind.TRI_SERVE
+    actuate: bool = True
+    stalls_enabled: bool = True
+    stall_clock_mhz: int = 0
+    intensity_enabled: bool = True
+    intensity_source: IntensitySource = IntensitySource.AUTO
+    thermal_enabled: bool = True
+    thermal_headroom_c: float = 3.0
+    static_clock_mhz: int | None = None
+    power_cap_w: int | None = None
+    clock_min_mhz: int = 0
+    clock_max_mhz: int = 0
+    max_latency_increase_pct: float = 1.0
+    max_throughput_loss_pct: float = 0.5
+    control_interval_s: float = 0.05
+    ridge_margin_pct: float = 4.0
+    ridge_floor_fraction: float = 0.35
+    slo_guard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy is StrategyKind.STATIC_CLOCK and not self.static_clock_mhz:
+            raise ValueError("strategy static needs static_clock_mhz (spec.staticClock.smClockMHz)")
+        if self.strategy is StrategyKind.POWER_CAP and not self.power_cap_w:
+            raise ValueError("strategy power-cap needs power_cap_w (spec.powerCap.watts)")
+        if self.control_interval_s <= 0:
+            raise ValueError("control_interval_s must be positive (spec.controlIntervalMs)")
+        if self.clock_max_mhz and self.clock_min_mhz > self.clock_max_mhz:
+            raise ValueError("clock_min_mhz is above clock_max_mhz (spec.clockLimits)")
+
+    @classmethod
+    def from_policy(cls, spec: EnergyPolicySpec) -> ControlSettings:
+        """Translate a validated `EnergyPolicySpec` into loop settings."""
+        ts = spec.tri_serve
+        return cls(
+            strategy=_POLICY_STRATEGIES[spec.strategy],
+            actuate=spec.mode is PolicyMode.ENFORCE,
+            stalls_enabled=ts.dependency_stalls.enabled,
+            stall_clock_mhz=ts.dependency_stalls.stall_clock_mhz,
+            intensity_enabled=ts.arithmetic_intensity.enabled,
+            intensity_source=_AI_SOURCES[ts.arithmetic_intensity.source],
+            thermal_enabled=ts.thermal.enabled,
+            thermal_headroom_c=ts.thermal.headroom_c,
+            static_clock_mhz=spec.static_clock.sm_clock_mhz if spec.static_clock else None,
+            power_cap_w=spec.power_cap.watts if spec.power_cap else None,
+            clock_min_mhz=spec.clock_limits.min_mhz,
+            clock_max_mhz=spec.clock_limits.max_mhz,
+            max_latency_increase_pct=spec.slo.max_latency_increase_percent,
+            max_throughput_loss_pct=spec.slo.max_throughput_loss_percent,
+            control_interval_s=spec.control_interval_ms / 1000.0,
+        )
+
+    def only(self, component: str) -> ControlSettings:
+        """Tri-serve with one component (``"D"``, ``"A"`` or ``"T"``) enabled: an ablation."""
+        if component not in {"D", "A", "T"}:
+            raise ValueError(f"unknown Tri-serve component {component!r}; use D, A or T")
+        return replace(
+            self,
+            strategy=StrategyKind.TRI_SERVE,
+            stalls_enabled=component == "D",
+            intensity_enabled=component == "A",
+            thermal_enabled=component == "T",
+        )

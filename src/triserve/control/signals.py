@@ -1,0 +1,107 @@
+"""Derive per-tick serving signals for one GPU from its samples and stage observations.
+
+`SignalTracker` is run by `ControlLoop` every tick, before the strategy. It sees only what
+the node agent sees: the GPU sample of this tick and each stage's latest scrape (stale by up
+to one scrape interval). Rates are computed when a scrape changes, so a tick with no new
+scrape costs a few comparisons. A GPU hosting several stages is stalled only when all are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from triserve.control.decisions import StageSignals
+from triserve.gpu.backend import GpuSample
+from triserve.telemetry import ServingSnapshot, StageObservation
+
+#: Below this utilisation (percent of the sample period with a kernel) the GPU is idle.
+IDLE_UTILIZATION_PCT = 3.0
+#: Below this SM activity fraction the GPU is idle (when activity counters exist).
+IDLE_SM_ACTIVE = 0.03
+#: Seconds a hand-off is expected to take to reach the downstream stage after the upstream
+#: finishes a request; within this window the downstream GPU pre-warms its clock.
+HANDOFF_PREWARM_S = 0.6
+
+
+@dataclass(slots=True)
+class _StageRates:
+    """Rate state of one stage, updated whenever its scrape changes."""
+
+    last: ServingSnapshot | None = None
+    prefill_share: float | None = None
+    upstream_finished: float = -1.0
+    upstream_progress_s: float = -1e9
+
+
+class SignalTracker:
+    """Turns samples and stage observations into `StageSignals`, one GPU at a time."""
+
+    def __init__(self) -> None:
+        self._stages: dict[str, _StageRates] = {}
+
+    def update(
+        self, now_s: float, sample: GpuSample, stages: Sequence[StageObservation]
+    ) -> StageSignals:
+        """Signals for this tick; call once per tick with the GPU's stages."""
+        gpu_active = sample.utilization_gpu_pct >= IDLE_UTILIZATION_PCT
+        if sample.activity is not None and sample.activity.sm_active >= IDLE_SM_ACTIVE:
+            gpu_active = True
+        has_work = False
+        upstream_active = False
+        imminent = False
+        running = 0
+        shares: list[float] = []
+        for obs in stages:
+            rates = self._stages.get(obs.stage)
+            if rates is None:
+                rates = self._stages[obs.stage] = _StageRates()
+            snap = obs.serving
+            if snap is not None:
+                running += snap.running
+                if snap.running > 0 or snap.waiting > 0:
+                    has_work = True
+                if snap is not rates.last:
+                    self._refresh_rates(rates, snap)
+                if rates.prefill_share is not None:
+                    shares.append(rates.prefill_share)
+            if self._upstream(now_s, rates, obs):
+                upstream_active = True
+            if now_s - rates.upstream_progress_s <= HANDOFF_PREWARM_S:
+                imminent = True
+        busy = gpu_active or has_work
+        share = max(shares) if shares else None
+        return StageSignals(
+            busy=busy,
+            stalled=not busy and bool(stages),
+            upstream_active=upstream_active,
+            work_imminent=imminent,
+            prefill_share=share,
+            running=running,
+        )
+
+    @staticmethod
+    def _refresh_rates(rates: _StageRates, snap: ServingSnapshot) -> None:
+        last = rates.last
+        rates.last = snap
+        if last is None or snap.timestamp_s <= last.timestamp_s:
+            return
+        d_prompt = snap.prompt_tokens_total - last.prompt_tokens_total
+        d_gen = snap.generation_tokens_total - last.generation_tokens_total
+        total = d_prompt + d_gen
+        rates.prefill_share = None if total <= 0 else d_prompt / total
+
+    @staticmethod
+    def _upstream(now_s: float, rates: _StageRates, obs: StageObservation) -> bool:
+        """True when an upstream stage works; notes when it just finished a request."""
+        active = False
+        finished = 0.0
+        for up in obs.upstream_serving:
+            finished += up.requests_finished_total
+            if up.running > 0 or up.waiting > 0:
+                active = True
+        if obs.upstream_serving:
+            if rates.upstream_finished >= 0 and finished > rates.upstream_finished:
+                rates.upstream_progress_s = now_s
+            rates.upstream_finished = finished
+        return active

@@ -1,0 +1,85 @@
+"""Per-tick decision cost of the Tri-serve controller (target: < 50 µs per GPU per tick).
+
+What is timed is the controller's own work for one tick — signals, strategy, clamp and the
+stats — on real samples recorded from the simulated backend; the backend read itself is
+excluded (an NVML batch read is the agent's cost, not the controller's). With benchmarks
+disabled (the default addopts) the test still runs the measurement once, prints the
+µs/tick figure and checks it. Print it alone with:
+
+    .venv/bin/pytest tests/benchmarks/test_decision_cost.py -s -q
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from triserve.control import ControlLoop, ControlSettings
+from triserve.gpu.backend import GpuSample
+from triserve.sim import Simulation, load_scenario
+from triserve.telemetry import StageObservation
+
+TICKS = 2000
+
+
+class _Replay:
+    """Replays recorded samples of a real simulated GPU, so timing excludes the simulator."""
+
+    def __init__(self, sim: Simulation, samples: list[GpuSample]) -> None:
+        self._sim = sim
+        self._samples = samples
+        self.i = 0
+
+    def sample(self, index: int) -> GpuSample:
+        s = self._samples[self.i % len(self._samples)]
+        self.i += 1
+        return s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sim.backend, name)
+
+
+def _recorded() -> tuple[Simulation, list[GpuSample], list[list[StageObservation]]]:
+    scenario = load_scenario("reference").model_copy(update={"duration_s": 40.0, "warmup_s": 0})
+    sim = Simulation(scenario, seed=0)
+    samples: list[GpuSample] = []
+    stages: list[list[StageObservation]] = []
+    placements = [p for p in sim.placements if p.gpu_index == 1]
+
+    def on_tick(now_s: float) -> None:
+        samples.append(sim.backend.sample(1))
+        snaps = {p.stage: sim.serving_snapshot(p.stage) for p in sim.placements}
+        stages.append(
+            [
+                StageObservation(
+                    p.stage,
+                    upstream=p.upstream,
+                    serving=snaps[p.stage],
+                    upstream_serving=tuple(snaps[u] for u in p.upstream),
+                )
+                for p in placements
+            ]
+        )
+
+    sim.run_until(scenario.duration_s, on_tick=on_tick, tick_s=0.05)
+    return sim, samples, stages
+
+
+def measure_us_per_tick(ticks: int = TICKS) -> float:
+    """Mean controller cost of one tick of one GPU, in µs (Observe mode: no setter calls)."""
+    sim, samples, stages = _recorded()
+    replay = _Replay(sim, samples)
+    loop = ControlLoop(replay, 1, None, ControlSettings(), actuate=False)
+    n = len(stages)
+    # Serving scrapes change every 5th tick, as at a 250 ms scrape and a 50 ms tick.
+    started = time.perf_counter()
+    for i in range(ticks):
+        loop.tick(0.05 * i, stages[(i // 5 * 5) % n])
+    return (time.perf_counter() - started) / ticks * 1e6
+
+
+def test_decision_cost_per_gpu_tick(benchmark: Any) -> None:
+    us = benchmark.pedantic(measure_us_per_tick, rounds=1, iterations=1)
+    benchmark.extra_info["us_per_tick"] = us
+    print(f"\nTri-serve decision cost: {us:.1f} µs per GPU per tick")
+    assert us < 50.0

@@ -1,0 +1,121 @@
+"""ControlLoop: Observe never actuates, release restores, limits are honoured, stats add up."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from triserve.api.models import EnergyPolicySpec
+from triserve.control import ControlLoop, ControlSettings, Reason, StrategyKind
+from triserve.control.settings import IntensitySource
+from triserve.sim import Scenario, Simulation
+
+from .conftest import drive
+
+
+def test_observe_mode_decides_but_never_sets_anything(reference_30s: Scenario) -> None:
+    run = drive(reference_30s, ControlSettings(actuate=False))
+    for g, loop in run.loops.items():
+        assert run.sim.backend.locked_sm_clocks_mhz(g) is None
+        assert loop.stats.clock_sets == 0 and loop.stats.power_sets == 0
+        assert all(t.lock is None for t in run.ticks[g])
+    reasons = {t.decision.reason for ticks in run.ticks.values() for t in ticks}
+    assert {Reason.STALL, Reason.RIDGE} <= reasons
+
+
+def test_release_restores_default_clocks(reference_30s: Scenario) -> None:
+    run = drive(reference_30s, ControlSettings(), until_s=10.0)
+    assert any(t.lock is not None for ticks in run.ticks.values() for t in ticks)
+    for g, loop in run.loops.items():
+        loop.release()
+        assert run.sim.backend.locked_sm_clocks_mhz(g) is None
+
+
+def test_release_restores_the_power_limit_it_changed(reference_30s: Scenario) -> None:
+    sim = Simulation(reference_30s)
+    default_mw = sim.backend.power_limit_mw(0)
+    settings = ControlSettings(strategy=StrategyKind.POWER_CAP, power_cap_w=400)
+    loop = ControlLoop(sim.backend, 0, None, settings)
+    for i in range(5):
+        sim.run_until(0.05 * (i + 1))
+        loop.tick(sim.now_s, [])
+    assert sim.backend.power_limit_mw(0) == 400_000
+    assert loop.stats.power_sets == 1  # set once, not every tick
+    loop.release()
+    assert sim.backend.power_limit_mw(0) == default_mw
+
+
+def test_setters_are_called_only_when_the_target_changes(reference_30s: Scenario) -> None:
+    run = drive(reference_30s, ControlSettings())
+    for g, loop in run.loops.items():
+        changes = sum(
+            1 for a, b in zip(run.ticks[g], run.ticks[g][1:], strict=False) if a.lock != b.lock
+        )
+        assert loop.stats.clock_sets <= changes + 1
+        assert loop.stats.clock_sets < loop.stats.ticks
+
+
+def test_locks_stay_inside_the_policy_clock_limits(reference_30s: Scenario) -> None:
+    settings = ControlSettings(clock_min_mhz=900, clock_max_mhz=1500)
+    run = drive(reference_30s, settings)
+    supported = set(run.sim.backend.supported_sm_clocks_mhz(0))
+    for ticks in run.ticks.values():
+        for t in ticks:
+            assert t.lock is not None  # a policy-limited GPU is never handed to the boost clock
+            assert 900 <= t.lock[0] <= t.lock[1] <= 1500
+            assert t.lock[1] in supported
+
+
+def test_stats_count_every_tick_and_measure_energy(reference_30s: Scenario) -> None:
+    run = drive(reference_30s, ControlSettings())
+    for g, loop in run.loops.items():
+        st = loop.stats
+        assert st.ticks == len(run.ticks[g])
+        assert sum(st.decisions.values()) == st.ticks
+        assert st.energy_j > 0
+        assert st.energy_j <= run.sim.gpus[g].energy_j
+        assert st.to_dict()["ticks"] == st.ticks
+
+
+def test_settings_follow_the_policy_spec() -> None:
+    spec = EnergyPolicySpec.model_validate(
+        {
+            "mode": "Observe",
+            "tri_serve": {
+                "dependency_stalls": {"enabled": False},
+                "arithmetic_intensity": {"source": "Phase"},
+                "thermal": {"headroom_c": 5.0},
+            },
+            "clock_limits": {"min_mhz": 600, "max_mhz": 1800},
+            "slo": {"max_latency_increase_percent": 2.0},
+            "control_interval_ms": 100,
+        }
+    )
+    s = ControlSettings.from_policy(spec)
+    assert s.strategy is StrategyKind.TRI_SERVE
+    assert not s.actuate and not s.stalls_enabled and s.intensity_enabled
+    assert s.intensity_source is IntensitySource.PHASE
+    assert s.thermal_headroom_c == 5.0
+    assert (s.clock_min_mhz, s.clock_max_mhz) == (600, 1800)
+    assert s.max_latency_increase_pct == 2.0 and s.control_interval_s == 0.1
+    static = ControlSettings.from_policy(
+        EnergyPolicySpec.model_validate(
+            {"strategy": "StaticClock", "static_clock": {"sm_clock_mhz": 1200}}
+        )
+    )
+    assert static.strategy is StrategyKind.STATIC_CLOCK and static.static_clock_mhz == 1200
+
+
+def test_settings_reject_what_cannot_run() -> None:
+    with pytest.raises(ValueError, match="static_clock_mhz"):
+        ControlSettings(strategy=StrategyKind.STATIC_CLOCK)
+    with pytest.raises(ValueError, match="component"):
+        ControlSettings().only("X")
+    assert replace(ControlSettings(), slo_guard=False).only("A").intensity_enabled
+
+
+def test_a_clock_range_with_no_supported_clock_is_refused(reference_30s: Scenario) -> None:
+    sim = Simulation(reference_30s)
+    with pytest.raises(ValueError, match="clockLimits"):
+        ControlLoop(sim.backend, 0, None, ControlSettings(clock_min_mhz=100, clock_max_mhz=200))

@@ -1,0 +1,80 @@
+"""Component D: a stalled GPU drops to a low clock, and work brings the clock back."""
+
+from __future__ import annotations
+
+import itertools
+
+from triserve.bench.runner import run_strategy
+from triserve.control import ControlSettings, Reason
+from triserve.control.signals import SignalTracker
+from triserve.sim import Scenario, Simulation
+from triserve.telemetry import ServingSnapshot, StageObservation
+
+from .conftest import drive
+
+
+def test_a_stall_locks_a_low_clock_and_work_restores_it(reference_30s: Scenario) -> None:
+    run = drive(reference_30s, ControlSettings().only("D"))
+    lowest = run.loops[1].limits.min_mhz
+    ticks = run.ticks[1]
+    stalls = [t for t in ticks if t.decision.reason is Reason.STALL]
+    assert stalls, "the talker/code2wav GPU never stalled in 30 s"
+    assert all(t.lock == (lowest, lowest) for t in stalls)
+    restored = 0
+    for prev, cur in itertools.pairwise(ticks):
+        if prev.decision.reason is Reason.STALL and cur.decision.reason is not Reason.STALL:
+            assert cur.lock is None  # handed back to the PMU's boost
+            restored += 1
+    assert restored > 0
+    # Work never runs on for more than one tick under the stall lock.
+    for prev, cur in itertools.pairwise(ticks):
+        if prev.sample.utilization_gpu_pct > 0 and cur.sample.utilization_gpu_pct > 0:
+            assert cur.decision.reason is not Reason.STALL
+
+
+def test_busy_gpu_is_never_treated_as_stalled(reference_30s: Scenario) -> None:
+    run = drive(reference_30s, ControlSettings().only("D"))
+    for ticks in run.ticks.values():
+        for t in ticks:
+            if t.decision.reason is Reason.STALL:
+                assert t.sample.utilization_gpu_pct < 3.0
+
+
+def _snap(running: int, finished: float = 0.0) -> ServingSnapshot:
+    return ServingSnapshot(1.0, running, 0, 0.0, 0.0, finished)
+
+
+def test_a_gpu_with_two_stages_is_stalled_only_when_both_are_idle(
+    reference_30s: Scenario,
+) -> None:
+    idle_sample = Simulation(reference_30s).backend.sample(1)
+    tracker = SignalTracker()
+    talker_busy = StageObservation("talker", serving=_snap(1), upstream=("thinker",))
+    code2wav_idle = StageObservation("code2wav", serving=_snap(0), upstream=("talker",))
+    assert not tracker.update(1.0, idle_sample, [talker_busy, code2wav_idle]).stalled
+    talker_idle = StageObservation("talker", serving=_snap(0), upstream=("thinker",))
+    assert tracker.update(1.05, idle_sample, [talker_idle, code2wav_idle]).stalled
+
+
+def test_an_upstream_hand_off_pre_warms_the_clock(reference_30s: Scenario) -> None:
+    idle_sample = Simulation(reference_30s).backend.sample(1)
+    tracker = SignalTracker()
+    up0 = (ServingSnapshot(1.0, 1, 0, 0.0, 0.0, 3.0),)
+    up1 = (ServingSnapshot(1.25, 0, 0, 0.0, 0.0, 4.0),)
+    first = StageObservation("talker", serving=_snap(0), upstream_serving=up0)
+    second = StageObservation("talker", serving=_snap(0), upstream_serving=up1)
+    assert not tracker.update(1.0, idle_sample, [first]).work_imminent
+    signals = tracker.update(1.25, idle_sample, [second])
+    assert signals.stalled and signals.work_imminent
+
+
+def test_d_alone_cuts_energy_spent_stalled_at_high_clock() -> None:
+    from triserve.bench.catalog import spec_for
+
+    from .conftest import short
+
+    scenario = short("reference", 60.0)
+    default = run_strategy(scenario, spec_for("default")).result
+    only_d = run_strategy(scenario, spec_for("tri-serve-D")).result
+    assert only_d.energy_j < default.energy_j
+    assert only_d.stall_high_s <= default.stall_high_s
