@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck imports unit bench crds tools clean
+.PHONY: demo test bench perf crds clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/triserve bench --scenario examples/scenarios/reference.yaml
+
+# Performance figures against their targets (reported, not asserted): simulator speed,
+# controller decision cost, agent tick CPU/RSS, operator aggregation CPU/RSS.
+perf: $(STAMP)
+	$(BIN)/python -m triserve.sim.speed
+	$(BIN)/pytest -q -s -p no:cacheprovider --no-cov --benchmark-enable tests/benchmarks
 
 crds: $(STAMP)
 	$(BIN)/triserve crds
