@@ -7,6 +7,9 @@ one scrape interval). It calls a backend setter only when the target changes (NV
 every tick disturb NCCL), never sets a clock outside the device's supported clocks or the
 policy's limits, and in Observe mode (``actuate=False``) records decisions without setting
 anything. `release()` hands clocks back to the PMU and restores any power limit it changed.
+`hold_default(until_s)` makes the ticks before `until_s` decide the PMU default (reason
+``default``) whatever the strategy says, except a thermal cap, which ends the hold: the node
+agent's baseline probes use it, so that the loop stays the only thing that sets clocks.
 """
 
 from __future__ import annotations
@@ -83,11 +86,39 @@ class ControlLoop:
         self._applied_power_mw: int | None = None
         self._original_power_mw: int | None = None
         self._last_now_s: float | None = None
+        self._hold_until_s: float | None = None
+        self._hold_message = ""
 
     @property
     def applied_lock_mhz(self) -> tuple[int, int] | None:
         """The SM clock range this loop has locked (None = PMU default)."""
         return self._applied_lock
+
+    @property
+    def at_default(self) -> bool:
+        """True while the GPU runs as the PMU leaves it (within the policy's clock limits).
+
+        Always True in Observe mode, which sets nothing.
+        """
+        decision = self.last_decision
+        if not self.actuate or decision is None:
+            return True
+        return decision.target_sm_clock_mhz is None and decision.power_limit_mw is None
+
+    @property
+    def holding_default(self) -> bool:
+        """True while a `hold_default` is in force."""
+        return self._hold_until_s is not None
+
+    def hold_default(self, until_s: float, message: str = "baseline probe") -> None:
+        """Decide the PMU default on every tick before `until_s` (the loop's clock).
+
+        The strategy still runs every tick, so its state follows the GPU; a thermal cap
+        wins over the hold and ends it. Does nothing in Observe mode.
+        """
+        if self.actuate:
+            self._hold_until_s = until_s
+            self._hold_message = message
 
     def tick(self, now_s: float, stages: Sequence[StageObservation]) -> Decision:
         """Run one control step at `now_s` for the GPU's `stages`; return the decision."""
@@ -100,7 +131,7 @@ class ControlLoop:
         self._last_now_s = now_s
         signals = self._signals.update(now_s, sample, stages)
         ctx = TickContext(now_s, dt_s, sample, stages, signals, self.limits)
-        decision = self._clamp(self.strategy.decide(ctx))
+        decision = self._held(now_s, self._clamp(self.strategy.decide(ctx)))
         if self.actuate:
             self._apply(decision)
         self._account(decision, sample, dt_s, signals.stalled)
@@ -113,6 +144,21 @@ class ControlLoop:
             self.backend.reset_sm_clocks(self.gpu_index)
             self._applied_lock = None
         self.release_power()
+
+    def _held(self, now_s: float, decision: Decision) -> Decision:
+        """The strategy's decision, or the PMU default while a `hold_default` lasts."""
+        until_s = self._hold_until_s
+        if until_s is None:
+            return decision
+        if now_s >= until_s or decision.reason is Reason.THERMAL:
+            self._hold_until_s = None
+            return decision
+        return Decision(
+            None,
+            Reason.DEFAULT,
+            f"{self._hold_message}: PMU default until t={until_s:.2f} s "
+            f"(strategy wanted {decision.reason.value})",
+        )
 
     def _clamp(self, decision: Decision) -> Decision:
         """Keep the target inside the supported clocks and the policy's limits."""

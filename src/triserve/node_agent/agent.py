@@ -11,6 +11,9 @@ Safety lives here too: every GPU that leaves management is restored at once; a G
 backend calls fail `max_gpu_errors` times in a row is restored and marked Degraded while the
 others keep running; `shutdown()` restores everything (SIGTERM/SIGINT); `on_watchdog` is
 what the watchdog thread calls when ticks stop.
+
+Each tick also feeds every GPU's `GpuRuntime` (energy, the baseline estimate), which may ask
+its loop for a short baseline probe at the PMU default (`ProbeSettings`, `probe=`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from triserve.control import ControlLoop, ControlSettings
 from triserve.gpu.backend import GpuBackend, GpuError
 from triserve.node_agent.dcgm import DcgmSnapshot
 from triserve.node_agent.gpumap import GpuIndex, map_pods
-from triserve.node_agent.gpus import GpuRuntime
+from triserve.node_agent.gpus import GpuRuntime, ProbeSettings
 from triserve.node_agent.podresources import ContainerGpus
 from triserve.node_agent.safety import GuardedBackend, StateFile, restore_stale
 from triserve.node_agent.stages import ServingPod
@@ -60,16 +63,22 @@ class NodeAgent:
         state: StateFile,
         *,
         max_gpu_errors: int = 3,
+        probe: ProbeSettings | None = None,
     ) -> None:
-        """Wraps `backend` in a `GuardedBackend` that records every setter in `state`."""
+        """Wraps `backend` in a `GuardedBackend` that records every setter in `state`.
+
+        `probe` sets the baseline probes (`triserve.node_agent.gpus`); None: the defaults.
+        """
         self.node_name = node_name
         self.backend = GuardedBackend(backend, state)
         self.state_file = state
         self.max_gpu_errors = max_gpu_errors
         self.lock = threading.RLock()
         self.policy: PolicyRef | None = None
+        self.probe = probe if probe is not None else ProbeSettings()
         self.gpus = {
-            i: GpuRuntime(identity=backend.identity(i)) for i in range(backend.device_count())
+            i: GpuRuntime(identity=backend.identity(i), probe=self.probe)
+            for i in range(backend.device_count())
         }
         self._gpu_index = GpuIndex([g.identity for g in self.gpus.values()])
         self.pods: dict[tuple[str, str], ServingPod] = {}

@@ -4,64 +4,146 @@
 keeps the monotone counters the exporter publishes (they survive policy switches, which
 rebuild the `ControlLoop`), the accumulators of the current report window, and a
 `BaselineModel` — the agent's own estimate of what the GPU would have drawn at PMU-default
-clocks, learned only from its own samples taken while the GPU ran at default.
+clocks, learned only from its own samples taken while the GPU ran settled at default.
+
+Tri-serve locks memory-bound decode and stalls whenever it sees them, so the agent would
+almost never see those states at default. A *baseline probe* fills the gap: at most once per
+`ProbeSettings.interval_s`, while the loop holds a lock in a state whose bin has few samples,
+the runtime asks the loop (`ControlLoop.hold_default`, the loop stays the only actuator) for
+a few ticks at the PMU default — enough for the clock to settle and a few samples to be
+taken. A probe only raises clocks, so it can only shorten latency; it costs a little energy.
 """
 
 from __future__ import annotations
 
+import enum
+import math
 from dataclasses import dataclass, field
 
 from triserve.api.status import GpuState
-from triserve.control import ControlLoop, Decision
+from triserve.control import ControlLoop, Decision, Reason
 from triserve.gpu.backend import GpuIdentity, GpuSample
 from triserve.node_agent.gpumap import Placement
 from triserve.telemetry import StageObservation
 
 #: How the baseline (PMU-default) tokens per joule are estimated; published in reports.
 BASELINE_METHOD = (
-    "counterfactual from the agent's own samples: ticks with a triserve clock lock are "
-    "re-priced at the mean power this GPU drew at PMU-default clocks in the same phase "
-    "(idle, compute-bound, memory-bound, other) and with the same number of running "
-    "requests (log2 buckets); where no such sample exists the actual power is used, so the "
-    "estimate errs low; "
+    "counterfactual from the agent's own samples: every tick is binned by what the GPU did, "
+    "read from that tick's own counters (idle; memory-bound, DRAM at least as busy as the "
+    "SMs; compute-bound; other) and the running requests of its serving engines (log2 "
+    "buckets); ticks under a triserve clock lock are re-priced at the mean power this GPU "
+    "drew in the same bin at settled PMU-default clocks, learned only after 2 or more ticks "
+    "at default, when the bin is the same as the tick before and the tick does not lock; "
+    "states triserve always locks (decode, stalls) are measured by baseline probes, a few "
+    "ticks handed back to the PMU default, at most one per GPU a minute by default; where a "
+    "bin has no sample the actual power is used, so the estimate errs low; in Observe mode "
+    "nothing is locked and the estimate is the measured energy; "
     "tokens are the serving engines' generation counters, assumed unchanged under the default"
 )
+
+
+class ActivityClass(enum.IntEnum):
+    """What a GPU was doing over one sample period, from its counters (baseline bins)."""
+
+    IDLE = 0
+    MEMORY_BOUND = 1
+    COMPUTE_BOUND = 2
+    OTHER = 3
+
+
 #: Load buckets of the baseline model: running requests 0, 1, 2-3, 4-7, … 64+.
-_BINS = 8
-#: Phase classes of the baseline model, from the decision's reason.
-_PHASES = {"stall": 0, "default": 0, "compute": 1, "ridge": 2}
+LOAD_BUCKETS = 8
+#: Below this busy fraction of the sample period the GPU counts as idle.
+IDLE_BUSY = 0.05
+#: Activity (as a share of the busy time) above which a unit counts as saturated enough
+#: to call the sample memory- or compute-bound.
+BOUND_ACTIVITY = 0.5
+
+
+def classify(sample: GpuSample) -> ActivityClass:
+    """What the GPU did over `sample`'s period, from utilisation and activity counters.
+
+    Memory-bound means DRAM at least as busy as the SMs: true at a clock at or above the
+    ridge, and so also at the (higher) default clock; without activity counters a busy GPU
+    is `ActivityClass.OTHER`.
+    """
+    busy = sample.utilization_gpu_pct / 100.0
+    if busy < IDLE_BUSY:
+        return ActivityClass.IDLE
+    act = sample.activity
+    if act is None:
+        return ActivityClass.OTHER
+    # The counters average over the whole period; compare them over the busy part.
+    sm, dram = act.sm_active / busy, act.dram_active / busy
+    if dram >= BOUND_ACTIVITY and dram >= sm:
+        return ActivityClass.MEMORY_BOUND
+    if sm >= BOUND_ACTIVITY:
+        return ActivityClass.COMPUTE_BOUND
+    return ActivityClass.OTHER
+
+
+def baseline_bin(sample: GpuSample, running: int) -> int:
+    """The baseline model's bin of one sample: activity class x running-request bucket.
+
+    Idle has a single bucket: an idle GPU draws the same whatever the (stale) scrape says.
+    """
+    activity = classify(sample)
+    if activity is ActivityClass.IDLE:
+        bucket = 0
+    else:
+        bucket = min(max(running, 0).bit_length(), LOAD_BUCKETS - 1)
+    return int(activity) * LOAD_BUCKETS + bucket
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSettings:
+    """Baseline probes: how often, how long to settle and how many samples to take.
+
+    `interval_s` 0 disables probes. A probe holds the PMU default for
+    ``settle ticks + measure_ticks + 1`` ticks (the first tick's sample still covers the
+    lock); settle ticks are at least `min_settle_ticks` and cover `settle_s`, the time a
+    clock change takes to show in a whole sample period. Bins with `enough_samples` or more
+    are not probed.
+    """
+
+    interval_s: float = 60.0
+    settle_s: float = 0.1
+    min_settle_ticks: int = 2
+    measure_ticks: int = 4
+    enough_samples: int = 12
+
+    def settle_ticks(self, tick_s: float) -> int:
+        """Ticks at default after an unlock before a sample is trusted."""
+        return max(self.min_settle_ticks, math.ceil(self.settle_s / tick_s - 1e-9))
+
+    def hold_s(self, tick_s: float) -> float:
+        """How long a probe holds the default, in seconds of the loop's clock."""
+        ticks = self.settle_ticks(tick_s) + self.measure_ticks + 1
+        return (ticks + 0.5) * tick_s
 
 
 class BaselineModel:
-    """Mean board power at PMU-default clocks per load bucket, learned online.
-
-    The bucket is the number of running requests on the GPU's stages (from the serving
-    scrapes), which, unlike utilisation, does not move when the clock does.
-    """
+    """Mean board power at settled PMU-default clocks per bin (`baseline_bin`), online."""
 
     def __init__(self) -> None:
-        self._sum_w = [0.0] * (_BINS * 4)
-        self._n = [0] * (_BINS * 4)
+        self._sum_w = [0.0] * (LOAD_BUCKETS * len(ActivityClass))
+        self._n = [0] * (LOAD_BUCKETS * len(ActivityClass))
 
-    @staticmethod
-    def _bin(running: int, reason: str) -> int:
-        phase = _PHASES.get(reason, 3) if running > 0 else 0
-        return phase * _BINS + min(max(running, 0).bit_length(), _BINS - 1)
+    def samples(self, bin_: int) -> int:
+        """How many default samples bin `bin_` holds."""
+        return self._n[bin_]
 
-    def observe_default(self, sample: GpuSample, running: int, reason: str) -> None:
-        """Learn from a tick at which the GPU ran at PMU-default clocks."""
-        b = self._bin(running, reason)
-        self._sum_w[b] += sample.power_mw / 1000.0
-        self._n[b] += 1
+    def observe_default(self, bin_: int, power_w: float) -> None:
+        """Learn from a sample period the GPU spent settled at PMU-default clocks."""
+        self._sum_w[bin_] += power_w
+        self._n[bin_] += 1
 
-    def default_power_w(self, sample: GpuSample, running: int, reason: str) -> float:
-        """Estimated default-clock power in this phase and load (else the sample's own)."""
-        b = self._bin(running, reason)
-        actual_w = sample.power_mw / 1000.0
-        if self._n[b] == 0:
+    def default_power_w(self, bin_: int, actual_w: float) -> float:
+        """Estimated default-clock power in bin `bin_` (the actual power if it has none)."""
+        if self._n[bin_] == 0:
             return actual_w
         # A lock only ever lowers power; a default estimate below the actual is noise.
-        return max(self._sum_w[b] / self._n[b], actual_w)
+        return max(self._sum_w[bin_] / self._n[bin_], actual_w)
 
 
 @dataclass(slots=True)
@@ -104,6 +186,13 @@ class GpuRuntime:
     baseline_tokens_per_joule: float = 0.0
     window: Window = field(default_factory=Window)
     baseline: BaselineModel = field(default_factory=BaselineModel)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    probes: int = 0
+    next_probe_s: float = 0.0
+    # Sample periods in a row the GPU spent at default, and the previous sample's bin.
+    default_ticks: int = 0
+    _at_default: bool = True
+    _last_bin: int | None = None
     _loop_stall_s: float = 0.0
     _loop_trips: int = 0
 
@@ -134,30 +223,54 @@ class GpuRuntime:
         self.locked = False
         self.slo_guard_active = False
         self.last_decision = None
+        # The caller has just reset the clocks: they settle from here.
+        self._at_default = True
+        self.default_ticks = 0
 
     def account(self, sample: GpuSample, dt_s: float, now_s: float) -> None:
-        """Fold one tick's sample (and the loop's decision, if any) into counters and window."""
+        """Fold one tick's sample (and the loop's decision, if any) into counters and window.
+
+        Called after the loop's tick: the sample covers the period since the previous tick,
+        which ran as the loop left the GPU then; the loop's state now is the next period's.
+        """
         last = self.last_sample
         energy_j = 0.0
+        span_s = 0.0
         if last is not None and sample.energy_mj >= last.energy_mj:
             energy_j = (sample.energy_mj - last.energy_mj) / 1000.0
+            span_s = sample.timestamp_s - last.timestamp_s
         self.last_sample = sample
+        period_at_default = self._at_default
+        self._at_default = self.loop is None or self.loop.at_default
+        self.default_ticks = self.default_ticks + 1 if period_at_default else 0
+        running = sum(o.serving.running for o in self.stages if o.serving is not None)
+        bin_ = baseline_bin(sample, running)
+        steady = bin_ == self._last_bin
+        self._last_bin = bin_
         if self.loop is None:
             return
-        reasons = sample.clock_event_reasons
-        throttled = reasons.is_thermal or reasons.is_power
-        self.energy_j += energy_j
+        power_w = energy_j / span_s if span_s > 0 else sample.power_mw / 1000.0
         w = self.window
+        self.energy_j += energy_j
         w.seconds += dt_s
         w.energy_j += energy_j
-        running = sum(o.serving.running for o in self.stages if o.serving is not None)
-        reason = self.last_decision.reason.value if self.last_decision else "default"
-        if self.locked:
-            w.baseline_energy_j += self.baseline.default_power_w(sample, running, reason) * dt_s
+        if not period_at_default:
+            w.baseline_energy_j += self.baseline.default_power_w(bin_, power_w) * dt_s
         else:
-            self.baseline.observe_default(sample, running, reason)
             w.baseline_energy_j += energy_j
-        if throttled:
+            settle = self.probe.settle_ticks(self.loop.settings.control_interval_s)
+            # Learn only settled, steady periods whose end did not change the clocks: a
+            # period that ends in a lock saw a phase change (e.g. prefill into decode).
+            if self._at_default and steady and span_s > 0 and self.default_ticks > settle:
+                self.baseline.observe_default(bin_, power_w)
+        self._count(sample, dt_s, now_s)
+        self._maybe_probe(now_s, bin_)
+
+    def _count(self, sample: GpuSample, dt_s: float, now_s: float) -> None:
+        assert self.loop is not None
+        w = self.window
+        reasons = sample.clock_event_reasons
+        if reasons.is_thermal or reasons.is_power:
             self.throttle_s += dt_s
             w.throttle_s += dt_s
         stats = self.loop.stats
@@ -175,6 +288,23 @@ class GpuRuntime:
             w.decisions[reason] = w.decisions.get(reason, 0) + 1
         guard = getattr(self.loop.strategy, "guard", None)
         self.slo_guard_active = bool(guard is not None and guard.active(now_s))
+
+    def _maybe_probe(self, now_s: float, bin_: int) -> None:
+        """Start a baseline probe if a lock is held in a bin with few default samples."""
+        loop, p = self.loop, self.probe
+        if loop is None or p.interval_s <= 0 or not loop.actuate:
+            return
+        if loop.at_default or loop.holding_default or now_s < self.next_probe_s:
+            return
+        decision = loop.last_decision
+        # Never lift a thermal cap: that lock protects the GPU, not energy.
+        if decision is None or decision.reason is Reason.THERMAL:
+            return
+        if self.baseline.samples(bin_) >= p.enough_samples:
+            return
+        loop.hold_default(now_s + p.hold_s(loop.settings.control_interval_s))
+        self.next_probe_s = now_s + p.interval_s
+        self.probes += 1
 
     def close_window(self, now_s: float) -> Window:
         """End the report window: update the tokens/J gauges and start a new window."""

@@ -23,6 +23,7 @@ from typing import Any
 
 from triserve.api.errors import PolicyError, load_policy_file
 from triserve.node_agent.agent import PolicyRef
+from triserve.node_agent.gpus import ProbeSettings
 from triserve.node_agent.podresources import DEFAULT_SOCKET
 from triserve.node_agent.runtime import AgentOptions, AgentRuntime
 from triserve.node_agent.safety import DEFAULT_STATE_FILE
@@ -54,6 +55,15 @@ def build_parser(prog: str = "triserve agent") -> argparse.ArgumentParser:
     p.add_argument("--node-name", default=None, help="node name (default: $NODE_NAME)")
     p.add_argument("--scrape-interval", type=float, default=0.5, help="seconds (0.5)")
     p.add_argument("--report-interval", type=float, help="seconds (default: the policy's)")
+    p.add_argument(
+        "--baseline-probe-interval",
+        type=float,
+        default=ProbeSettings().interval_s,
+        metavar="S",
+        help="at most one baseline probe (a few ticks at PMU default clocks, to measure the "
+        "baseline the savings are reported against) per GPU every S seconds; 0 disables "
+        f"({ProbeSettings().interval_s:g})",
+    )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING …")
     return p
 
@@ -117,6 +127,7 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
         api_client=None if args.standalone else _api_client(args.kubeconfig),
         scrape_interval_s=args.scrape_interval,
         report_interval_s=args.report_interval,
+        probe=ProbeSettings(interval_s=args.baseline_probe_interval),
     )
 
 
@@ -134,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--policy is for --standalone runs; in a cluster the node label decides")
     if args.speed <= 0:
         parser.error("--speed must be positive")
+    if args.baseline_probe_interval < 0:
+        parser.error("--baseline-probe-interval must be 0 (no probes) or positive seconds")
     try:
         options = options_from_args(args)
     except PolicyError as exc:

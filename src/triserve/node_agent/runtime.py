@@ -25,6 +25,7 @@ import httpx
 from triserve.gpu.backend import GpuBackend
 from triserve.node_agent.agent import NodeAgent, PolicyRef
 from triserve.node_agent.exporter import MetricsServer, build_registry, liveness
+from triserve.node_agent.gpus import ProbeSettings
 from triserve.node_agent.podresources import PodResourcesClient
 from triserve.node_agent.reports import ReportWriter, build_status, log_status
 from triserve.node_agent.safety import StateFile, Watchdog
@@ -55,6 +56,7 @@ class AgentOptions:
     scrape_interval_s: float = 0.5
     report_interval_s: float | None = None  # None: the policy's reportIntervalSeconds
     watchdog_timeout_s: float = 5.0
+    probe: ProbeSettings = field(default_factory=ProbeSettings)  # baseline probes
     metrics_port_fallback: bool = False  # demo: take any free port if the one asked is busy
     on_step: Callable[[NodeAgent, float], None] | None = None
     on_report: list[Any] = field(default_factory=list)
@@ -69,7 +71,9 @@ class AgentRuntime:
         backend = options.sim.backend if options.sim is not None else options.backend
         if backend is None:
             raise ValueError("no GPU backend: pass --sim SCENARIO or run on a GPU node with NVML")
-        self.agent = NodeAgent(backend, options.node_name, StateFile(options.state_file))
+        self.agent = NodeAgent(
+            backend, options.node_name, StateFile(options.state_file), probe=options.probe
+        )
         self.stop_event = asyncio.Event()
         self.server: MetricsServer | None = None
         self.watchdog: Watchdog | None = None

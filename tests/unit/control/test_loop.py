@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from triserve.api.models import EnergyPolicySpec
-from triserve.control import ControlLoop, ControlSettings, Reason, StrategyKind
+from triserve.control import ControlLoop, ControlSettings, Decision, Reason, StrategyKind
 from triserve.control.settings import IntensitySource
 from triserve.sim import Scenario, Simulation
 
@@ -119,3 +119,55 @@ def test_a_clock_range_with_no_supported_clock_is_refused(reference_30s: Scenari
     sim = Simulation(reference_30s)
     with pytest.raises(ValueError, match="clockLimits"):
         ControlLoop(sim.backend, 0, None, ControlSettings(clock_min_mhz=100, clock_max_mhz=200))
+
+
+def test_hold_default_hands_the_clock_back_then_the_strategy_resumes(
+    reference_30s: Scenario,
+) -> None:
+    sim = Simulation(reference_30s, seed=0)
+    settings = ControlSettings(strategy=StrategyKind.STATIC_CLOCK, static_clock_mhz=1005)
+    loop = ControlLoop(sim.backend, 0, None, settings)
+    sim.run_until(0.05)
+    loop.tick(sim.now_s, [])
+    lock = sim.backend.locked_sm_clocks_mhz(0)
+    assert lock is not None and not loop.at_default
+    loop.hold_default(sim.now_s + 0.325)  # the next 6 ticks
+    held = []
+    for _ in range(6):
+        sim.run_until(sim.now_s + 0.05)
+        held.append(loop.tick(sim.now_s, []))
+        assert sim.backend.locked_sm_clocks_mhz(0) is None and loop.at_default
+    assert all(d.reason is Reason.DEFAULT and "baseline probe" in d.message for d in held)
+    assert all(d.target_sm_clock_mhz is None for d in held)
+    sim.run_until(sim.now_s + 0.05)
+    loop.tick(sim.now_s, [])
+    assert not loop.holding_default and not loop.at_default
+    assert sim.backend.locked_sm_clocks_mhz(0) == lock
+    assert loop.stats.clock_sets == 3  # lock, probe's reset, lock again: no set per tick
+
+
+def test_hold_default_does_nothing_in_observe_mode(reference_30s: Scenario) -> None:
+    sim = Simulation(reference_30s, seed=0)
+    loop = ControlLoop(sim.backend, 0, None, ControlSettings(actuate=False))
+    loop.hold_default(5.0)
+    assert not loop.holding_default
+    sim.run_until(0.05)
+    decision = loop.tick(sim.now_s, [])
+    assert "baseline probe" not in decision.message
+    assert loop.stats.clock_sets == 0 and loop.at_default
+
+
+def test_a_thermal_cap_ends_a_hold(reference_30s: Scenario) -> None:
+    class Hot:
+        name = "hot"
+
+        def decide(self, ctx: object) -> Decision:
+            return Decision(800, Reason.THERMAL, "too hot")
+
+    sim = Simulation(reference_30s, seed=0)
+    loop = ControlLoop(sim.backend, 0, Hot(), ControlSettings())
+    loop.hold_default(5.0)
+    sim.run_until(0.05)
+    assert loop.tick(sim.now_s, []).reason is Reason.THERMAL
+    assert not loop.holding_default
+    assert sim.backend.locked_sm_clocks_mhz(0) is not None
