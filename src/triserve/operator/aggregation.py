@@ -184,8 +184,24 @@ def aggregate(
     return result
 
 
-def pending_release(policy: str, reports: Iterable[ReportView]) -> list[str]:
-    """Nodes whose agent still reports holding GPUs for `policy` (not yet `Released`)."""
-    return sorted(
-        r.node for r in reports if r.policy == policy and r.phase is not ReportPhase.RELEASED
-    )
+def pending_release(
+    policy: str, reports: Iterable[ReportView], labelled: Iterable[str] = ()
+) -> list[str]:
+    """Nodes that may still hold GPUs for `policy`: not yet reported `Released`.
+
+    A node counts when its agent's report names `policy` in any phase but `Released`, or
+    when the node was labelled for `policy` (`labelled`) and its agent has not yet reported
+    letting go — no report at all, or a report still naming the policy. The second rule
+    covers an agent that locked clocks before its first report reached the operator.
+    """
+    by_node = {r.node: r for r in reports}
+    pending = {
+        r.node
+        for r in by_node.values()
+        if r.policy == policy and r.phase is not ReportPhase.RELEASED
+    }
+    for node in labelled:
+        report = by_node.get(node)
+        if report is None or (report.policy == policy and report.phase is not ReportPhase.RELEASED):
+            pending.add(node)
+    return sorted(pending)

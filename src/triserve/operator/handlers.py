@@ -131,9 +131,15 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Pla
         triserve_nodes, triserve_policies = kwargs["triserve_nodes"], kwargs["triserve_policies"]
         logger, runtime = kwargs["logger"], kwargs["runtime"]
         others = [p for p in values(triserve_policies, placement.PolicyView) if p.name != name]
-        await placer.place(values(triserve_nodes, placement.NodeView), others, logger)
+        nodes = list(values(triserve_nodes, placement.NodeView))
+        # Remember, across retries, which nodes carried the label when deletion began: their
+        # agents must confirm the release even if no report of theirs has arrived yet.
+        labelled: set[str] = kwargs["memo"].setdefault("release_labelled", set())
+        labelled |= {n.name for n in nodes if n.policy == name}
+        labelled &= {n.name for n in nodes}  # a deleted node has no agent left to answer
+        await placer.place(nodes, others, logger)
         reports = values(kwargs["triserve_reports"], aggregation.ReportView)
-        waiting = placer.release_message(name, reports)
+        waiting = placer.release_message(name, reports, labelled)
         ref = placement.policy_view(kwargs["body"]).ref()
         if waiting is None:
             post(ref, "GpusReleased", "Every agent restored default clocks; removing finalizer.")

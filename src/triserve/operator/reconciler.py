@@ -185,9 +185,17 @@ class Placer:
         notices = policy_status.transitions(old.get("conditions") or [], found) if patch else []
         return StatusUpdate(patch=patch, notices=notices)
 
-    def release_message(self, policy: str, reports: Iterable[aggregation.ReportView]) -> str | None:
-        """None when every agent has let go of `policy`; otherwise who still holds it."""
-        pending = aggregation.pending_release(policy, reports)
+    def release_message(
+        self,
+        policy: str,
+        reports: Iterable[aggregation.ReportView],
+        labelled: Iterable[str] = (),
+    ) -> str | None:
+        """None when every agent has let go of `policy`; otherwise who still holds it.
+
+        `labelled` names the nodes that carried the policy's label when deletion began.
+        """
+        pending = aggregation.pending_release(policy, reports, labelled)
         if not pending:
             return None
         return (

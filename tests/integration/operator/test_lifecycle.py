@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from triserve.api.annotations import POLICY_FINALIZER
 from triserve.operator.settings import OperatorSettings
@@ -15,6 +16,8 @@ H100 = {"nvidia.com/gpu.product": "H100"}
 async def test_delete_unlabels_and_waits_for_agents_to_release(
     cluster: Cluster, settings: OperatorSettings
 ) -> None:
+    # A release timeout far beyond the test's pace: a loaded CI machine must not reach it.
+    settings = dataclasses.replace(settings, release_timeout_s=60.0)
     await cluster.add_node("gpu-1", H100)
     async with running_operator(cluster, settings):
         await cluster.apply_policy("omni", {"nodeSelector": {"matchLabels": H100}})

@@ -63,3 +63,13 @@ def test_invalid_reports_are_ignored() -> None:
 def test_pending_release_lists_agents_still_holding_the_policy() -> None:
     views = [report("a"), report("b", phase=ReportPhase.RELEASED.value), report("c", policy="q")]
     assert pending_release("p", [v for v in views if v]) == ["a"]
+
+
+def test_pending_release_waits_for_labelled_nodes_whose_agent_has_not_answered() -> None:
+    views = [v for v in (report("a"), report("b", phase=ReportPhase.RELEASED.value)) if v]
+    other = report("c", policy="q")
+    assert other is not None
+    # "d" was labelled but its first report has not arrived: its agent may hold locks.
+    assert pending_release("p", views, labelled=["b", "d"]) == ["a", "d"]
+    # "c" now reports another policy: its agent let go of "p".
+    assert pending_release("p", [*views, other], labelled=["c"]) == ["a"]
