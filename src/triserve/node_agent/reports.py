@@ -64,7 +64,9 @@ def build_status(agent: NodeAgent, now: dt.datetime) -> NodeEnergyReportStatus:
             window = gpu.close_window(now_s)
             sample = gpu.last_sample
             decision = gpu.last_decision
-            if gpu.governed:
+            # A window accrues only while governed; count it even if the GPU was released
+            # since (the final report after SIGTERM carries the last window too).
+            if window.seconds > 0:
                 energy_j += window.energy_j
                 baseline_j += max(window.baseline_energy_j, window.energy_j)
                 tokens += window.tokens

@@ -88,3 +88,14 @@ def test_report_carries_gpus_energy_tokens_and_an_honest_baseline_method(
     assert again.energy.joules == 0  # the window was reset
     agent.set_policy(None)
     assert build_status(agent, dt.datetime.now(dt.UTC)).phase is ReportPhase.RELEASED
+
+
+def test_the_final_report_after_shutdown_keeps_the_last_window(
+    sim: Simulation, make_agent: Make
+) -> None:
+    agent, node = make_agent()
+    run(sim, node, 60.0)
+    agent.shutdown("SIGTERM")
+    final = build_status(agent, dt.datetime.now(dt.UTC))
+    assert final.phase is ReportPhase.RELEASED
+    assert final.energy.joules > 0 and final.efficiency.tokens > 0
