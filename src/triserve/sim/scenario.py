@@ -210,13 +210,12 @@ class Scenario(_Model):
 
 
 def bundled_scenarios_dir() -> Path:
-    """The examples/scenarios/ directory of the source tree (bundled scenario files)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "examples" / "scenarios"
-        if candidate.is_dir():
-            return candidate
-    raise ScenarioError("bundled scenarios not found: no examples/scenarios/ above " + str(here))
+    """The bundled scenario files, shipped inside the package (`examples/scenarios` links here).
+
+    Package data, so that `--sim reference` and `triserve demo` also work from an installed
+    wheel or the container image, not only from a source checkout.
+    """
+    return Path(__file__).resolve().parent / "scenarios"
 
 
 def _format_error(err: ValidationError, path: Path) -> str:
