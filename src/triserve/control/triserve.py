@@ -4,7 +4,11 @@ One `TriServeStrategy` runs per GPU inside a `ControlLoop`. Each tick it asks, i
 
 1. the SLO guard — tripped? hand the clock back to the PMU (reason ``slo-guard``);
 2. D — are all the GPU's stages idle, waiting on upstream work, with no hand-off imminent?
-   hold the stall clock (reason ``stall``); work or an upstream hand-off restores it;
+   cut the clock to the stall clock (reason ``stall``); once it is down, *park*: drop the
+   lock, because an idle GPU's PMU keeps the low clock it has, and without a lock it boosts
+   the moment work arrives instead of a tick later (work or an upstream hand-off also
+   restores boost explicitly). That the PMU stays low after an unlock while idle is what
+   the simulator models; on real GPUs it is one of the behaviours the NVML checks measure;
 3. A — memory-bound phase? lock the ridge clock (``ridge``); compute-bound? full boost
    (``compute``);
 4. T — would the temperature reach slowdown - headroom within the horizon? cap the clock at
@@ -63,6 +67,8 @@ class TriServeStrategy:
                 return Decision(None, Reason.DEFAULT, "upstream just handed off: pre-warming")
             low = self._stall_clock(ctx)
             why = "upstream working" if sig.upstream_active else "no upstream work either"
+            if ctx.sample.sm_clock_mhz <= low:
+                return Decision(None, Reason.STALL, f"all stages idle ({why}): parked at {low} MHz")
             return Decision(low, Reason.STALL, f"all stages idle ({why}): holding {low} MHz")
         if s.intensity_enabled and sig.busy:
             reason, clock, message = self.intensity.decide(ctx)

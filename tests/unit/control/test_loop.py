@@ -25,7 +25,7 @@ def test_observe_mode_decides_but_never_sets_anything(reference_30s: Scenario) -
 
 
 def test_release_restores_default_clocks(reference_30s: Scenario) -> None:
-    run = drive(reference_30s, ControlSettings(), until_s=10.0)
+    run = drive(reference_30s, ControlSettings())
     assert any(t.lock is not None for ticks in run.ticks.values() for t in ticks)
     for g, loop in run.loops.items():
         loop.release()
