@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def test_context_name() -> str:
+def checked_test_context() -> str:
     """The current kube context, refused unless it names a test cluster."""
     from kubernetes import config
 
@@ -59,7 +59,7 @@ def kube() -> Iterator[Any]:
     """A kubernetes ApiClient for a verified test context, with triserve's CRDs installed."""
     from kubernetes import client, config
 
-    context = test_context_name()
+    context = checked_test_context()
     config.load_kube_config(context=context)
     api = client.ApiClient()
     extensions = client.ApiextensionsV1Api(api)
