@@ -21,7 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kubernetes.config import ConfigException
+
 from triserve.api.errors import PolicyError, load_policy_file
+from triserve.gpu.backend import GpuError
 from triserve.node_agent.agent import PolicyRef
 from triserve.node_agent.gpus import ProbeSettings
 from triserve.node_agent.podresources import DEFAULT_SOCKET
@@ -97,6 +100,9 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
     """Turn parsed flags into `AgentOptions` (raises PolicyError, ValueError)."""
     sim = None
     backend = None
+    node_name = args.node_name or os.environ.get("NODE_NAME")
+    if not node_name and not args.standalone:
+        raise ValueError("NODE_NAME is not set: give it from the downward API or --node-name")
     if args.sim:
         from triserve.node_agent.simnode import open_simulation
 
@@ -105,10 +111,7 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
         # Imported lazily: only a real GPU node needs pynvml.
         nvml: Any = importlib.import_module("triserve.gpu.nvml")
         backend = nvml.NvmlBackend()
-    node_name = args.node_name or os.environ.get("NODE_NAME")
     if not node_name:
-        if not args.standalone:
-            raise ValueError("NODE_NAME is not set: give it from the downward API or --node-name")
         node_name = sim.scenario.hostname if sim is not None else socket.gethostname()
     return AgentOptions(
         node_name=node_name,
@@ -152,7 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PolicyError as exc:
         print(f"triserve agent: invalid policy {exc}", file=sys.stderr)
         return 2
-    except (ValueError, OSError) as exc:
+    except GpuError as exc:
+        print(
+            f"triserve agent: cannot manage this node's GPUs: {exc}\n"
+            "  On a GPU node: run with the NVIDIA runtime (runtimeClassName: nvidia or "
+            "NVIDIA_VISIBLE_DEVICES=all). Without a GPU: add --sim reference.",
+            file=sys.stderr,
+        )
+        return 2
+    except (ValueError, OSError, ConfigException) as exc:
         print(f"triserve agent: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(AgentRuntime(options).run())
