@@ -2,7 +2,8 @@
 
 `SimBackend` (over the simulator) and `NvmlBackend` (real GPUs through nvidia-ml-py) are
 chosen by explicit argument by the node agent, benchmarks and tests — never via a global.
-`NvmlBackend` is imported lazily so that simulator users never load pynvml.
+Both backends are imported lazily: simulator users never load pynvml, and the controllers
+and a production agent (which import only `triserve.gpu.backend`) never load the simulator.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from triserve.gpu.backend import (
     PowerLimitConstraints,
     ThermalThresholds,
 )
-from triserve.gpu.sim import SimBackend
 
 if TYPE_CHECKING:
     from triserve.gpu.nvml import NvmlBackend
+    from triserve.gpu.sim import SimBackend
 
 __all__ = [
     "Activity",
@@ -53,4 +54,8 @@ def __getattr__(name: str) -> Any:
         from triserve.gpu.nvml import NvmlBackend
 
         return NvmlBackend
+    if name == "SimBackend":
+        from triserve.gpu.sim import SimBackend
+
+        return SimBackend
     raise AttributeError(f"module 'triserve.gpu' has no attribute {name!r}")
