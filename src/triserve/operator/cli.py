@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 
 from triserve.operator.settings import OperatorSettings
@@ -75,7 +76,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         status_interval_s=args.status_interval, release_timeout_s=args.release_timeout
     )
     os.environ.update(settings.to_env())
-    from kopf import cli as kopf_cli  # imported late: `triserve --help` need not load kopf
+    import kopf  # imported late: `triserve --help` need not load kopf
+    from kopf import cli as kopf_cli
 
-    kopf_cli.main.main(args=kopf_args(args), prog_name="triserve operator", standalone_mode=False)
+    try:
+        kopf_cli.main.main(
+            args=kopf_args(args), prog_name="triserve operator", standalone_mode=False
+        )
+    except kopf.LoginError as exc:
+        print(
+            f"triserve operator: cannot reach the Kubernetes API: {exc}\n"
+            "  In a pod: give it a ServiceAccount (the Helm chart does). Outside: set "
+            "KUBECONFIG or ~/.kube/config to a cluster you may manage.",
+            file=sys.stderr,
+        )
+        return 2
     return 0

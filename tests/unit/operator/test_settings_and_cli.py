@@ -25,3 +25,16 @@ def test_cli_runs_the_main_module_cluster_wide() -> None:
     assert "--standalone" in args and "--liveness" in args
     peered = kopf_args(parser().parse_args(["--peering", "triserve", "--liveness", ""]))
     assert "--peering" in peered and "--standalone" not in peered and "--liveness" not in peered
+
+
+def test_no_cluster_credentials_end_with_guidance_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from triserve.operator import cli
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    assert cli.main(["--standalone"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the Kubernetes API" in err and "KUBECONFIG" in err
