@@ -138,6 +138,11 @@ class ControlLoop:
         self.last_decision = decision
         return decision
 
+    def slo_guard_active(self, now_s: float) -> bool:
+        """True while the strategy's SLO guard holds clocks back toward default."""
+        guard = getattr(self.strategy, "guard", None)
+        return bool(guard is not None and guard.active(now_s))
+
     def release(self) -> None:
         """Hand the clock back to the PMU and restore any power limit this loop changed."""
         if self._applied_lock is not None:

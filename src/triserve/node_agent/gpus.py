@@ -16,12 +16,13 @@ taken. A probe only raises clocks, so it can only shorten latency; it costs a li
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass, field
 
 from triserve.api.status import GpuState
-from triserve.control import ControlLoop, Decision, Reason
+from triserve.control import ControlLoop, Decision, LoopStats, Reason
 from triserve.gpu.backend import GpuIdentity, GpuSample
 from triserve.node_agent.gpumap import Placement
 from triserve.telemetry import StageObservation
@@ -193,8 +194,8 @@ class GpuRuntime:
     default_ticks: int = 0
     _at_default: bool = True
     _last_bin: int | None = None
-    _loop_stall_s: float = 0.0
-    _loop_trips: int = 0
+    #: The attached loop's stats as last folded in (the loop is the one place that counts).
+    _seen: LoopStats = field(default_factory=LoopStats)
 
     @property
     def index(self) -> int:
@@ -212,8 +213,7 @@ class GpuRuntime:
         self.state = state
         self.message = message
         self.consecutive_errors = 0
-        self._loop_stall_s = 0.0
-        self._loop_trips = 0
+        self._seen = LoopStats()
 
     def detach(self, state: GpuState, message: str) -> None:
         """Stop governing (the caller has restored the GPU's defaults)."""
@@ -263,31 +263,31 @@ class GpuRuntime:
             # period that ends in a lock saw a phase change (e.g. prefill into decode).
             if self._at_default and steady and span_s > 0 and self.default_ticks > settle:
                 self.baseline.observe_default(bin_, power_w)
-        self._count(sample, dt_s, now_s)
+        self._count(now_s)
         self._maybe_probe(now_s, bin_)
 
-    def _count(self, sample: GpuSample, dt_s: float, now_s: float) -> None:
+    def _count(self, now_s: float) -> None:
+        """Fold what the loop counted this tick into the monotone counters and the window.
+
+        The loop is rebuilt on every policy switch, so its stats restart at zero; the agent
+        keeps the running totals the exporter publishes by adding the loop's deltas.
+        """
         assert self.loop is not None
-        w = self.window
-        reasons = sample.clock_event_reasons
-        if reasons.is_thermal or reasons.is_power:
-            self.throttle_s += dt_s
-            w.throttle_s += dt_s
-        stats = self.loop.stats
-        stall_delta = max(stats.stall_s - self._loop_stall_s, 0.0)
-        self._loop_stall_s = stats.stall_s
-        self.stall_s += stall_delta
-        w.stall_s += stall_delta
-        trips = max(stats.slo_guard_trips - self._loop_trips, 0)
-        self._loop_trips = stats.slo_guard_trips
-        self.slo_guard_trips += trips
-        decision = self.last_decision
-        if decision is not None:
-            reason = decision.reason.value
-            self.decisions[reason] = self.decisions.get(reason, 0) + 1
-            w.decisions[reason] = w.decisions.get(reason, 0) + 1
-        guard = getattr(self.loop.strategy, "guard", None)
-        self.slo_guard_active = bool(guard is not None and guard.active(now_s))
+        w, stats, seen = self.window, self.loop.stats, self._seen
+        stall_s = max(stats.stall_s - seen.stall_s, 0.0)
+        throttle_s = max(stats.throttle_s - seen.throttle_s, 0.0)
+        self.stall_s += stall_s
+        w.stall_s += stall_s
+        self.throttle_s += throttle_s
+        w.throttle_s += throttle_s
+        self.slo_guard_trips += max(stats.slo_guard_trips - seen.slo_guard_trips, 0)
+        for reason, count in stats.decisions.items():
+            delta = count - seen.decisions.get(reason, 0)
+            if delta > 0:
+                self.decisions[reason] = self.decisions.get(reason, 0) + delta
+                w.decisions[reason] = w.decisions.get(reason, 0) + delta
+        self._seen = dataclasses.replace(stats, decisions=dict(stats.decisions))
+        self.slo_guard_active = self.loop.slo_guard_active(now_s)
 
     def _maybe_probe(self, now_s: float, bin_: int) -> None:
         """Start a baseline probe if a lock is held in a bin with few default samples."""

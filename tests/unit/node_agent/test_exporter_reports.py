@@ -6,6 +6,7 @@ import datetime as dt
 import urllib.request
 from collections.abc import Callable
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from triserve.api.status import ReportPhase
@@ -99,3 +100,22 @@ def test_the_final_report_after_shutdown_keeps_the_last_window(
     final = build_status(agent, dt.datetime.now(dt.UTC))
     assert final.phase is ReportPhase.RELEASED
     assert final.energy.joules > 0 and final.efficiency.tokens > 0
+
+
+def test_exported_counters_keep_growing_across_a_policy_switch(
+    sim: Simulation, make_agent: Make
+) -> None:
+    from .conftest import policy
+
+    agent, node = make_agent()
+    run(sim, node, 60.0)
+    before = {g: (gpu.stall_s, sum(gpu.decisions.values())) for g, gpu in agent.gpus.items()}
+    assert all(decisions > 0 for _, decisions in before.values())
+    agent.set_policy(policy("p2", controlIntervalMs=100))  # a new spec rebuilds every loop
+    run(sim, node, 120.0)
+    for g, gpu in agent.gpus.items():
+        stall_s, decisions = before[g]
+        assert gpu.loop is not None
+        # Totals = everything before the switch + everything the new loop counted.
+        assert sum(gpu.decisions.values()) == decisions + gpu.loop.stats.ticks
+        assert gpu.stall_s == pytest.approx(stall_s + gpu.loop.stats.stall_s)
