@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from triserve.bench.runner import stage_observations
 from triserve.control import ControlLoop, ControlSettings
 from triserve.control.decisions import Reason
 from triserve.gpu.backend import GpuSample
@@ -46,22 +47,10 @@ def _recorded() -> tuple[Simulation, list[GpuSample], list[list[StageObservation
     sim = Simulation(scenario, seed=0)
     samples: list[GpuSample] = []
     stages: list[list[StageObservation]] = []
-    placements = [p for p in sim.placements if p.gpu_index == 1]
 
     def on_tick(now_s: float) -> None:
         samples.append(sim.backend.sample(1))
-        snaps = {p.stage: sim.serving_snapshot(p.stage) for p in sim.placements}
-        stages.append(
-            [
-                StageObservation(
-                    p.stage,
-                    upstream=p.upstream,
-                    serving=snaps[p.stage],
-                    upstream_serving=tuple(snaps[u] for u in p.upstream),
-                )
-                for p in placements
-            ]
-        )
+        stages.append(stage_observations(sim)[1])
 
     sim.run_until(scenario.duration_s, on_tick=on_tick, tick_s=0.05)
     return sim, samples, stages

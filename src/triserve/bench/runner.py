@@ -43,9 +43,15 @@ class RunOutput:
     timelines: dict[int, Timeline] = field(default_factory=dict)
 
 
-def _observations(
-    sim: Simulation, snaps: dict[str, ServingSnapshot]
+def stage_observations(
+    sim: Simulation, snaps: dict[str, ServingSnapshot] | None = None
 ) -> dict[int, list[StageObservation]]:
+    """Per GPU, what the node agent would build from one scrape of every simulated stage.
+
+    `snaps` is that scrape (default: a fresh one at the simulation's current time).
+    """
+    if snaps is None:
+        snaps = {pl.stage: sim.serving_snapshot(pl.stage) for pl in sim.placements}
     by_gpu: dict[int, list[StageObservation]] = {}
     for pl in sim.placements:
         ups = tuple(pl.upstream)
@@ -88,7 +94,7 @@ def run_strategy(
         assert isinstance(last, float)
         if now_s - last >= SCRAPE_INTERVAL_S - 1e-9:
             snaps = {pl.stage: sim.serving_snapshot(pl.stage) for pl in sim.placements}
-            state["obs"] = _observations(sim, snaps)
+            state["obs"] = stage_observations(sim, snaps)
             state["scrape_s"] = now_s
         obs = state["obs"]
         assert isinstance(obs, dict)

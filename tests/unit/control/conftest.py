@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from triserve.bench.runner import stage_observations
 from triserve.control import ControlLoop, ControlSettings, Decision, Strategy
 from triserve.gpu.backend import GpuSample
 from triserve.sim import Phase, Scenario, Simulation, load_scenario
@@ -24,18 +25,7 @@ def short(name: str, duration_s: float, **update: object) -> Scenario:
 
 def observations(sim: Simulation) -> dict[int, list[StageObservation]]:
     """What the node agent would build from one scrape of every stage."""
-    snaps = {pl.stage: sim.serving_snapshot(pl.stage) for pl in sim.placements}
-    out: dict[int, list[StageObservation]] = {}
-    for pl in sim.placements:
-        out.setdefault(pl.gpu_index, []).append(
-            StageObservation(
-                stage=pl.stage,
-                upstream=pl.upstream,
-                serving=snaps[pl.stage],
-                upstream_serving=tuple(snaps[u] for u in pl.upstream),
-            )
-        )
-    return out
+    return stage_observations(sim)
 
 
 @dataclass
