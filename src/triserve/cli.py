@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("triserve.node_agent.demo", "run the agent on a simulated 2-GPU node (no cluster)"),
+    "demo": ("triserve.simnode.demo", "run the agent on a simulated 2-GPU node (no cluster)"),
     "bench": ("triserve.bench.cli", "run scenarios x strategies on the simulator"),
     "agent": ("triserve.node_agent.main", "run the node agent (in a cluster or --standalone)"),
     "operator": ("triserve.operator.cli", "run the kopf operator"),

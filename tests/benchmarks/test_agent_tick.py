@@ -22,9 +22,9 @@ import yaml
 from triserve.api.models import EnergyPolicySpec
 from triserve.node_agent.agent import NodeAgent, PolicyRef
 from triserve.node_agent.safety import StateFile
-from triserve.node_agent.simnode import SimNode
 from triserve.node_agent.stages import pod_from_manifest
 from triserve.sim import Simulation, load_scenario
+from triserve.simnode.node import SimNode
 
 GPUS = 8
 INTERVAL_S = 0.05

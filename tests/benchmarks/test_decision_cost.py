@@ -15,11 +15,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from triserve.bench.runner import stage_observations
 from triserve.control import ControlLoop, ControlSettings
 from triserve.control.decisions import Reason
 from triserve.gpu.backend import GpuSample
 from triserve.sim import Simulation, load_scenario
+from triserve.simnode import AgentRun, run_agent
 from triserve.telemetry import StageObservation
 
 TICKS = 2000
@@ -44,16 +44,17 @@ class _Replay:
 
 def _recorded() -> tuple[Simulation, list[GpuSample], list[list[StageObservation]]]:
     scenario = load_scenario("reference").model_copy(update={"duration_s": 40.0, "warmup_s": 0})
-    sim = Simulation(scenario, seed=0)
     samples: list[GpuSample] = []
     stages: list[list[StageObservation]] = []
 
-    def on_tick(now_s: float) -> None:
-        samples.append(sim.backend.sample(1))
-        stages.append(stage_observations(sim)[1])
+    def record(run: AgentRun, now_s: float) -> None:
+        gpu = run.agent.gpus[1]
+        if gpu.last_sample is not None:
+            samples.append(gpu.last_sample)
+            stages.append(list(gpu.stages))
 
-    sim.run_until(scenario.duration_s, on_tick=on_tick, tick_s=0.05)
-    return sim, samples, stages
+    run = run_agent(scenario, after_tick=record)
+    return run.sim, samples, stages
 
 
 def measure_us_per_tick(ticks: int = TICKS) -> float:
@@ -62,10 +63,9 @@ def measure_us_per_tick(ticks: int = TICKS) -> float:
     replay = _Replay(sim, samples)
     loop = ControlLoop(replay, 1, None, ControlSettings(), actuate=False)
     n = len(stages)
-    # Serving scrapes change every 5th tick, as at a 250 ms scrape and a 50 ms tick.
     started = time.perf_counter()
     for i in range(ticks):
-        loop.tick(0.05 * i, stages[(i // 5 * 5) % n])
+        loop.tick(0.05 * i, stages[i % n])
     return (time.perf_counter() - started) / ticks * 1e6
 
 
@@ -81,4 +81,6 @@ def _reasons_seen() -> set[Reason]:
     """Reasons the timed workload produces, so the figure covers the Tri-serve paths."""
     sim, samples, stages = _recorded()
     loop = ControlLoop(_Replay(sim, samples), 1, None, ControlSettings(), actuate=False)
-    return {loop.tick(0.05 * i, stages[i % len(stages)]).reason for i in range(len(stages))}
+    return {
+        loop.tick(0.05 * i, stages[i % len(stages)]).decision.reason for i in range(len(stages))
+    }

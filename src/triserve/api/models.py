@@ -54,11 +54,28 @@ class Strategy(enum.StrEnum):
 
 
 class AISource(enum.StrEnum):
-    """Where the arithmetic-intensity estimate comes from."""
+    """Where component A takes a memory-bound phase's ridge clock from.
+
+    Profile: the `profile` list (measured by `triserve profile`); Search: the agent's online
+    ridge search; Counters: an estimate from pipe vs DRAM activity (GPUs with per-tick
+    counters only); Auto: the profile where it covers the phase, else the search. DCGM and
+    Phase are the names of earlier releases, kept as aliases of Counters and Search.
+    """
 
     AUTO = "Auto"
+    PROFILE = "Profile"
+    SEARCH = "Search"
+    COUNTERS = "Counters"
     DCGM = "DCGM"
     PHASE = "Phase"
+
+
+class ServingPhase(enum.StrEnum):
+    """A serving phase a ridge profile entry applies to."""
+
+    PREFILL = "prefill"
+    DECODE = "decode"
+    ONESHOT = "oneshot"
 
 
 class SelectorOperator(enum.StrEnum):
@@ -116,13 +133,27 @@ class StallSpec(ApiModel):
     )
 
 
+class RidgeProfileEntry(ApiModel):
+    """One measured ridge clock: the lowest clock at which a stage's phase keeps its rate."""
+
+    stage: str = Field(min_length=1, max_length=63, description="Stage name, e.g. thinker.")
+    phase: ServingPhase = Field(description="prefill, decode or oneshot.")
+    ridge_mhz: int = Field(ge=1, le=5000, description="Ridge SM clock in MHz.")
+
+
 class ArithmeticIntensitySpec(ApiModel):
     """Component A: clocks chosen from arithmetic intensity."""
 
     enabled: bool = Field(default=True, description="Run memory-bound phases at the ridge clock.")
     source: AISource = Field(
         default=AISource.AUTO,
-        description="Auto (activity counters when present, else serving phase), DCGM or Phase.",
+        description="Auto (profile where it covers the phase, else online search), Profile, "
+        "Search or Counters.",
+    )
+    profile: list[RidgeProfileEntry] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Ridge clocks per stage and phase, as written by `triserve profile`.",
     )
 
 

@@ -5,7 +5,7 @@ build a `ControlLoop` per GPU over a `GpuBackend` and call `tick` every control 
 
     settings = ControlSettings.from_policy(spec)
     loop = ControlLoop(backend, gpu_index, None, settings)
-    decision = loop.tick(now_s, stages)
+    result = loop.tick(now_s, stages)   # a TickResult: sample, signals, decision, energy
     loop.release()
 """
 
@@ -26,7 +26,7 @@ from triserve.control.decisions import (
     Strategy,
     TickContext,
 )
-from triserve.control.loop import ControlLoop, LoopStats
+from triserve.control.loop import ControlLoop, LoopStats, TickResult
 from triserve.control.settings import ControlSettings, IntensitySource, StrategyKind
 from triserve.control.triserve import TriServeStrategy
 
@@ -46,6 +46,7 @@ __all__ = [
     "Strategy",
     "StrategyKind",
     "TickContext",
+    "TickResult",
     "TriServeStrategy",
     "build_strategy",
 ]

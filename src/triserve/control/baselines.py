@@ -15,8 +15,8 @@ both go through it (the bench adds its oracle, which lives in `triserve.bench`).
 from __future__ import annotations
 
 from triserve.control.decisions import Decision, Reason, Strategy, TickContext
+from triserve.control.latency import LatencyTracker, WindowStat
 from triserve.control.settings import ControlSettings, StrategyKind
-from triserve.control.sloguard import LatencyTracker, WindowStat
 from triserve.control.triserve import TriServeStrategy
 
 

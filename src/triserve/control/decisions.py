@@ -34,13 +34,18 @@ class Decision:
     """What one tick decided for one GPU.
 
     `target_sm_clock_mhz` is the SM clock ceiling to lock (None = hand the clock back to the
-    PMU); `power_limit_mw` is a power limit to enforce (None = the device default).
+    PMU); `power_limit_mw` is a power limit to enforce (None = the device default);
+    `source` names what decided an A (ridge) clock — ``profile``, ``search``, ``counters``
+    or ``phase`` — and is empty otherwise; `guard_tripped` is True on the tick the latency
+    guard tripped.
     """
 
     target_sm_clock_mhz: int | None
     reason: Reason
     message: str
     power_limit_mw: int | None = None
+    source: str = ""
+    guard_tripped: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +149,8 @@ class TickContext:
     stages: Sequence[StageObservation]
     signals: StageSignals
     limits: DeviceLimits
+    #: True when the period since the previous tick ran at the PMU default (no lock).
+    at_default: bool = True
 
 
 class Strategy(Protocol):

@@ -1,104 +1,128 @@
-"""Component A: choose the clock from arithmetic intensity (A.I.).
+"""Component A: choose the clock of a memory-bound phase from signals real GPUs give.
 
 Roofline: throughput ``Θ = min(η·f, β·AI)``; the ridge clock ``f* = β·AI/η`` is the lowest
-clock with no throughput loss. With activity counters (DCGM DRAM_ACTIVE / SM_ACTIVE or NVML
-GPM) the ridge follows directly from one sample: in a memory-bound phase DRAM is saturated
-(dram_active ≈ 1) while the SMs are busy only ``f*/f`` of the time, so
-``f* ≈ f · sm_active / dram_active``. That estimate corrects itself every tick: below the
-ridge the SMs saturate and the ratio rises above one. Without counters the phase is read
-from the serving counters (prompt vs generation tokens): decode-only windows are treated as
-memory-bound and run at a conservative fraction of the boost clock that the SLO guard keeps
-honest. Used by `triserve.control.triserve.TriServeStrategy`.
+clock with no throughput loss. Real counters do not hand out ``f*``: a memory-bound decode
+that fills the GPU reads SM_ACTIVE ≈ 1 (a warp waiting on memory is resident), DRAM activity
+saturates near 0.8, and on hardware a share of decode time still scales with the clock (see
+docs/controller.md). So the ridge comes from one of three sources, chosen by the policy
+(`spec.triServe.arithmeticIntensity.source`):
+
+- ``Profile``: ridge clocks per stage and phase measured offline by `triserve profile`
+  (locked-clock sweeps of the serving engine's own token rate) and listed in the policy;
+  the agent combines them with the phase it reads from the serving metrics;
+- ``Search``: the online ridge search (`triserve.control.search`) — step down while the
+  measured token rate stays within `maxThroughputLossPercent`, back off at the first loss;
+- ``Counters``: an estimate from compute-pipe activity against DRAM activity relative to the
+  device's saturation, ``f* ≈ f · tensor_active / (dram_active / DRAM_SATURATION)``. It
+  assumes the phase's kernels could reach the pipe's peak, so it is a lower bound of the
+  ridge; it is used only where the GPU has per-tick pipe counters (GPM), with a margin, and
+  the latency guard watches it. It never reads SM_ACTIVE.
+
+``Auto`` takes the profile where it names every active phase, else the search (started at
+the counter estimate when there is one). A phase whose pipe counters or serving metrics say
+compute-bound (prefill, encoders) gets the boost clock at once. Used by
+`triserve.control.triserve.TriServeStrategy`.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Mapping
 
 from triserve.control.decisions import Reason, TickContext
+from triserve.control.phases import PhaseView, busy_fraction
+from triserve.control.search import RidgeSearch
 from triserve.control.settings import IntensitySource
 
-#: Below this busy fraction of the sample period the activity ratio is not trusted.
-MIN_BUSY = 0.1
-#: Without counters, the share of the boost clock decode-only phases run at.
-PHASE_DECODE_CLOCK_FRACTION = 0.72
-#: Without counters, a prompt-token share above this marks a compute-bound (prefill) window.
-PHASE_PREFILL_SHARE = 0.3
-#: Ticks of ridge estimates kept; the highest recent one is used (a safety margin in time).
-RIDGE_MEMORY_TICKS = 3
+#: DRAM activity a saturated memory interface reads (DCGM documents a practical peak ~0.8).
+DRAM_SATURATION = 0.8
+#: Below this busy fraction of the sample period the pipe counters are not trusted.
+MIN_BUSY = 0.2
+
+#: One A decision: (reason, clock ceiling or None for boost, message, source).
+AChoice = tuple[Reason, int | None, str, str]
 
 
 class IntensityEstimator:
-    """Per-GPU A.I. state: recent ridge estimates and the phase-source fallback."""
+    """Per-GPU component A: the policy's ridge source, its search state and its margins."""
 
     def __init__(
-        self, source: IntensitySource, margin_pct: float, floor_fraction: float = 0.0
+        self,
+        source: IntensitySource,
+        margin_pct: float,
+        floor_fraction: float,
+        max_loss_pct: float,
+        profile: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
         self.source = source
         self.margin = 1.0 + margin_pct / 100.0
         self.floor_fraction = floor_fraction
-        self._recent_mhz: deque[float] = deque(maxlen=RIDGE_MEMORY_TICKS)
+        self.profile = dict(profile or {})
+        self.search = RidgeSearch(max_loss_pct)
         self.extra_margin = 0.0
 
-    def decide(self, ctx: TickContext) -> tuple[Reason, int | None, str]:
-        """(reason, clock ceiling or None for the PMU's boost, message) for a busy GPU."""
-        activity = ctx.sample.activity
-        if activity is not None and self.source is not IntensitySource.PHASE:
-            return self._from_activity(
-                ctx, activity.sm_active, activity.dram_active, activity.tensor_active
-            )
-        if self.source is IntensitySource.ACTIVITY:
-            return Reason.DEFAULT, None, "no activity counters on this GPU: PMU default"
-        return self._from_phase(ctx)
+    def decide(self, ctx: TickContext, phases: PhaseView) -> AChoice:
+        """The clock for a busy GPU in phase `phases`."""
+        if phases.compute_now:
+            return Reason.COMPUTE, None, "tensor pipe busy (compute-bound phase): full boost", ""
+        if phases.has_prefill:
+            return Reason.COMPUTE, None, f"prefill ({phases.label}): full boost", ""
+        estimate = self._counter_estimate(ctx)
+        if self.source is IntensitySource.COUNTERS:
+            if estimate is not None:
+                return self._ridge(ctx, estimate, "counters", "counter estimate")
+            return self._search(ctx, phases, None, "no pipe counters on this GPU")
+        if self.source in (IntensitySource.AUTO, IntensitySource.PROFILE) and phases.key:
+            profiled = [self.profile.get(pair) for pair in phases.key]
+            if all(p is not None for p in profiled):
+                top = max(p for p in profiled if p is not None)
+                return self._ridge(ctx, top, "profile", f"profiled ridge of {phases.label}")
+            if self.source is IntensitySource.PROFILE:
+                return self._search(ctx, phases, estimate, "no profile for this phase")
+        return self._search(ctx, phases, estimate, "")
 
-    def _from_activity(
-        self, ctx: TickContext, sm: float, dram: float, tensor: float
-    ) -> tuple[Reason, int | None, str]:
-        busy = ctx.sample.utilization_gpu_pct / 100.0
-        if busy < MIN_BUSY or dram < 1e-3:
-            if self._recent_mhz:
-                return self._ridge(ctx, self._recent_mhz[-1], sm, dram)
-            return Reason.COMPUTE, None, "too little work this tick to read A.I.: full boost"
-        # f* = f·sm/dram holds on both sides of the ridge: memory-bound, dram = 1 and
-        # sm = f*/f; compute-bound, sm = 1 and dram = f/f*.
-        ridge_mhz = ctx.sample.sm_clock_mhz * sm / dram
-        self._recent_mhz.append(ridge_mhz)
-        return self._ridge(ctx, ridge_mhz, sm, dram)
+    def _search(
+        self, ctx: TickContext, phases: PhaseView, estimate: float | None, why: str
+    ) -> AChoice:
+        if not phases.key:
+            return Reason.DEFAULT, None, "busy, but no serving metrics say which phase: PMU", ""
+        start = ctx.limits.snap_up(estimate * self.margin) if estimate is not None else None
+        clock = self.search.clock(ctx.now_s, phases.key, ctx.stages, ctx.limits, start)
+        message = self.search.message + (f" ({why})" if why else "")
+        if clock is None:
+            return Reason.COMPUTE, None, message, "search"
+        floor = ctx.limits.snap_up(self.floor_fraction * ctx.limits.default_max_mhz)
+        return Reason.RIDGE, max(clock, floor), message, "search"
 
-    def _ridge(
-        self, ctx: TickContext, ridge_mhz: float, sm: float, dram: float
-    ) -> tuple[Reason, int | None, str]:
-        target = max(self._recent_mhz, default=ridge_mhz) * (self.margin + self.extra_margin)
-        target = max(target, self.floor_fraction * ctx.limits.default_max_mhz)
-        snapped = ctx.limits.snap_up(target)
-        if snapped >= ctx.limits.default_max_mhz:
+    def _counter_estimate(self, ctx: TickContext) -> float | None:
+        """Ridge clock from pipe activity vs DRAM activity (None where counters can't say)."""
+        act = ctx.sample.activity
+        busy = busy_fraction(ctx.sample)
+        if act is None or busy < MIN_BUSY or act.dram_active <= 0.05 * busy:
+            return None
+        dram = min(act.dram_active / busy / DRAM_SATURATION, 1.0)
+        tensor = act.tensor_active / busy
+        return ctx.sample.sm_clock_mhz * tensor / dram
+
+    def _ridge(self, ctx: TickContext, ridge_mhz: float, source: str, what: str) -> AChoice:
+        limits = ctx.limits
+        target = ridge_mhz * (self.margin + self.extra_margin)
+        target = max(target, self.floor_fraction * limits.default_max_mhz)
+        snapped = limits.snap_up(target)
+        if snapped >= limits.default_max_mhz:
             return (
                 Reason.COMPUTE,
                 None,
-                f"compute-bound (ridge {ridge_mhz:.0f} MHz at or above boost; sm {sm:.2f}, "
-                f"dram {dram:.2f}): full boost",
+                f"{what}: {ridge_mhz:.0f} MHz at or above boost: full boost",
+                source,
             )
         return (
             Reason.RIDGE,
             snapped,
-            f"memory-bound (dram {dram:.2f}, sm {sm:.2f} at {ctx.sample.sm_clock_mhz} MHz): "
-            f"ridge {ridge_mhz:.0f} MHz, locking {snapped} MHz",
+            f"{what}: ridge {ridge_mhz:.0f} MHz, locking {snapped} MHz",
+            source,
         )
 
-    def _from_phase(self, ctx: TickContext) -> tuple[Reason, int | None, str]:
-        share = ctx.signals.prefill_share
-        if share is None or share > PHASE_PREFILL_SHARE:
-            return Reason.COMPUTE, None, "prefill in the last scrape window: full boost"
-        fraction = min(1.0, PHASE_DECODE_CLOCK_FRACTION + self.extra_margin)
-        snapped = ctx.limits.snap_up(ctx.limits.default_max_mhz * fraction)
-        if snapped >= ctx.limits.default_max_mhz:
-            return Reason.COMPUTE, None, "decode ridge unknown and guarded up to boost"
-        return (
-            Reason.RIDGE,
-            snapped,
-            f"decode-only window (prompt share {share:.2f}): phase ridge {snapped} MHz",
-        )
-
-    def widen(self, step: float = 0.04) -> None:
-        """Add safety margin after the SLO guard tripped (bounded)."""
-        self.extra_margin = min(self.extra_margin + step, 0.4)
+    def widen(self, ctx: TickContext, step: float = 0.05) -> None:
+        """The latency guard tripped: add margin to estimates and move searched clocks up."""
+        self.extra_margin = min(self.extra_margin + step, 0.5)
+        self.search.widen(ctx.limits)

@@ -1,5 +1,8 @@
 """The per-GPU control loop: sample → signals → decide → actuate, once per tick.
 
+Every tick returns one immutable `TickResult` (sample, signals, decision, energy of the
+period); `LoopStats` and the node agent's report windows and baseline are folds over them.
+
 `ControlLoop` is the single object the node agent runs per managed GPU in production and the
 bench runs on the simulated backend. It sees only what the agent sees: the GPU sample it
 takes at its own tick and the stage observations handed in (serving scrapes, stale by up to
@@ -15,19 +18,63 @@ agent's baseline probes use it, so that the loop stays the only thing that sets 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from triserve.control.baselines import build_strategy
-from triserve.control.decisions import Decision, DeviceLimits, Reason, Strategy, TickContext
+from triserve.control.decisions import (
+    Decision,
+    DeviceLimits,
+    Reason,
+    StageSignals,
+    Strategy,
+    TickContext,
+)
 from triserve.control.settings import ControlSettings
 from triserve.control.signals import SignalTracker
 from triserve.gpu.backend import GpuBackend, GpuSample
 from triserve.telemetry import StageObservation
 
 
+@dataclass(frozen=True, slots=True)
+class TickResult:
+    """What one tick of one GPU saw, decided and cost: the unit every account folds over.
+
+    `sample` covers the period since the previous tick, which ran as the loop left the GPU
+    then (`at_default_before` says whether that was the PMU default); `energy_j` is the
+    energy counter's increase over that period, `span_s` the period's length by the
+    sample timestamps (both 0 on the first tick); `decision` is what this tick chose for the
+    next period.
+    """
+
+    now_s: float
+    dt_s: float
+    sample: GpuSample
+    signals: StageSignals
+    decision: Decision
+    energy_j: float
+    span_s: float
+    at_default_before: bool
+
+    @property
+    def stalled(self) -> bool:
+        """True when every stage on the GPU waited on upstream work this tick."""
+        return self.signals.stalled
+
+    @property
+    def throttled(self) -> bool:
+        """True when the clock was cut for power or temperature over the period."""
+        reasons = self.sample.clock_event_reasons
+        return reasons.is_thermal or reasons.is_power
+
+    @property
+    def thermal(self) -> bool:
+        """True when a thermal slowdown was active over the period."""
+        return self.sample.clock_event_reasons.is_thermal
+
+
 @dataclass(slots=True)
 class LoopStats:
-    """What a loop did so far: decisions and seconds by reason, stalls, throttling, energy."""
+    """A fold over `TickResult`s: decisions and seconds by reason, stalls, throttling, energy."""
 
     ticks: int = 0
     decisions: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in Reason})
@@ -41,6 +88,22 @@ class LoopStats:
     clock_sets: int = 0
     power_sets: int = 0
     slo_guard_trips: int = 0
+
+    def fold(self, result: TickResult) -> None:
+        """Add one tick's result."""
+        reason = result.decision.reason.value
+        self.ticks += 1
+        self.decisions[reason] = self.decisions.get(reason, 0) + 1
+        self.seconds_by_reason[reason] = self.seconds_by_reason.get(reason, 0.0) + result.dt_s
+        if result.stalled:
+            self.stall_s += result.dt_s
+        if result.throttled:
+            self.throttle_s += result.dt_s
+        if result.thermal:
+            self.thermal_throttle_s += result.dt_s
+        self.energy_j += result.energy_j
+        if result.decision.guard_tripped:
+            self.slo_guard_trips += 1
 
     def to_dict(self) -> dict[str, object]:
         """Plain-data form for reports and JSON."""
@@ -81,6 +144,7 @@ class ControlLoop:
         self.stats = LoopStats()
         self.last_decision: Decision | None = None
         self.last_sample: GpuSample | None = None
+        self.last_result: TickResult | None = None
         self._signals = SignalTracker()
         self._applied_lock: tuple[int, int] | None = None
         self._applied_power_mw: int | None = None
@@ -120,8 +184,8 @@ class ControlLoop:
             self._hold_until_s = until_s
             self._hold_message = message
 
-    def tick(self, now_s: float, stages: Sequence[StageObservation]) -> Decision:
-        """Run one control step at `now_s` for the GPU's `stages`; return the decision."""
+    def tick(self, now_s: float, stages: Sequence[StageObservation]) -> TickResult:
+        """Run one control step at `now_s` for the GPU's `stages`; return what it did."""
         sample = self.backend.sample(self.gpu_index)
         dt_s = (
             self.settings.control_interval_s
@@ -129,19 +193,25 @@ class ControlLoop:
             else max(now_s - self._last_now_s, 0.0)
         )
         self._last_now_s = now_s
+        at_default_before = self.at_default
         signals = self._signals.update(now_s, sample, stages)
-        ctx = TickContext(now_s, dt_s, sample, stages, signals, self.limits)
+        ctx = TickContext(now_s, dt_s, sample, stages, signals, self.limits, at_default_before)
         decision = self._held(now_s, self._clamp(self.strategy.decide(ctx)))
         if self.actuate:
             self._apply(decision)
-        self._account(decision, sample, dt_s, signals.stalled)
+        last = self.last_sample
+        energy_j = span_s = 0.0
+        if last is not None and sample.energy_mj >= last.energy_mj:
+            energy_j = (sample.energy_mj - last.energy_mj) / 1000.0
+            span_s = max(sample.timestamp_s - last.timestamp_s, 0.0)
+        result = TickResult(
+            now_s, dt_s, sample, signals, decision, energy_j, span_s, at_default_before
+        )
+        self.stats.fold(result)
+        self.last_sample = sample
         self.last_decision = decision
-        return decision
-
-    def slo_guard_active(self, now_s: float) -> bool:
-        """True while the strategy's SLO guard holds clocks back toward default."""
-        guard = getattr(self.strategy, "guard", None)
-        return bool(guard is not None and guard.active(now_s))
+        self.last_result = result
+        return result
 
     def release(self) -> None:
         """Hand the clock back to the PMU and restore any power limit this loop changed."""
@@ -163,6 +233,7 @@ class ControlLoop:
             Reason.DEFAULT,
             f"{self._hold_message}: PMU default until t={until_s:.2f} s "
             f"(strategy wanted {decision.reason.value})",
+            guard_tripped=decision.guard_tripped,
         )
 
     def _clamp(self, decision: Decision) -> Decision:
@@ -177,7 +248,7 @@ class ControlLoop:
             clamped_target = clamped
         if clamped_target == target:
             return decision
-        return Decision(clamped_target, decision.reason, decision.message, decision.power_limit_mw)
+        return replace(decision, target_sm_clock_mhz=clamped_target)
 
     def _apply(self, decision: Decision) -> None:
         target = decision.target_sm_clock_mhz
@@ -222,24 +293,3 @@ class ControlLoop:
         self._original_power_mw = None
         self._applied_power_mw = None
         self.stats.power_sets += 1
-
-    def _account(self, decision: Decision, sample: GpuSample, dt_s: float, stalled: bool) -> None:
-        st = self.stats
-        st.ticks += 1
-        st.decisions[decision.reason.value] += 1
-        st.seconds_by_reason[decision.reason.value] += dt_s
-        if stalled:
-            st.stall_s += dt_s
-        reasons = sample.clock_event_reasons
-        if reasons.is_thermal or reasons.is_power:
-            st.throttle_s += dt_s
-        if reasons.is_thermal:
-            st.thermal_throttle_s += dt_s
-        last = self.last_sample
-        if last is not None and sample.energy_mj >= last.energy_mj:
-            st.energy_j += (sample.energy_mj - last.energy_mj) / 1000.0
-        self.last_sample = sample
-        guard = getattr(self.strategy, "guard", None)
-        trips = getattr(guard, "trips", None)
-        if isinstance(trips, int):
-            st.slo_guard_trips = trips

@@ -25,11 +25,12 @@ class StrategyKind(enum.StrEnum):
 
 
 class IntensitySource(enum.StrEnum):
-    """Where component A reads arithmetic intensity from."""
+    """Where component A takes a memory-bound phase's ridge clock from (`intensity`)."""
 
     AUTO = "auto"
-    ACTIVITY = "activity"
-    PHASE = "phase"
+    PROFILE = "profile"
+    SEARCH = "search"
+    COUNTERS = "counters"
 
 
 _POLICY_STRATEGIES = {
@@ -40,8 +41,11 @@ _POLICY_STRATEGIES = {
 }
 _AI_SOURCES = {
     AISource.AUTO: IntensitySource.AUTO,
-    AISource.DCGM: IntensitySource.ACTIVITY,
-    AISource.PHASE: IntensitySource.PHASE,
+    AISource.PROFILE: IntensitySource.PROFILE,
+    AISource.SEARCH: IntensitySource.SEARCH,
+    AISource.COUNTERS: IntensitySource.COUNTERS,
+    AISource.DCGM: IntensitySource.COUNTERS,
+    AISource.PHASE: IntensitySource.SEARCH,
 }
 
 
@@ -55,7 +59,8 @@ class ControlSettings:
     `ridge_floor_fraction` is the lowest ridge lock as a fraction of the boost clock (a phase
     that starts between ticks runs at the lock until the next tick, so a very deep lock makes
     every phase change costly in latency); `slo_guard` enables the latency guard that backs
-    clocks off toward default.
+    clocks off toward default; `ridge_profile` lists (stage, phase, ridge MHz) measured by
+    `triserve profile` (`spec.triServe.arithmeticIntensity.profile`).
     """
 
     strategy: StrategyKind = StrategyKind.TRI_SERVE
@@ -76,6 +81,7 @@ class ControlSettings:
     ridge_margin_pct: float = 4.0
     ridge_floor_fraction: float = 0.35
     slo_guard: bool = True
+    ridge_profile: tuple[tuple[str, str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.strategy is StrategyKind.STATIC_CLOCK and not self.static_clock_mhz:
@@ -107,6 +113,10 @@ class ControlSettings:
             max_latency_increase_pct=spec.slo.max_latency_increase_percent,
             max_throughput_loss_pct=spec.slo.max_throughput_loss_percent,
             control_interval_s=spec.control_interval_ms / 1000.0,
+            ridge_profile=tuple(
+                (entry.stage, entry.phase.value, entry.ridge_mhz)
+                for entry in ts.arithmetic_intensity.profile
+            ),
         )
 
     def only(self, component: str) -> ControlSettings:

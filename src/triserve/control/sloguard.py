@@ -1,11 +1,18 @@
-"""The SLO guard: back clocks off toward default when serving latency inflates.
+"""The latency guard: hand clocks back to the PMU when p99 latency inflates past the bound.
 
-`LatencyTracker` keeps each stage's latency histograms (TTFT, inter-token, end-to-end) for
-a sliding window and reports windowed means with their standard errors (from the bucket
-spread). `SloGuard` learns a baseline from windows spent at default clocks and trips when a
-window's inflation exceeds the policy bound by more than its noise; while tripped the
-strategy hands clocks back to the PMU (reason ``slo-guard``). Used by Tri-serve and by the
-slo-dvfs baseline.
+The policy bounds p99 latency (`spec.slo.maxLatencyIncreasePercent`). The guard compares,
+per stage, the serving engines' own latency histograms (TTFT, inter-token, end-to-end; the
+agent scrapes them) observed while triserve controlled the clocks with those observed while
+the GPU ran at the PMU default. It needs no long stretch at default: every tick that ran at
+default contributes — the online ridge search's reference windows, the agent's baseline
+probes, parked stalls and compute phases at boost — and the reference keeps the last
+`reference_s` seconds of them.
+
+The test is on the p99 itself: take the reference p99 ``q``; under control, at most 1 % of
+observations may exceed ``q·(1 + bound)``. The guard trips when the share above that line,
+over the last `window_s` seconds of controlled observations, exceeds 1 % by more than three
+binomial standard errors (so a handful of slow tokens in a small window cannot trip it). While
+tripped (`hold_s`) the strategy hands the clock back to the PMU; each trip is counted.
 """
 
 from __future__ import annotations
@@ -13,134 +20,160 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from triserve.telemetry import Histogram, ServingSnapshot, StageObservation
 
-_METRICS = ("ttft", "inter_token", "e2e")
+METRICS = ("ttft", "inter_token", "e2e")
+#: The quantile the policy bounds.
+QUANTILE = 0.99
 
 
-@dataclass(frozen=True, slots=True)
-class WindowStat:
-    """Mean latency over a window, its standard error, and how many observations it holds."""
-
-    mean_s: float
-    stderr_s: float
-    count: float
-
-
-def window_stat(hist: Histogram) -> WindowStat | None:
-    """Mean and standard error of a windowed (already differenced) histogram."""
+def share_above(hist: Histogram, threshold_s: float) -> float:
+    """Share of a histogram's observations above `threshold_s` (linear within buckets)."""
     if hist.count <= 0:
-        return None
-    mean = hist.sum_s / hist.count
-    second = 0.0
+        return 0.0
     prev_bound, prev_count = 0.0, 0.0
     for bound, cum in zip(hist.upper_bounds_s, hist.cumulative_counts, strict=True):
-        mid = prev_bound if math.isinf(bound) else 0.5 * (prev_bound + bound)
-        second += (cum - prev_count) * mid * mid
-        prev_bound, prev_count = (prev_bound if math.isinf(bound) else bound), cum
-    var = max(second / hist.count - mean * mean, 0.0)
-    return WindowStat(mean, math.sqrt(var / hist.count), hist.count)
+        if threshold_s < bound:
+            if math.isinf(bound):
+                below = prev_count
+            else:
+                frac = (threshold_s - prev_bound) / (bound - prev_bound)
+                below = prev_count + (cum - prev_count) * max(frac, 0.0)
+            return max(1.0 - below / hist.count, 0.0)
+        prev_bound, prev_count = bound, cum
+    return 0.0
 
 
-class LatencyTracker:
-    """Sliding-window latency per (stage, metric) from cumulative scrapes."""
+def merge(a: Histogram | None, b: Histogram) -> Histogram:
+    """The sum of two histograms with the same buckets (`a` None: `b`)."""
+    if a is None:
+        return b
+    counts = tuple(x + y for x, y in zip(a.cumulative_counts, b.cumulative_counts, strict=True))
+    return Histogram(a.upper_bounds_s, counts, a.sum_s + b.sum_s, a.count + b.count)
 
-    def __init__(self, window_s: float = 8.0) -> None:
-        self.window_s = window_s
-        self._history: dict[str, deque[ServingSnapshot]] = {}
 
-    def observe(self, stages: Sequence[StageObservation]) -> dict[tuple[str, str], WindowStat]:
-        """Window stats for each stage whose scrape changed since the last call."""
-        out: dict[tuple[str, str], WindowStat] = {}
-        for obs in stages:
-            snap = obs.serving
-            if snap is None:
+class _Series:
+    """Timestamped histogram deltas of one (stage, metric), trimmed to an age."""
+
+    def __init__(self, max_age_s: float) -> None:
+        self.max_age_s = max_age_s
+        self.items: deque[tuple[float, Histogram]] = deque()
+
+    def add(self, now_s: float, hist: Histogram) -> None:
+        self.items.append((now_s, hist))
+        while self.items and now_s - self.items[0][0] > self.max_age_s:
+            self.items.popleft()
+
+    def total(self) -> Histogram | None:
+        out: Histogram | None = None
+        for _, h in self.items:
+            if out is not None and out.upper_bounds_s != h.upper_bounds_s:
                 continue
-            hist = self._history.setdefault(obs.stage, deque())
-            if hist and hist[-1] is snap:
-                continue
-            hist.append(snap)
-            while len(hist) > 2 and snap.timestamp_s - hist[1].timestamp_s >= self.window_s:
-                hist.popleft()
-            first = hist[0]
-            if snap.timestamp_s - first.timestamp_s < 0.5 * self.window_s:
-                continue
-            for metric in _METRICS:
-                now_h: Histogram | None = getattr(snap, metric)
-                then_h: Histogram | None = getattr(first, metric)
-                if now_h is None or then_h is None:
-                    continue
-                stat = window_stat(now_h.minus(then_h))
-                if stat is not None:
-                    out[(obs.stage, metric)] = stat
+            out = merge(out, h)
         return out
 
 
 class SloGuard:
-    """Trips when windowed latency inflates past the bound; holds default while tripped."""
+    """Trips when p99 latency under control exceeds the default-clock p99 by the bound."""
 
     def __init__(
         self,
         max_increase_pct: float,
-        window_s: float = 8.0,
-        hold_s: float = 6.0,
-        min_count: float = 20.0,
+        window_s: float = 20.0,
+        hold_s: float = 10.0,
+        min_count: float = 100.0,
+        reference_s: float = 600.0,
     ) -> None:
         self.bound = max_increase_pct / 100.0
+        self.window_s = window_s
         self.hold_s = hold_s
         self.min_count = min_count
-        self.tracker = LatencyTracker(window_s)
-        self.baseline: dict[tuple[str, str], WindowStat] = {}
+        self.reference_s = reference_s
         self.trips = 0
-        self.until_s = -1e9
+        self.until_s: float | None = None
         self.message = ""
-        self._last_controlled_s = -1e9
-
-    def note_controlled(self, now_s: float) -> None:
-        """Record that clocks were away from default at `now_s` (no baseline from this window)."""
-        self._last_controlled_s = now_s
+        self._last: dict[str, ServingSnapshot] = {}
+        self._default_since_scrape: dict[str, bool] = {}
+        self._ref: dict[tuple[str, str], _Series] = {}
+        self._ctl: dict[tuple[str, str], _Series] = {}
 
     def active(self, now_s: float) -> bool:
-        """True while the guard holds clocks back toward default."""
-        return now_s < self.until_s
+        """True while the guard holds clocks at the PMU default."""
+        return self.until_s is not None and now_s < self.until_s
 
-    def update(self, now_s: float, stages: Sequence[StageObservation]) -> bool:
-        """Feed this tick's observations; return True when the guard just tripped."""
-        stats = self.tracker.observe(stages)
-        if not stats:
+    def update(self, now_s: float, stages: Sequence[StageObservation], at_default: bool) -> bool:
+        """Feed one tick (`at_default`: the period since the last tick ran at the PMU
+        default); return True when the guard trips on this tick."""
+        fresh: list[str] = []
+        for obs in stages:
+            stage = obs.stage
+            self._default_since_scrape[stage] = (
+                self._default_since_scrape.get(stage, True) and at_default
+            )
+            snap = obs.serving
+            if snap is None or self._last.get(stage) is snap:
+                continue
+            last = self._last.get(stage)
+            self._last[stage] = snap
+            default = self._default_since_scrape[stage]
+            self._default_since_scrape[stage] = True
+            if last is None:
+                continue
+            for metric in METRICS:
+                delta = _delta(last, snap, metric)
+                if delta is None:
+                    continue
+                key = (stage, metric)
+                if default:
+                    self._ref.setdefault(key, _Series(self.reference_s)).add(now_s, delta)
+                else:
+                    self._ctl.setdefault(key, _Series(self.window_s)).add(now_s, delta)
+                    fresh.append(stage)
+        if not fresh or self.active(now_s):
             return False
-        at_default = now_s - self._last_controlled_s > self.tracker.window_s
-        tripped = False
-        for key, stat in stats.items():
-            if stat.count < self.min_count:
-                continue
-            base = self.baseline.get(key)
-            if at_default:
-                self.baseline[key] = stat if base is None else _blend(base, stat)
-                continue
-            if base is None or self.active(now_s):
-                continue
-            noise = 2.0 * math.hypot(stat.stderr_s, base.stderr_s)
-            excess_s = stat.mean_s - base.mean_s * (1.0 + self.bound)
-            if excess_s > noise:
-                inflation = 100.0 * (stat.mean_s / base.mean_s - 1.0)
-                self.message = (
-                    f"{key[0]} {key[1]} latency +{inflation:.1f}% over its default-clock "
-                    f"baseline (bound {100 * self.bound:.1f}%): backing off to default"
-                )
-                tripped = True
-        if tripped:
-            self.trips += 1
-            self.until_s = now_s + self.hold_s
-        return tripped
+        for stage in set(fresh):
+            for metric in METRICS:
+                if self._violated(now_s, (stage, metric)):
+                    self.trips += 1
+                    self.until_s = now_s + self.hold_s
+                    # Observations made while controlled are judged: start a fresh window.
+                    self._ctl.clear()
+                    return True
+        return False
+
+    def _violated(self, now_s: float, key: tuple[str, str]) -> bool:
+        ref_series, ctl_series = self._ref.get(key), self._ctl.get(key)
+        if ref_series is None or ctl_series is None:
+            return False
+        ref, ctl = ref_series.total(), ctl_series.total()
+        if ref is None or ctl is None or ref.count < self.min_count:
+            return False
+        if ctl.count < self.min_count or ref.upper_bounds_s != ctl.upper_bounds_s:
+            return False
+        q = ref.quantile_s(QUANTILE)
+        if q is None or q <= 0:
+            return False
+        line_s = q * (1.0 + self.bound)
+        share = share_above(ctl, line_s)
+        allowed = 1.0 - QUANTILE
+        noise = 3.0 * math.sqrt(allowed * QUANTILE / ctl.count)
+        if share <= allowed + noise:
+            return False
+        self.message = (
+            f"{key[0]} {key[1]}: {100 * share:.1f}% of the last {self.window_s:.0f} s above "
+            f"{line_s * 1000:.1f} ms (default-clock p99 {q * 1000:.1f} ms + "
+            f"{100 * self.bound:.1f}%): backing off to the PMU default"
+        )
+        return True
 
 
-def _blend(old: WindowStat, new: WindowStat, weight: float = 0.3) -> WindowStat:
-    """Exponentially weighted baseline update."""
-    return WindowStat(
-        old.mean_s + weight * (new.mean_s - old.mean_s),
-        old.stderr_s + weight * (new.stderr_s - old.stderr_s),
-        old.count + weight * (new.count - old.count),
-    )
+def _delta(last: ServingSnapshot, snap: ServingSnapshot, metric: str) -> Histogram | None:
+    now_h: Histogram | None = getattr(snap, metric)
+    then_h: Histogram | None = getattr(last, metric)
+    if now_h is None or then_h is None or now_h.upper_bounds_s != then_h.upper_bounds_s:
+        return None
+    d = now_h.minus(then_h)
+    if d.count <= 0 or any(c < -1e-9 for c in d.cumulative_counts):
+        return None  # nothing new, or a counter reset
+    return d

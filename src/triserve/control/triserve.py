@@ -2,15 +2,17 @@
 
 One `TriServeStrategy` runs per GPU inside a `ControlLoop`. Each tick it asks, in order:
 
-1. the SLO guard — tripped? hand the clock back to the PMU (reason ``slo-guard``);
+1. the latency guard — p99 latency under control past the policy's bound relative to
+   default-clock windows? hand the clock back to the PMU (reason ``slo-guard``);
 2. D — are all the GPU's stages idle, waiting on upstream work, with no hand-off imminent?
    cut the clock to the stall clock (reason ``stall``); once it is down, *park*: drop the
    lock, because an idle GPU's PMU keeps the low clock it has, and without a lock it boosts
    the moment work arrives instead of a tick later (work or an upstream hand-off also
    restores boost explicitly). That the PMU stays low after an unlock while idle is what
    the simulator models; on real GPUs it is one of the behaviours the NVML checks measure;
-3. A — memory-bound phase? lock the ridge clock (``ridge``); compute-bound? full boost
-   (``compute``);
+3. A — memory-bound phase? lock its ridge clock (``ridge``), from a measured profile, the
+   online ridge search or a counter estimate (`triserve.control.intensity`; the decision's
+   `source` says which); compute-bound? full boost (``compute``);
 4. T — would the temperature reach slowdown - headroom within the horizon? cap the clock at
    a sustainable value (``thermal``).
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from triserve.control.decisions import Decision, Reason, TickContext
 from triserve.control.intensity import IntensityEstimator
+from triserve.control.phases import PhaseTracker
 from triserve.control.settings import ControlSettings
 from triserve.control.sloguard import SloGuard
 from triserve.control.thermal import ThermalGovernor
@@ -33,8 +36,13 @@ class TriServeStrategy:
 
     def __init__(self, settings: ControlSettings) -> None:
         self.settings = settings
+        self.phases = PhaseTracker()
         self.intensity = IntensityEstimator(
-            settings.intensity_source, settings.ridge_margin_pct, settings.ridge_floor_fraction
+            settings.intensity_source,
+            settings.ridge_margin_pct,
+            settings.ridge_floor_fraction,
+            settings.max_throughput_loss_pct,
+            {(stage, phase): mhz for stage, phase, mhz in settings.ridge_profile},
         )
         self.thermal = ThermalGovernor(settings.thermal_headroom_c)
         self.guard = SloGuard(settings.max_latency_increase_pct) if settings.slo_guard else None
@@ -43,36 +51,46 @@ class TriServeStrategy:
         """Choose this tick's clock ceiling and say why."""
         s = self.settings
         guard = self.guard
-        if guard is not None and guard.update(ctx.now_s, ctx.stages):
-            self.intensity.widen()
+        tripped = guard is not None and guard.update(ctx.now_s, ctx.stages, ctx.at_default)
+        if tripped:
+            self.intensity.widen(ctx)
         cap = self.thermal.update(ctx) if s.thermal_enabled else None
         if guard is not None and guard.active(ctx.now_s):
             if cap is not None:
-                return Decision(cap, Reason.THERMAL, f"{guard.message}; {self.thermal.message}")
-            return Decision(None, Reason.SLO_GUARD, guard.message)
+                return Decision(
+                    cap,
+                    Reason.THERMAL,
+                    f"{guard.message}; {self.thermal.message}",
+                    guard_tripped=tripped,
+                )
+            return Decision(None, Reason.SLO_GUARD, guard.message, guard_tripped=tripped)
         decision = self._base(ctx)
         if cap is not None and (
             decision.target_sm_clock_mhz is None or decision.target_sm_clock_mhz > cap
         ):
             decision = Decision(cap, Reason.THERMAL, self.thermal.message)
-        if guard is not None and decision.reason in (Reason.RIDGE, Reason.THERMAL):
-            guard.note_controlled(ctx.now_s)
         return decision
 
     def _base(self, ctx: TickContext) -> Decision:
         s = self.settings
         sig = ctx.signals
+        phases = self.phases.update(ctx.sample, ctx.stages)
         if s.stalls_enabled and sig.stalled:
             if sig.work_imminent:
                 return Decision(None, Reason.DEFAULT, "upstream just handed off: pre-warming")
             low = self._stall_clock(ctx)
             why = "upstream working" if sig.upstream_active else "no upstream work either"
             if ctx.sample.sm_clock_mhz <= low:
-                return Decision(None, Reason.STALL, f"all stages idle ({why}): parked at {low} MHz")
+                return Decision(
+                    None,
+                    Reason.STALL,
+                    f"all stages idle ({why}): clock down at {low} MHz, lock released so the "
+                    "GPU boosts the moment work arrives (parked)",
+                )
             return Decision(low, Reason.STALL, f"all stages idle ({why}): holding {low} MHz")
         if s.intensity_enabled and sig.busy:
-            reason, clock, message = self.intensity.decide(ctx)
-            return Decision(clock, reason, message)
+            reason, clock, message, source = self.intensity.decide(ctx, phases)
+            return Decision(clock, reason, message, source=source)
         return Decision(None, Reason.DEFAULT, "PMU default")
 
     def _stall_clock(self, ctx: TickContext) -> int:

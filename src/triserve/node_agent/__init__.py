@@ -2,7 +2,7 @@
 
 `triserve agent` (`triserve.node_agent.main`) runs it in a cluster (DaemonSet, `NODE_NAME`
 from the downward API) or standalone from a policy file; `triserve demo`
-(`triserve.node_agent.demo`) runs it on a simulated node. Layers, bottom up:
+(`triserve.simnode.demo`) runs it on a simulated node. Layers, bottom up:
 
 - `stages`: a pod's stage, pipeline, metrics endpoint, GPU override and opt-out.
 - `podresources`: the kubelet pod-resources gRPC client; `gpumap`: pods → GPUs.

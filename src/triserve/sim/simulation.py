@@ -131,7 +131,7 @@ class Simulation:
             gpu.set_phase(self.runners[g].plan())
             self._refresh(g)
 
-    def _stalled(self, g: int) -> bool:
+    def stalled(self, g: int) -> bool:
         """GPU g idle while one of its stages waits on upstream work still in the pipeline."""
         if self.runners[g].mode != "idle":
             return False
@@ -153,7 +153,7 @@ class Simulation:
                 r = gpu.reasons
                 kind = "idle" if gpu.phase is None else gpu.phase.kind
                 self._accounts[g].add(
-                    dt, gpu.power_w, gpu.clock_mhz, kind, self._stalled(g), r.is_thermal, r.is_power
+                    dt, gpu.power_w, gpu.clock_mhz, kind, self.stalled(g), r.is_thermal, r.is_power
                 )
             round_s = gpu.point.round_s
             gpu.advance(dt)

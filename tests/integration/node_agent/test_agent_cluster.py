@@ -21,8 +21,8 @@ from kubernetes import client
 from triserve.api.status import GpuState
 from triserve.node_agent.podresources import api_pb2, api_pb2_grpc
 from triserve.node_agent.runtime import AgentOptions, AgentRuntime
-from triserve.node_agent.simnode import open_simulation
 from triserve.sim import Simulation
+from triserve.simnode.node import driver_for, open_simulation
 
 CRDS = Path(__file__).resolve().parents[3] / "crds"
 NODE = "node-1"
@@ -150,7 +150,8 @@ async def test_agent_discovers_maps_controls_reports_and_follows_its_node_label(
 
             options = AgentOptions(
                 node_name=NODE, state_file=tmp_path / "state.json", metrics_port=0,
-                metrics_host="127.0.0.1", sim=sim, speed=20.0, api_client=api,
+                metrics_host="127.0.0.1", backend=sim.backend, node_driver=driver_for(sim),
+                speed=20.0, api_client=api,
                 dcgm_url=f"http://127.0.0.1:{port}/dcgm",
                 pod_resources_socket=str(socket_path), scrape_interval_s=0.2,
                 report_interval_s=5.0,

@@ -16,9 +16,10 @@ import pytest
 from triserve.api.models import EnergyPolicySpec
 from triserve.api.status import NodeEnergyReportStatus
 from triserve.node_agent.agent import PolicyRef
-from triserve.node_agent.demo import estimated_improvement
 from triserve.node_agent.runtime import AgentOptions, AgentRuntime
 from triserve.sim import Simulation, load_scenario
+from triserve.simnode.demo import estimated_improvement
+from triserve.simnode.node import driver_for
 
 #: Percentage points the agent's estimated improvement may differ from the measured one.
 TOLERANCE_PP = 5.0
@@ -35,7 +36,8 @@ def _run_agent(sim: Simulation, tmp_path: Path) -> list[NodeEnergyReportStatus]:
         metrics_host="127.0.0.1",
         policy=PolicyRef("triserve", EnergyPolicySpec.model_validate({}), 1),
         standalone=True,
-        sim=sim,
+        backend=sim.backend,
+        node_driver=driver_for(sim),
         speed=1000.0,  # as fast as the simulator goes
         duration_s=DURATION_S,
         watchdog_timeout_s=120.0,  # one wall step may cover a minute of simulated time

@@ -1,4 +1,4 @@
-"""Fixtures for the control tests: short real simulations and a loop runner over them."""
+"""Fixtures for the control tests: short simulations driven through the production agent."""
 
 from __future__ import annotations
 
@@ -7,13 +7,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from triserve.bench.runner import stage_observations
 from triserve.control import ControlLoop, ControlSettings, Decision, Strategy
-from triserve.gpu.backend import GpuSample
+from triserve.gpu.backend import GpuBackend, GpuSample
 from triserve.sim import Phase, Scenario, Simulation, load_scenario
-from triserve.telemetry import StageObservation
-
-SCRAPE_S = 0.25
+from triserve.simnode import AgentRun, run_agent
 
 
 def short(name: str, duration_s: float, **update: object) -> Scenario:
@@ -21,11 +18,6 @@ def short(name: str, duration_s: float, **update: object) -> Scenario:
     return load_scenario(name).model_copy(
         update={"duration_s": duration_s, "warmup_s": 0.0, **update}
     )
-
-
-def observations(sim: Simulation) -> dict[int, list[StageObservation]]:
-    """What the node agent would build from one scrape of every stage."""
-    return stage_observations(sim)
 
 
 @dataclass
@@ -56,40 +48,41 @@ def drive(
     strategy: Callable[[int], Strategy | None] | None = None,
     actuate: bool | None = None,
 ) -> Run:
-    """Run `scenario` with a ControlLoop per GPU over the real SimBackend."""
-    sim = Simulation(scenario, seed=0)
-    gpus = sorted({pl.gpu_index for pl in sim.placements})
-    loops = {
-        g: ControlLoop(sim.backend, g, strategy(g) if strategy else None, settings, actuate)
-        for g in gpus
-    }
-    run = Run(sim, loops, {g: [] for g in gpus})
-    state: dict[str, object] = {"t": -1e9, "obs": {}}
+    """Run `scenario` through the production agent, with a ControlLoop per GPU from
+    `settings` (and `strategy(gpu)` when given), recording every tick of every GPU."""
+    loops: dict[int, ControlLoop] = {}
+    ticks: dict[int, list[Tick]] = {}
 
-    def on_tick(now_s: float) -> None:
-        last = state["t"]
-        assert isinstance(last, float)
-        if now_s - last >= SCRAPE_S - 1e-9:
-            state["obs"], state["t"] = observations(sim), now_s
-        obs = state["obs"]
-        assert isinstance(obs, dict)
-        for g, loop in loops.items():
-            d = loop.tick(now_s, obs.get(g, []))
-            phase = sim.gpus[g].phase
-            assert loop.last_sample is not None
-            run.ticks[g].append(
+    def make(sim: Simulation, backend: GpuBackend, index: int) -> ControlLoop:
+        loop = ControlLoop(backend, index, strategy(index) if strategy else None, settings, actuate)
+        loops[index] = loop
+        return loop
+
+    def record(run: AgentRun, now_s: float) -> None:
+        for g, gpu in run.agent.gpus.items():
+            result = gpu.loop.last_result if gpu.loop is not None else None
+            if result is None or result.now_s != now_s:
+                continue
+            phase = run.sim.gpus[g].phase
+            ticks.setdefault(g, []).append(
                 Tick(
                     now_s,
-                    d,
-                    loop.last_sample,
-                    sim.backend.locked_sm_clocks_mhz(g),
+                    result.decision,
+                    result.sample,
+                    run.sim.backend.locked_sm_clocks_mhz(g),
                     phase.kind if phase is not None else "idle",
                     phase,
                 )
             )
 
-    sim.run_until(until_s or scenario.duration_s, on_tick=on_tick, tick_s=0.05)
-    return run
+    run = run_agent(
+        scenario,
+        loop_factory=make,
+        until_s=until_s,
+        tick_s=settings.control_interval_s,
+        after_tick=record,
+    )
+    return Run(run.sim, loops, ticks)
 
 
 @pytest.fixture

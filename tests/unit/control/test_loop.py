@@ -135,7 +135,7 @@ def test_hold_default_hands_the_clock_back_then_the_strategy_resumes(
     held = []
     for _ in range(6):
         sim.run_until(sim.now_s + 0.05)
-        held.append(loop.tick(sim.now_s, []))
+        held.append(loop.tick(sim.now_s, []).decision)
         assert sim.backend.locked_sm_clocks_mhz(0) is None and loop.at_default
     assert all(d.reason is Reason.DEFAULT and "baseline probe" in d.message for d in held)
     assert all(d.target_sm_clock_mhz is None for d in held)
@@ -152,7 +152,7 @@ def test_hold_default_does_nothing_in_observe_mode(reference_30s: Scenario) -> N
     loop.hold_default(5.0)
     assert not loop.holding_default
     sim.run_until(0.05)
-    decision = loop.tick(sim.now_s, [])
+    decision = loop.tick(sim.now_s, []).decision
     assert "baseline probe" not in decision.message
     assert loop.stats.clock_sets == 0 and loop.at_default
 
@@ -168,6 +168,6 @@ def test_a_thermal_cap_ends_a_hold(reference_30s: Scenario) -> None:
     loop = ControlLoop(sim.backend, 0, Hot(), ControlSettings())
     loop.hold_default(5.0)
     sim.run_until(0.05)
-    assert loop.tick(sim.now_s, []).reason is Reason.THERMAL
+    assert loop.tick(sim.now_s, []).decision.reason is Reason.THERMAL
     assert not loop.holding_default
     assert sim.backend.locked_sm_clocks_mhz(0) is not None

@@ -68,7 +68,7 @@ def test_a_tripped_guard_hands_clocks_back_within_a_few_ticks(reference_30s: Sce
     decisions = []
     for i in range(3):
         sim.run_until(0.05 * (i + 1))
-        decisions.append(loop.tick(sim.now_s, []))
+        decisions.append(loop.tick(sim.now_s, []).decision)
     assert decisions[-1].reason is Reason.SLO_GUARD
     assert decisions[-1].target_sm_clock_mhz is None
     assert sim.backend.locked_sm_clocks_mhz(1) is None

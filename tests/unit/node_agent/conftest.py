@@ -11,8 +11,8 @@ import pytest
 from triserve.api.models import EnergyPolicySpec
 from triserve.node_agent.agent import NodeAgent, PolicyRef
 from triserve.node_agent.safety import StateFile
-from triserve.node_agent.simnode import SimNode, open_simulation
 from triserve.sim import Simulation
+from triserve.simnode.node import SimNode, open_simulation
 
 
 def policy(name: str = "p1", **spec: Any) -> PolicyRef:

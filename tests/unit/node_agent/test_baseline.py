@@ -153,12 +153,9 @@ class Rig:
     def tick(self, phase: str, power_w: float | None = None) -> Decision:
         """One sample period of `phase`, then the agent's tick (loop, then accounting)."""
         self.gpu.period(phase, power_w)
-        decision = self.loop.tick(self.gpu.now_s, ())
-        self.runtime.last_decision = decision
-        self.runtime.locked = self.loop.applied_lock_mhz is not None
-        assert self.loop.last_sample is not None
-        self.runtime.account(self.loop.last_sample, TICK_S, self.gpu.now_s)
-        return decision
+        result = self.loop.tick(self.gpu.now_s, ())
+        self.runtime.account(result)
+        return result.decision
 
     def memory_bound_samples(self) -> int:
         first = ActivityClass.MEMORY_BOUND * LOAD_BUCKETS

@@ -13,8 +13,8 @@ from triserve.api.status import ReportPhase
 from triserve.node_agent.agent import NodeAgent
 from triserve.node_agent.exporter import MetricsServer, build_registry
 from triserve.node_agent.reports import build_status
-from triserve.node_agent.simnode import SimNode
 from triserve.sim import Simulation
+from triserve.simnode.node import SimNode
 
 from .conftest import run
 

@@ -7,7 +7,7 @@ import pytest
 
 from triserve.node_agent.dcgm import parse_dcgm
 from triserve.node_agent.serving import parse_serving
-from triserve.node_agent.simnode import open_simulation
+from triserve.simnode.node import open_simulation
 
 VLLM = """\
 # TYPE vllm:num_requests_running gauge

@@ -13,8 +13,8 @@ from triserve.api.status import GpuState
 from triserve.gpu.backend import GpuLostError
 from triserve.node_agent.agent import NodeAgent
 from triserve.node_agent.safety import GuardedBackend, StateFile, Watchdog, restore_stale
-from triserve.node_agent.simnode import SimNode
 from triserve.sim import Simulation
+from triserve.simnode.node import SimNode
 
 from .conftest import policy, run
 

@@ -28,8 +28,8 @@ from triserve.api.models import EnergyPolicySpec
 from triserve.api.status import NodeEnergyReportStatus
 from triserve.node_agent.agent import NodeAgent, PolicyRef
 from triserve.node_agent.runtime import AgentOptions, AgentRuntime
-from triserve.node_agent.simnode import open_simulation
 from triserve.sim import SimReport, Simulation
+from triserve.simnode.node import driver_for, open_simulation
 
 #: Wall seconds between two printed tables when stdout is not a terminal (CI logs).
 PLAIN_TABLE_EVERY_S = 10.0
@@ -174,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics_host="127.0.0.1",
             policy=policy,
             standalone=True,
-            sim=sim,
+            backend=sim.backend,
+            node_driver=driver_for(sim),
             speed=args.speed,
             duration_s=duration_s,
             on_step=on_step,

@@ -1,10 +1,12 @@
-"""A simulated GPU node for `triserve agent --sim` and `triserve demo`.
+"""A simulated GPU node for `triserve agent --sim`, `triserve demo` and `triserve bench`.
 
-`SimNode` stands in for the hardware and the kubelet of one node: its backend is the
-simulation's `SimBackend`, its stage placements become pods (manifests, resolved by the same
-`stages.pod_from_manifest` as real ones, with the `triserve.io/gpus` annotation as their GPU
-mapping), and each stage's serving metrics are read the honest way — the simulator's
-vLLM-format exposition text, parsed by `serving.parse_serving`, at the scrape interval.
+`SimNode` stands in for the hardware, the kubelet and the exporters of one node: its backend
+is the simulation's `SimBackend`, its stage placements become pods (manifests, resolved by
+the same `stages.pod_from_manifest` as real ones, with the `triserve.io/gpus` annotation as
+their GPU mapping), and telemetry is read the honest way — each stage's vLLM-format
+exposition text parsed by `serving.parse_serving`, and the node's dcgm-exporter text parsed
+by `dcgm.parse_dcgm`, at the agent's scrape interval (the exporter itself refreshes its
+values at its own collection interval).
 `drive()` advances the simulation with the wall clock times `speed` and runs the agent's
 tick inside it every control interval of simulated time.
 """
@@ -20,7 +22,9 @@ from typing import Any
 
 from triserve.api.annotations import GPUS_ANNOTATION, PIPELINE_ANNOTATION, STAGE_ANNOTATION
 from triserve.api.models import LabelSelector
+from triserve.gpu.backend import GpuBackend, GpuError
 from triserve.node_agent.agent import NodeAgent
+from triserve.node_agent.dcgm import parse_dcgm
 from triserve.node_agent.serving import parse_serving
 from triserve.node_agent.stages import ServingPod, pod_from_manifest
 from triserve.sim import Simulation, load_scenario
@@ -31,6 +35,23 @@ log = logging.getLogger(__name__)
 def open_simulation(scenario: str, seed: int = 0) -> Simulation:
     """A `Simulation` of a named scenario (``reference``) or a scenario YAML path."""
     return Simulation(load_scenario(scenario), seed=seed)
+
+
+def driver_for(sim: Simulation) -> Callable[[NodeAgent, bool, float], SimNode]:
+    """`AgentOptions.node_driver` for `sim`: builds the `SimNode` the runtime drives."""
+
+    def factory(agent: NodeAgent, publish: bool, scrape_interval_s: float) -> SimNode:
+        return SimNode(sim, agent, scrape_interval_s=scrape_interval_s, publish_pods=publish)
+
+    return factory
+
+
+def open_node(
+    scenario: str, seed: int = 0
+) -> tuple[GpuBackend, Callable[[NodeAgent, bool, float], SimNode], str]:
+    """For `triserve agent --sim`: (backend, driver factory, hostname) of a simulated node."""
+    sim = open_simulation(scenario, seed=seed)
+    return sim.backend, driver_for(sim), sim.scenario.hostname
 
 
 class SimNode:
@@ -92,11 +113,21 @@ class SimNode:
         self.pods = [p for p in resolved if p is not None]
         self.agent.set_pods(self.pods)
 
+    def now_s(self) -> float:
+        """The simulated clock."""
+        return self.sim.now_s
+
     def scrape(self, now_s: float) -> None:
-        """Read every stage's serving exposition if a scrape is due (simulated time)."""
-        if not self.publish or now_s < self._next_scrape_s:
+        """Read dcgm-exporter and every stage's serving exposition if a scrape is due."""
+        if not self.publish or now_s < self._next_scrape_s - 1e-9:
             return
         self._next_scrape_s = now_s + self.scrape_interval_s
+        try:
+            text = self.sim.dcgm_exposition(self.agent.node_name)
+            self.agent.set_dcgm(parse_dcgm(text, now_s, self.agent.node_name))
+        except (ValueError, GpuError) as exc:
+            # A lost GPU breaks the simulated exporter's scrape, as a real one returns errors.
+            self.agent.error("scrape", f"simulated dcgm-exporter: {exc}")
         for pod in self.pods:
             try:
                 snapshot = parse_serving(self.sim.serving_exposition(pod.stage), now_s)

@@ -1,0 +1,115 @@
+"""What a GPU's stages are doing, from signals the agent really has: serving scrapes and GPM.
+
+Component A needs to know which phase a GPU runs before it can pick a clock for it. This
+module reads that from the two sources a node agent has in production:
+
+- the serving engines' counters, scraped every scrape interval: a stage with waiting
+  requests or a rising prompt-token counter is in *prefill*; one with running requests and
+  only generation tokens is in *decode*; a stage that produces no tokens at all (a vocoder
+  such as code2wav) is *oneshot* while it has work;
+- the GPU's own pipe counters at every tick, where the device has them (NVML GPM on Hopper
+  and newer): tensor-pipe activity per busy second well above what decode reaches means a
+  compute-bound phase is running *now*, a tick before any scrape can say so.
+
+The result is a `PhaseView` whose `key` names the mix of (stage, phase) pairs active on the
+GPU: the unit a ridge profile or the online ridge search remembers a clock for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from triserve.gpu.backend import GpuSample
+from triserve.telemetry import ServingSnapshot, StageObservation
+
+#: Below this share of the sample period with a kernel running, a GPU counts as idle. The
+#: one definition of "idle" used by signals, phases and the agent's baseline bins.
+IDLE_BUSY_FRACTION = 0.05
+#: Tensor-pipe activity per busy second above which the running phase is compute-bound.
+#: Memory-bound decode keeps the tensor pipe busy a few percent of cycles; prefill GEMMs
+#: run it at a large fraction of peak (see docs/controller.md).
+COMPUTE_TENSOR_ACTIVITY = 0.2
+#: A prompt-token share of the tokens in a scrape window above which a stage is in prefill.
+PREFILL_TOKEN_SHARE = 0.3
+
+PREFILL = "prefill"
+DECODE = "decode"
+ONESHOT = "oneshot"
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseView:
+    """The GPU's phase this tick.
+
+    `key` is the sorted (stage, phase) pairs of active stages (empty when none is active);
+    `compute_now` is True when the GPU's pipe counters show a compute-bound phase running
+    this tick; `counters` says whether pipe counters were available at all.
+    """
+
+    key: tuple[tuple[str, str], ...]
+    compute_now: bool
+    counters: bool
+
+    @property
+    def has_prefill(self) -> bool:
+        """True when a stage on the GPU is in prefill."""
+        return any(phase == PREFILL for _, phase in self.key)
+
+    @property
+    def label(self) -> str:
+        """Human-readable form, e.g. ``talker:decode+code2wav:oneshot``."""
+        return "+".join(f"{s}:{p}" for s, p in self.key) or "idle"
+
+
+def busy_fraction(sample: GpuSample) -> float:
+    """Share of the sample period with a kernel running (NVML utilization.gpu)."""
+    return min(max(sample.utilization_gpu_pct / 100.0, 0.0), 1.0)
+
+
+class PhaseTracker:
+    """Turns each tick's sample and stage observations into a `PhaseView` (one per GPU)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, ServingSnapshot] = {}
+        self._phase: dict[str, str | None] = {}
+
+    def update(self, sample: GpuSample, stages: Sequence[StageObservation]) -> PhaseView:
+        """The phase view for this tick."""
+        pairs = []
+        for obs in stages:
+            phase = self._stage_phase(obs)
+            if phase is not None:
+                pairs.append((obs.stage, phase))
+        act = sample.activity
+        busy = busy_fraction(sample)
+        compute_now = False
+        if act is not None and busy >= IDLE_BUSY_FRACTION:
+            compute_now = act.tensor_active / busy >= COMPUTE_TENSOR_ACTIVITY
+        return PhaseView(tuple(sorted(pairs)), compute_now, act is not None)
+
+    def _stage_phase(self, obs: StageObservation) -> str | None:
+        snap = obs.serving
+        if snap is None:
+            return None
+        last = self._last.get(obs.stage)
+        if last is not snap:
+            self._last[obs.stage] = snap
+            self._phase[obs.stage] = _classify(last, snap)
+        return self._phase.get(obs.stage)
+
+
+def _classify(last: ServingSnapshot | None, snap: ServingSnapshot) -> str | None:
+    """The phase of one stage over the window between two scrapes (None: no work)."""
+    if snap.running <= 0 and snap.waiting <= 0:
+        return None
+    if last is None or snap.timestamp_s <= last.timestamp_s:
+        return PREFILL if snap.waiting > 0 else DECODE
+    d_prompt = max(snap.prompt_tokens_total - last.prompt_tokens_total, 0.0)
+    d_gen = max(snap.generation_tokens_total - last.generation_tokens_total, 0.0)
+    if d_prompt + d_gen <= 0:
+        # Work but no tokens: a stage that does not generate (a vocoder), or a stall.
+        return ONESHOT if snap.running > 0 else PREFILL
+    if snap.waiting > 0 or d_prompt / (d_prompt + d_gen) > PREFILL_TOKEN_SHARE:
+        return PREFILL
+    return DECODE
