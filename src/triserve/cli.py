@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("triserve.node_agent.main", "run the node agent (in a cluster or --standalone)"),
     "operator": ("triserve.operator.cli", "run the kopf operator"),
     "crds": ("triserve.api.crds", "generate or --check the CRD manifests in crds/"),
+    "profile": ("triserve.profiler", "measure a stage's ridge clocks on one GPU (or simulated)"),
 }
 
 

@@ -1,0 +1,147 @@
+"""`triserve profile`: measure a stage's ridge clocks on one GPU and print a policy snippet.
+
+On a real GPU (``--nvml``), run it on the node while the stage serves representative
+traffic; it needs the engine's metrics URL and permission to lock clocks (root or
+CAP_SYS_ADMIN)::
+
+    triserve profile --nvml --gpu 0 --stage thinker --metrics-url http://10.0.0.5:8000/metrics
+
+On the simulator (``--sim SCENARIO``) it profiles a stage of a bundled or YAML scenario on
+simulated time. Either way it prints the `spec.triServe.arithmeticIntensity.profile` entries
+to paste into an EnergyPolicy (or writes them with ``--output``), with every measured
+point. The sweep itself is `triserve.control.profiling.sweep`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from triserve.control.profiling import RidgeProfile, sweep
+from triserve.gpu.backend import GpuError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags."""
+    p = argparse.ArgumentParser(
+        prog="triserve profile",
+        description="Measure a serving stage's ridge clocks (lowest clock that keeps its "
+        "decode and prefill speed) on one GPU, for Profile-sourced policies.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--sim", metavar="SCENARIO", help="profile on a simulated node")
+    where.add_argument("--nvml", action="store_true", help="profile a real GPU through NVML")
+    p.add_argument("--stage", required=True, help="stage name, e.g. thinker")
+    p.add_argument("--gpu", type=int, default=None, help="GPU index (sim: the stage's GPU)")
+    p.add_argument("--metrics-url", help="the stage's serving /metrics URL (with --nvml)")
+    p.add_argument("--seed", type=int, default=0, help="simulation seed (with --sim)")
+    p.add_argument("--window-s", type=float, default=10.0, help="seconds per window")
+    p.add_argument("--points", type=int, default=12, help="clocks to test")
+    p.add_argument("--max-loss-pct", type=float, default=0.5, help="allowed slowdown, percent")
+    p.add_argument("--output", type=Path, default=None, help="write the YAML here")
+    return p
+
+
+def _sim_profile(args: argparse.Namespace) -> RidgeProfile:
+    sim_mod: Any = importlib.import_module("triserve.sim")
+    sim = sim_mod.Simulation(sim_mod.load_scenario(args.sim), seed=args.seed)
+    placement = sim.placement(args.stage)
+    gpu = placement.gpu_index if args.gpu is None else args.gpu
+
+    def wait(seconds: float) -> None:
+        sim.run_until(sim.now_s + seconds)
+
+    # Let traffic reach a steady state before the first window.
+    wait(min(sim.scenario.warmup_s, 60.0))
+    return sweep(
+        sim.backend,
+        gpu,
+        args.stage,
+        lambda: sim.serving_snapshot(args.stage),
+        wait,
+        window_s=args.window_s,
+        points=args.points,
+        max_loss_pct=args.max_loss_pct,
+    )
+
+
+def _nvml_profile(args: argparse.Namespace) -> RidgeProfile:
+    import httpx
+
+    serving: Any = importlib.import_module("triserve.node_agent.serving")
+    nvml: Any = importlib.import_module("triserve.gpu.nvml")
+    backend = nvml.NvmlBackend()
+
+    def read() -> Any:
+        body = httpx.get(args.metrics_url, timeout=5.0).text
+        return serving.parse_serving(body, time.monotonic())
+
+    return sweep(
+        backend,
+        args.gpu or 0,
+        args.stage,
+        read,
+        time.sleep,
+        window_s=args.window_s,
+        points=args.points,
+        max_loss_pct=args.max_loss_pct,
+    )
+
+
+def render(profile: RidgeProfile) -> str:
+    """The YAML the command prints: the policy entries, then the measurements."""
+    doc = {
+        "profile": profile.entries(),
+        "measurements": [
+            {
+                "clockMHz": p.clock_mhz,
+                "decodeLossPct": _pct(p.loss("decode")),
+                "prefillLossPct": _pct(p.loss("prefill")),
+                "powerW": round(p.power_w, 1),
+                "boostPowerW": round(p.power_boost_w, 1),
+            }
+            for p in profile.points
+        ],
+    }
+    head = (
+        f"# triserve profile: stage {profile.stage}, boost {profile.boost_mhz} MHz.\n"
+        "# Paste `profile` under spec.triServe.arithmeticIntensity of an EnergyPolicy.\n"
+    )
+    return head + yaml.safe_dump(doc, sort_keys=False)
+
+
+def _pct(loss: float | None) -> float | None:
+    return None if loss is None else round(100.0 * loss, 2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; exit 2 on bad input."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.nvml and not args.metrics_url:
+        parser.error("--nvml needs --metrics-url (the stage's serving /metrics)")
+    if args.window_s <= 0 or args.points < 2 or not 0 <= args.max_loss_pct < 100:
+        parser.error("--window-s must be positive, --points at least 2, --max-loss-pct 0-100")
+    if args.output is not None and not args.output.parent.is_dir():
+        parser.error(f"--output: directory {args.output.parent} does not exist")
+    try:
+        profile = _sim_profile(args) if args.sim else _nvml_profile(args)
+    except (KeyError, ValueError) as exc:
+        print(f"triserve profile: {exc}", file=sys.stderr)
+        return 2
+    except GpuError as exc:
+        print(f"triserve profile: GPU: {exc}", file=sys.stderr)
+        return 2
+    text = render(profile)
+    if args.output is not None:
+        args.output.write_text(text)
+    print(text, end="")
+    return 0
