@@ -95,12 +95,22 @@ class Activity:
     """Profiling activity over the last sample period, each a fraction in [0, 1].
 
     Matches DCGM's DCGM_FI_PROF_PIPE_TENSOR_ACTIVE, DRAM_ACTIVE and SM_ACTIVE, or NVML GPM's
-    ANY_TENSOR_UTIL, DRAM_BW_UTIL and SM_UTIL on Hopper and newer.
+    ANY_TENSOR_UTIL, DRAM_BW_UTIL and SM_UTIL on Hopper and newer. Their meanings
+    (docs/calibration.md) are not the roofline's: SM activity counts cycles with a warp
+    resident, stalled or not, so memory-bound work that fills the GPU reads close to 1, and
+    DRAM activity tops out near 0.8. The optional fields are None where the source does not
+    offer them: SM occupancy (DCGM SM_OCCUPANCY, GPM SM_OCCUPANCY), the FP16 / FP32 pipes
+    (PIPE_FP16/FP32_ACTIVE, GPM FP16/FP32_UTIL) and the graphics engine (GR_ENGINE_ACTIVE,
+    GPM GRAPHICS_UTIL).
     """
 
     tensor_active: float
     dram_active: float
     sm_active: float
+    sm_occupancy: float | None = None
+    fp16_active: float | None = None
+    fp32_active: float | None = None
+    gr_engine_active: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,16 @@ FI_TOTAL_ENERGY = 83
 FI_TLIMIT_SHUTDOWN = 193
 FI_TLIMIT_SLOWDOWN = 194
 FI_TLIMIT_GPU_MAX = 196
+# GPM metrics read per sample, in the order `activity` unpacks them into `Activity`.
+_GPM_METRICS: tuple[str, ...] = (
+    "NVML_GPM_METRIC_ANY_TENSOR_UTIL",
+    "NVML_GPM_METRIC_DRAM_BW_UTIL",
+    "NVML_GPM_METRIC_SM_UTIL",
+    "NVML_GPM_METRIC_SM_OCCUPANCY",
+    "NVML_GPM_METRIC_FP16_UTIL",
+    "NVML_GPM_METRIC_FP32_UTIL",
+    "NVML_GPM_METRIC_GRAPHICS_UTIL",
+)
 _PERMISSION_HINT = "run the agent as root or add CAP_SYS_ADMIN to its container"
 
 
@@ -296,20 +306,26 @@ class NvmlBackend:
                 return None
             mg = pynvml.c_nvmlGpmMetricsGet_t()
             mg.version = pynvml.NVML_GPM_METRICS_GET_VERSION
-            mg.numMetrics = 3
+            mg.numMetrics = len(_GPM_METRICS)
             mg.sample1 = prev
             mg.sample2 = sample
-            ids = (
-                pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
-                pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL,
-                pynvml.NVML_GPM_METRIC_SM_UTIL,
-            )
-            for i, mid in enumerate(ids):
-                mg.metrics[i].metricId = mid
+            for i, name in enumerate(_GPM_METRICS):
+                mg.metrics[i].metricId = getattr(pynvml, name)
             pynvml.nvmlGpmMetricsGet(mg)
-            vals = [max(0.0, min(1.0, float(mg.metrics[i].value) / 100.0)) for i in range(3)]
+            vals = [
+                max(0.0, min(1.0, float(mg.metrics[i].value) / 100.0))
+                for i in range(len(_GPM_METRICS))
+            ]
             pynvml.nvmlGpmSampleFree(prev)
-            return Activity(tensor_active=vals[0], dram_active=vals[1], sm_active=vals[2])
+            return Activity(
+                tensor_active=vals[0],
+                dram_active=vals[1],
+                sm_active=vals[2],
+                sm_occupancy=vals[3],
+                fp16_active=vals[4],
+                fp32_active=vals[5],
+                gr_engine_active=vals[6],
+            )
         except (pynvml.NVMLError, AttributeError, TypeError):
             return None
 

@@ -4,11 +4,17 @@ Created by `Simulation` itself (`sim.backend`) and handed explicitly to controll
 agent and benchmarks in place of `NvmlBackend` — never chosen through a module-global.
 It behaves like NVML: setters validate their arguments the way the driver does, a backend
 built with ``privileged=False`` refuses setters like an unprivileged container, a GPU marked
-lost raises `GpuLostError`, utilisation and activity are averages since the previous read.
+lost raises `GpuLostError`. Reads carry the counters' documented meanings
+(docs/calibration.md): utilisation is the driver's last completed sample period as an
+integer percent; activity is GPM (Hopper and newer only, None elsewhere, like NVML)
+averaged since the previous read under the same key, None on the first read as NVML needs
+two samples; every counter carries seeded noise. A scenario with ``counters: ideal`` gets
+the older exact per-read averages instead, for a reference row.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from triserve.gpu.backend import (
@@ -28,9 +34,56 @@ if TYPE_CHECKING:
     from triserve.sim.physics import GpuModel
     from triserve.sim.simulation import Simulation
 
-__all__ = ["SimBackend"]
+# Counter indices, as in triserve.sim.counters.COUNTER_NAMES (not imported: this module
+# must stay importable without loading the simulator).
+_GR, _SM, _OCC, _TENSOR, _FP32, _DRAM = range(6)
+
+__all__ = ["DcgmValues", "SimBackend"]
 
 _PERMISSION_HINT = "run the agent as root or add CAP_SYS_ADMIN to its container"
+
+
+@dataclass(frozen=True, slots=True)
+class DcgmValues:
+    """One GPU's values as dcgm-exporter last collected them (activity as fractions)."""
+
+    sm_clock_mhz: int
+    mem_clock_mhz: int
+    temperature_c: float
+    power_w: float
+    energy_mj: float
+    util_pct: float
+    counters: tuple[float, ...]
+
+    @property
+    def gr_engine_active(self) -> float:
+        """GR_ENGINE_ACTIVE."""
+        return self.counters[_GR]
+
+    @property
+    def sm_active(self) -> float:
+        """SM_ACTIVE."""
+        return self.counters[_SM]
+
+    @property
+    def sm_occupancy(self) -> float:
+        """SM_OCCUPANCY."""
+        return self.counters[_OCC]
+
+    @property
+    def tensor_active(self) -> float:
+        """PIPE_TENSOR_ACTIVE."""
+        return self.counters[_TENSOR]
+
+    @property
+    def fp32_active(self) -> float:
+        """PIPE_FP32_ACTIVE."""
+        return self.counters[_FP32]
+
+    @property
+    def dram_active(self) -> float:
+        """DRAM_ACTIVE."""
+        return self.counters[_DRAM]
 
 
 class SimBackend:
@@ -40,8 +93,16 @@ class SimBackend:
         self._sim = sim
         self.privileged = privileged
         self._lost: set[int] = set()
-        self._windows: dict[tuple[str, int], tuple[float, float, float, float, float]] = {}
+        # Per (read key, GPU): time, counter integrals and read count at the previous read.
+        self._windows: dict[tuple[str, int], tuple[float, tuple[float, ...], int]] = {}
         self._host_seed = host_seed
+        tel = sim.scenario.telemetry
+        self.ideal = tel.counters == "ideal"
+        self.noise_sd = 0.0 if self.ideal else tel.noise_sd
+        self._streams: dict[tuple[int, str], int] = {}
+        # Utilisation and DCGM values change only at collection boundaries: cache per index.
+        self._util_cache: dict[int, tuple[int, float]] = {}
+        self._dcgm_cache: dict[int, tuple[int, tuple[float, ...]]] = {}
 
     # ------------------------------------------------------------------ helpers
     def _gpu(self, index: int) -> GpuModel:
@@ -130,32 +191,88 @@ class SimBackend:
         """Current clock-event reason bits."""
         return self._gpu(index).reasons
 
-    def _window(self, index: int, key: str) -> tuple[float, float, float, float]:
-        """Utilisation, sm, dram, tensor averaged since the last read under `key`."""
+    def _since_last(self, index: int, key: str) -> tuple[tuple[float, ...] | None, int]:
+        """Counter averages since the previous read under `key` (None on the first), and
+        how many reads under `key` came before."""
         gpu = self._gpu(index)
-        now = (gpu.now_s, gpu.busy_int_s, gpu.sm_int_s, gpu.dram_int_s, gpu.tensor_int_s)
+        now = (gpu.now_s, tuple(gpu.integrals_s))
         prev = self._windows.get((key, index))
-        self._windows[(key, index)] = now
+        count = prev[2] + 1 if prev is not None else 0
+        self._windows[(key, index)] = (*now, count)
         if prev is None or now[0] - prev[0] <= 1e-9:
-            busy = 1.0 if gpu.phase is not None else 0.0
-            pt = gpu.point
-            return busy, pt.sm_active, pt.dram_active, pt.tensor_active
+            return None, count
         span = now[0] - prev[0]
-        return tuple(min(max((now[i] - prev[i]) / span, 0.0), 1.0) for i in range(1, 5))  # type: ignore[return-value]
+        avg = tuple(min(max((a - b) / span, 0.0), 1.0) for a, b in zip(now[1], prev[1], strict=True))
+        return avg, count
+
+    def _noisy(
+        self, values: tuple[float, ...], index: int, source: str, read: int
+    ) -> tuple[float, ...]:
+        """`values` with this run's seeded noise for GPU `index`, `source`, read number."""
+        from triserve.sim.counters import noisy, stream_id
+
+        stream = self._streams.get((index, source))
+        if stream is None:
+            stream = self._streams[(index, source)] = stream_id(self._sim.seed, index, source)
+        return noisy(values, self.noise_sd, stream, read)
 
     def utilization_gpu_pct(self, index: int) -> float:
-        """Percent of time a kernel ran since the previous utilisation read."""
-        return self._window(index, "util")[0] * 100.0
+        """Percent of the driver's last completed sample period in which a kernel ran."""
+        return self._util_pct(index, "util")
 
-    def activity(self, index: int) -> Activity:
-        """Tensor / DRAM / SM activity averaged since the previous activity read."""
-        _, sm, dram, tensor = self._window(index, "activity")
-        return Activity(tensor_active=tensor, dram_active=dram, sm_active=sm)
+    def _util_pct(self, index: int, key: str) -> float:
+        gpu = self._gpu(index)
+        if self.ideal:
+            avg, _ = self._since_last(index, key)
+            if avg is None:
+                return 100.0 if gpu.phase is not None else 0.0
+            return avg[_GR] * 100.0
+        track = gpu.tracks["util"]
+        cached = self._util_cache.get(index)
+        if cached is not None and cached[0] == track.index:
+            return cached[1]
+        (busy,) = self._noisy(track.averages()[:1], index, "util", track.index)
+        pct = float(round(busy * 100.0))
+        self._util_cache[index] = (track.index, pct)
+        return pct
+
+    def activity(self, index: int) -> Activity | None:
+        """GPM activity since the previous activity read; None without GPM or on first read."""
+        return self._gpm(index, "activity")
+
+    def _gpm(self, index: int, key: str) -> Activity | None:
+        gpu = self._gpu(index)
+        if self.ideal:
+            avg, _ = self._since_last(index, key)
+            if avg is None:
+                avg = gpu.rates
+            return Activity(
+                tensor_active=avg[_TENSOR],
+                dram_active=avg[_DRAM],
+                sm_active=avg[_SM],
+                sm_occupancy=avg[_OCC],
+                fp32_active=avg[_FP32],
+                gr_engine_active=avg[_GR],
+            )
+        if not gpu.profile.has_gpm:
+            return None
+        avg, count = self._since_last(index, key)
+        if avg is None:
+            return None
+
+        avg = self._noisy(avg, index, f"gpm:{key}", count)
+        return Activity(
+            tensor_active=avg[_TENSOR],
+            dram_active=avg[_DRAM],
+            sm_active=avg[_SM],
+            sm_occupancy=avg[_OCC],
+            fp32_active=avg[_FP32],
+            gr_engine_active=avg[_GR],
+        )
 
     def sample(self, index: int, *, window_key: str = "sample") -> GpuSample:
-        """One batched read; averages cover the time since the previous `sample` call."""
+        """One batched read: gauges now, NVML utilisation, GPM since the previous `sample`."""
         gpu = self._gpu(index)
-        busy, sm, dram, tensor = self._window(index, window_key)
         return GpuSample(
             timestamp_s=gpu.now_s,
             sm_clock_mhz=gpu.clock_mhz,
@@ -163,9 +280,48 @@ class SimBackend:
             power_mw=round(gpu.power_w * 1000),
             energy_mj=int(gpu.energy_j * 1000),
             temperature_c=gpu.temperature_c,
-            utilization_gpu_pct=busy * 100.0,
+            utilization_gpu_pct=self._util_pct(index, window_key),
             clock_event_reasons=gpu.reasons,
-            activity=Activity(tensor_active=tensor, dram_active=dram, sm_active=sm),
+            activity=self._gpm(index, window_key),
+        )
+
+    def dcgm_values(self, index: int) -> DcgmValues:
+        """What dcgm-exporter reports for GPU `index` now: its last collection.
+
+        Realistic counters: values collected at the last ``telemetry.dcgm_interval_s``
+        boundary, activity averaged over the interval before it (so up to two intervals
+        old). Ideal counters: gauges now and averages since the previous DCGM read.
+        """
+        gpu = self._gpu(index)
+        if self.ideal:
+            avg, _ = self._since_last(index, "dcgm")
+            if avg is None:
+                avg = gpu.rates
+            return DcgmValues(
+                gpu.clock_mhz,
+                gpu.profile.mem_clock_mhz,
+                gpu.temperature_c,
+                gpu.power_w,
+                gpu.energy_j * 1000.0,
+                avg[_GR] * 100.0,
+                avg,
+            )
+        track = gpu.tracks["dcgm"]
+        snap = track.last
+        cached = self._dcgm_cache.get(index)
+        if cached is not None and cached[0] == track.index:
+            avg = cached[1]
+        else:
+            avg = self._noisy(track.averages(), index, "dcgm", track.index)
+            self._dcgm_cache[index] = (track.index, avg)
+        return DcgmValues(
+            snap.clock_mhz,
+            gpu.profile.mem_clock_mhz,
+            snap.temperature_c,
+            snap.power_w,
+            snap.energy_j * 1000.0,
+            float(round(avg[_GR] * 100.0)),
+            avg,
         )
 
     # ------------------------------------------------------------------ setters

@@ -1,4 +1,4 @@
-"""The GPU + multi-stage serving simulator (DESIGN.md §5): physics, PMU, pipeline workload.
+"""The GPU + multi-stage serving simulator: physics, PMU, counters, pipeline workload.
 
 Public surface, used by benchmarks, tests and the live demo::
 
@@ -8,7 +8,9 @@ Public surface, used by benchmarks, tests and the live demo::
     sim.report()
 
 Controllers must only use `sim.backend` and the serving snapshots/expositions; the one
-exception, `sim.oracle_view()`, is labelled ORACLE ONLY.
+exception, `sim.oracle_view()`, is labelled ORACLE ONLY. Calibration sources and the
+meaning of every simulated counter: docs/calibration.md. A bench varies a loaded scenario
+with ``with_overrides(scenario, {"pmu.idle_hold_s": 10.0})``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from triserve.sim.oracle import ORACLE_WARNING, OracleSegment, OracleView
 from triserve.sim.physics import GpuModel, Kernel, Phase
 from triserve.sim.profiles import PROFILES, DeviceProfile, get_profile
 from triserve.sim.report import GpuReport, SimReport
-from triserve.sim.scenario import Scenario, ScenarioError, load_scenario
+from triserve.sim.scenario import Scenario, ScenarioError, load_scenario, with_overrides
 from triserve.sim.simulation import Simulation, StagePlacement
 
 __all__ = [
@@ -37,4 +39,5 @@ __all__ = [
     "StagePlacement",
     "get_profile",
     "load_scenario",
+    "with_overrides",
 ]

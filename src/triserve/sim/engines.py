@@ -133,18 +133,31 @@ class ArEngine(_Engine):
         self.metrics.waiting = len(self.waiting)
 
     def prefill_kernel(self, job: Job) -> Kernel:
-        flops = self.prefill.flops_per_token * job.prompt_tokens
+        p = self.prefill
+        flops = p.flops_per_token * job.prompt_tokens
         return Kernel(
-            flops, flops / self.prefill.ai, self.prefill.efficiency, self.prefill.tensor_share
+            flops,
+            flops / p.ai,
+            p.efficiency,
+            p.tensor_share,
+            p.sm_fill,
+            p.occupancy,
+            p.clock_sensitive_share,
         )
 
     def decode_kernel(self, batch: int) -> Kernel:
         d = self.decode
+        # Weight-streaming GEMVs spread over every SM at any batch, but the attention
+        # kernels of one to three sequences launch fewer blocks than there are SMs.
+        fill = d.sm_fill * (0.8 + 0.05 * min(batch, 4))
         return Kernel(
             d.flops_per_token * batch,
             d.weight_bytes + d.bytes_per_seq * batch,
             d.efficiency,
             d.tensor_share,
+            fill,
+            d.occupancy,
+            d.clock_sensitive_share,
         )
 
     def active(self) -> list[Job]:
@@ -275,7 +288,15 @@ class OneshotEngine(_Engine):
         w = self.work
         tokens = sum(i.tokens for i in self.batch)
         flops = w.fixed_flops + w.flops_per_token * max(tokens, 1.0)
-        return Kernel(flops, flops / w.ai, w.efficiency, w.tensor_share)
+        return Kernel(
+            flops,
+            flops / w.ai,
+            w.efficiency,
+            w.tensor_share,
+            w.sm_fill,
+            w.occupancy,
+            w.clock_sensitive_share,
+        )
 
     def finish_batch(self, now_s: float) -> None:
         for item in self.batch:

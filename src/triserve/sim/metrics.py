@@ -13,6 +13,7 @@ import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from triserve.gpu.sim import DcgmValues
 from triserve.telemetry import Histogram, ServingSnapshot
 
 __all__ = [
@@ -153,21 +154,15 @@ def render_vllm(snap: ServingSnapshot, model_name: str, engine: str = "0") -> st
 
 @dataclass(frozen=True, slots=True)
 class DcgmRow:
-    """One GPU's values and labels for a dcgm-exporter scrape."""
+    """One GPU's labels and the values dcgm-exporter last collected for it."""
 
     labels: tuple[tuple[str, str], ...]
-    sm_clock_mhz: float
-    mem_clock_mhz: float
-    temperature_c: float
-    power_w: float
-    energy_mj: float
-    util_pct: float
-    tensor_active: float
-    dram_active: float
-    gr_engine_active: float
+    values: DcgmValues
 
 
-_DCGM_FIELDS: tuple[tuple[str, str, str, str], ...] = (
+# (field, type, help, DcgmValues attribute, scale to the exported unit). Activity fields are
+# ratios in [0, 1], as dcgm-exporter exports DCGM_FI_PROF_* fields.
+_DCGM_DEFAULT: tuple[tuple[str, str, str, str], ...] = (
     ("DCGM_FI_DEV_SM_CLOCK", "gauge", "SM clock frequency (in MHz).", "sm_clock_mhz"),
     ("DCGM_FI_DEV_MEM_CLOCK", "gauge", "Memory clock frequency (in MHz).", "mem_clock_mhz"),
     ("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU temperature (in C).", "temperature_c"),
@@ -194,23 +189,46 @@ _DCGM_FIELDS: tuple[tuple[str, str, str, str], ...] = (
     (
         "DCGM_FI_PROF_DRAM_ACTIVE",
         "gauge",
-        "Ratio of cycles the memory interface is active.",
+        "Ratio of cycles the device memory interface is active sending or receiving data.",
         "dram_active",
     ),
 )
+# dcgm-exporter's default counter file leaves these commented out.
+_DCGM_PROFILING: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "DCGM_FI_PROF_SM_ACTIVE",
+        "gauge",
+        "The ratio of cycles an SM has at least 1 warp assigned.",
+        "sm_active",
+    ),
+    (
+        "DCGM_FI_PROF_SM_OCCUPANCY",
+        "gauge",
+        "The ratio of number of warps resident on an SM.",
+        "sm_occupancy",
+    ),
+    (
+        "DCGM_FI_PROF_PIPE_FP32_ACTIVE",
+        "gauge",
+        "Ratio of cycles the fp32 pipes are active.",
+        "fp32_active",
+    ),
+)
+_INTEGER_FIELDS = {"sm_clock_mhz", "mem_clock_mhz", "energy_mj", "util_pct"}
 
 
-def render_dcgm(rows: Sequence[DcgmRow]) -> str:
-    """dcgm-exporter-format exposition for every GPU row."""
+def render_dcgm(rows: Sequence[DcgmRow], *, profiling: bool = False) -> str:
+    """dcgm-exporter-format exposition for every GPU row.
+
+    The default field set is dcgm-exporter's default-counters.csv; `profiling` adds the
+    SM activity, SM occupancy and FP32 pipe fields a user must enable there.
+    """
+    fields = _DCGM_DEFAULT + (_DCGM_PROFILING if profiling else ())
     out: list[str] = []
-    for name, mtype, help_text, attr in _DCGM_FIELDS:
+    for name, mtype, help_text, attr in fields:
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} {mtype}"]
         for row in rows:
-            value = float(getattr(row, attr))
-            shown = (
-                f"{value:.0f}"
-                if attr in {"sm_clock_mhz", "mem_clock_mhz", "energy_mj"}
-                else (f"{value:.6g}")
-            )
+            value = float(getattr(row.values, attr))
+            shown = f"{value:.0f}" if attr in _INTEGER_FIELDS else f"{value:.6g}"
             out.append(f"{name}{_labels(row.labels)} {shown}")
     return "\n".join(out) + "\n"

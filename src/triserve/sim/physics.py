@@ -4,10 +4,13 @@
 running (or None when idle) at every event and advances it through time; the calibration
 tests drive it directly. Nothing here knows about requests or stages.
 
-Model (DESIGN.md §5):
-- a `Phase` is a round-robin of `Kernel`s; a kernel's time at SM clock f (MHz) is
-  ``max(flops / (η·f), bytes / β)`` with η = peak FLOP/s x kernel efficiency / max clock,
-  i.e. Θ = min(η·f, β·AI);
+Model (docs/calibration.md):
+- a `Phase` is a round-robin of `Kernel`s; a kernel's roofline time at SM clock f (MHz) is
+  ``max(flops / (η·f), bytes / β)`` with η = peak FLOP/s x kernel efficiency / max clock;
+  a clock-sensitive share s of its time at the boost clock (launches, synchronisation,
+  element-wise work that does not overlap memory traffic) scales with 1/f instead, so
+  ``t(f) = (1 - s)·roofline(f) + s·roofline(f_max)·f_max / f``: memory-bound decode costs a
+  few percent of latency below and somewhat above the ridge, as measured on hardware;
 - power = static + leakage(V, T) + clock tree ∝ V²·f + dynamic ∝ activity·V²·f
   + memory ∝ bandwidth used, V rising linearly above a knee clock;
 - temperature follows ``C·dT/dt = P - (T - T_amb)/R``, solved in closed form per segment;
@@ -16,7 +19,8 @@ Model (DESIGN.md §5):
   above the slowdown temperature, to the power the cooling can sustain;
 - a clock lock is a floor/ceiling on the PMU's choice; power and thermal still cut below it.
 Clock changes requested by the PMU or a lock take effect after `clock_change_latency_s`;
-power and thermal cuts are immediate.
+power and thermal cuts are immediate. Activity counters (`triserve.sim.counters`) are
+integrated per segment and sampled at fixed collection boundaries.
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ import math
 from dataclasses import dataclass, field
 
 from triserve.gpu.backend import ClockEventReason
+from triserve.sim.counters import (
+    IDLE_COUNTERS,
+    N_COUNTERS,
+    PeriodTrack,
+    Snapshot,
+)
 from triserve.sim.profiles import DeviceProfile
 
 __all__ = ["GpuModel", "Kernel", "OperatingPoint", "Phase"]
@@ -32,12 +42,21 @@ __all__ = ["GpuModel", "Kernel", "OperatingPoint", "Phase"]
 
 @dataclass(frozen=True, slots=True)
 class Kernel:
-    """One unit of GPU work: FLOPs, DRAM bytes, compute efficiency and tensor-core share."""
+    """One unit of GPU work and how it occupies the GPU.
+
+    `sm_fill` is the share of SMs holding at least one warp while it runs (big GEMMs and
+    weight-streaming GEMVs fill every SM; a tiny attention grid does not), `occupancy` the
+    resident warps per SM over the maximum on those SMs, and `clock_share` the share of its
+    boost-clock time that scales with 1/f regardless of the roofline.
+    """
 
     flops: float
     bytes: float
     efficiency: float
     tensor_share: float
+    sm_fill: float = 1.0
+    occupancy: float = 0.5
+    clock_share: float = 0.0
 
     @property
     def ai(self) -> float:
@@ -47,13 +66,33 @@ class Kernel:
 
 @dataclass(frozen=True, slots=True)
 class OperatingPoint:
-    """A phase evaluated at one clock: round time and activity fractions."""
+    """A phase evaluated at one clock: round time, power inputs and counter rates.
+
+    `counters` are the documented counter meanings (order `triserve.sim.counters.
+    COUNTER_NAMES`); `ideal` the older identities kept for ``counters: ideal``.
+    `mem_frac` (bandwidth actually used) and `power_activity` drive the power model.
+    """
 
     round_s: float
-    sm_active: float
-    dram_active: float
-    tensor_active: float
+    mem_frac: float
     power_activity: float
+    counters: tuple[float, ...]
+    ideal: tuple[float, ...]
+
+    @property
+    def sm_active(self) -> float:
+        """SM_ACTIVE: share of cycles an SM holds a warp."""
+        return self.counters[1]
+
+    @property
+    def dram_active(self) -> float:
+        """DRAM_ACTIVE: achieved bandwidth share (tops out near 0.8)."""
+        return self.counters[5]
+
+    @property
+    def tensor_active(self) -> float:
+        """PIPE_TENSOR_ACTIVE: achieved over peak tensor FLOP/s at the current clock."""
+        return self.counters[3]
 
 
 @dataclass(slots=True, eq=False)
@@ -75,34 +114,68 @@ class Phase:
         return flops / nbytes if nbytes > 0 else math.inf
 
     def at(self, profile: DeviceProfile, clock_mhz: int) -> OperatingPoint:
-        """Round time and activity of this phase at `clock_mhz` on `profile`."""
+        """Round time, power inputs and counters of this phase at `clock_mhz` on `profile`."""
         op = self._cache.get(clock_mhz)
-        if op is not None:
-            return op
-        peak_per_mhz = profile.peak_bf16_flops_per_s / profile.max_clock_mhz
-        bw = profile.mem_bandwidth_bytes_per_s
-        total_s = sm_s = dram_s = tensor_s = act_s = 0.0
-        for k in self.kernels:
-            compute_s = k.flops / (peak_per_mhz * k.efficiency * clock_mhz)
-            mem_s = k.bytes / bw
-            t = max(compute_s, mem_s)
-            total_s += t
-            sm_s += compute_s
-            dram_s += mem_s
-            tensor_s += compute_s * k.tensor_share
-            base = profile.dyn_base_frac
-            act_s += compute_s * (base + (1.0 - base) * k.tensor_share)
-        if total_s <= 0:
-            op = OperatingPoint(0.0, 0.0, 0.0, 0.0, 0.0)
-        else:
-            op = OperatingPoint(
-                total_s, sm_s / total_s, dram_s / total_s, tensor_s / total_s, act_s / total_s
-            )
-        self._cache[clock_mhz] = op
+        if op is None:
+            op = self._cache[clock_mhz] = _operating_point(self.kernels, profile, clock_mhz)
         return op
 
 
-_IDLE_POINT = OperatingPoint(0.0, 0.0, 0.0, 0.0, 0.0)
+def _operating_point(
+    kernels: tuple[Kernel, ...], profile: DeviceProfile, clock_mhz: int
+) -> OperatingPoint:
+    fmax = profile.max_clock_mhz
+    peak_per_mhz = profile.peak_bf16_flops_per_s / fmax
+    fp32_per_mhz = profile.peak_fp32_flops_per_s / fmax
+    bw = profile.mem_bandwidth_bytes_per_s
+    base = profile.dyn_base_frac
+    total_s = comp_s = mem_tot_s = ideal_tensor_s = act_s = 0.0
+    fill_s = occ_s = tensor_flops = other_flops = 0.0
+    for k in kernels:
+        compute_s = k.flops / (peak_per_mhz * k.efficiency * clock_mhz)
+        mem_s = k.bytes / bw
+        t = max(compute_s, mem_s)
+        clocked_s = 0.0
+        if k.clock_share > 0:
+            boost_s = max(k.flops / (peak_per_mhz * k.efficiency * fmax), mem_s)
+            clocked_s = k.clock_share * boost_s * fmax / clock_mhz
+            t = (1.0 - k.clock_share) * t + clocked_s
+        total_s += t
+        comp_s += compute_s
+        mem_tot_s += mem_s
+        ideal_tensor_s += compute_s * k.tensor_share
+        busy_compute_s = min(compute_s, t - clocked_s)
+        act_s += busy_compute_s * (base + (1.0 - base) * k.tensor_share) + clocked_s * base
+        fill_s += t * k.sm_fill
+        occ_s += t * k.sm_fill * k.occupancy
+        tensor_flops += k.flops * k.tensor_share
+        other_flops += k.flops * (1.0 - k.tensor_share)
+    if total_s <= 0:
+        return OperatingPoint(0.0, 0.0, 0.0, IDLE_COUNTERS, IDLE_COUNTERS)
+    mem_frac = min(mem_tot_s / total_s, 1.0)
+    tensor = min(tensor_flops / (total_s * peak_per_mhz * clock_mhz), 1.0)
+    fp32 = min(other_flops / (total_s * fp32_per_mhz * clock_mhz), 1.0)
+    counters = (
+        1.0,
+        fill_s / total_s,
+        occ_s / total_s,
+        tensor,
+        fp32,
+        profile.dram_active_max * mem_frac,
+    )
+    sm_ideal = min(comp_s / total_s, 1.0)
+    ideal = (
+        1.0,
+        sm_ideal,
+        sm_ideal,
+        min(ideal_tensor_s / total_s, 1.0),
+        min((comp_s - ideal_tensor_s) / total_s, 1.0),
+        mem_frac,
+    )
+    return OperatingPoint(total_s, mem_frac, min(act_s / total_s, 1.0), counters, ideal)
+
+
+_IDLE_POINT = OperatingPoint(0.0, 0.0, 0.0, IDLE_COUNTERS, IDLE_COUNTERS)
 
 
 class GpuModel:
@@ -117,6 +190,7 @@ class GpuModel:
         idle_hold_s: float = 1.5,
         clock_change_latency_s: float = 0.02,
         initial_temperature_c: float | None = None,
+        ideal_counters: bool = False,
     ) -> None:
         self.profile = profile
         self.ambient_c = ambient_c
@@ -136,11 +210,13 @@ class GpuModel:
         self.reasons = ClockEventReason.GPU_IDLE
         self.energy_j = 0.0
         self.now_s = 0.0
-        # Cumulative integrals for utilisation and activity averages.
-        self.busy_int_s = 0.0
-        self.sm_int_s = 0.0
-        self.dram_int_s = 0.0
-        self.tensor_int_s = 0.0
+        # Cumulative counter integrals (order `counters.COUNTER_NAMES`), the rates they grow
+        # at now, and the fixed-period collections (NVML utilisation, dcgm-exporter) fed
+        # from them.
+        self.ideal_counters = ideal_counters
+        self.integrals_s = [0.0] * N_COUNTERS
+        self.rates: tuple[float, ...] = IDLE_COUNTERS
+        self.tracks: dict[str, PeriodTrack] = {}
         self.point = _IDLE_POINT
         if initial_temperature_c is None:
             # Start at the idle equilibrium so short runs are not dominated by warm-up.
@@ -170,7 +246,7 @@ class GpuModel:
         return (
             p.static_w
             + p.mem_idle_w
-            + p.mem_bw_w * op.dram_active
+            + p.mem_bw_w * op.mem_frac
             + leak
             + p.clock_tree_w * v2f
             + p.dynamic_w * op.power_activity * v2f
@@ -181,16 +257,35 @@ class GpuModel:
         if dt_s <= 0:
             return
         p_w = self.power_w
-        self.energy_j += p_w * dt_s
         t_inf = self.ambient_c + p_w * self.r_c_per_w
         decay = math.exp(-dt_s / (self.r_c_per_w * self.c_j_per_c))
+        now_s, ints, rates = self.now_s, self.integrals_s, self.rates
+        for track in self.tracks.values():
+            if now_s + dt_s >= track.next_boundary_s() - 1e-9:
+                track.cross(
+                    now_s, dt_s, ints, rates, self.energy_j, p_w, self.clock_mhz, self.temperature_c
+                )
+        if rates is not IDLE_COUNTERS:
+            for i in range(N_COUNTERS):
+                ints[i] += rates[i] * dt_s
+        self.energy_j += p_w * dt_s
         self.temperature_c = t_inf + (self.temperature_c - t_inf) * decay
-        if self.phase is not None:
-            self.busy_int_s += dt_s
-            self.sm_int_s += self.point.sm_active * dt_s
-            self.dram_int_s += self.point.dram_active * dt_s
-            self.tensor_int_s += self.point.tensor_active * dt_s
-        self.now_s += dt_s
+        self.now_s = now_s + dt_s
+
+    def add_track(self, name: str, period_s: float) -> PeriodTrack:
+        """Start collecting counter snapshots every `period_s` under `name` (from now)."""
+        start = Snapshot(
+            self.now_s,
+            tuple(self.integrals_s),
+            self.energy_j,
+            self.clock_mhz,
+            self.power_w,
+            self.temperature_c,
+        )
+        track = PeriodTrack(period_s, start)
+        track.index = math.floor(self.now_s / period_s + 1e-9)
+        self.tracks[name] = track
+        return track
 
     def time_to_temperature_s(self, target_c: float) -> float:
         """Time until the temperature reaches `target_c` at the current power (inf if never)."""
@@ -292,6 +387,10 @@ class GpuModel:
         """Recompute operating point and power after a clock, phase or limit change."""
         phase = self.phase
         self.point = phase.at(self.profile, self.clock_mhz) if phase is not None else _IDLE_POINT
+        if phase is None:
+            self.rates = IDLE_COUNTERS
+        else:
+            self.rates = self.point.ideal if self.ideal_counters else self.point.counters
         self.power_w = self.power_at(self.clock_mhz, phase, self.temperature_c)
 
     # ------------------------------------------------------------- actuation

@@ -4,7 +4,7 @@ Called by `triserve.sim.physics` (which turns a profile into power, clock and te
 behaviour), by `triserve.sim.scenario` (scenario files name a profile) and by
 `triserve.gpu.sim.SimBackend` (identity, clock list, power-limit range, thresholds).
 
-Datasheet columns come from the shared reference/calibration.md ("Device profiles" table).
+Datasheet columns are public datasheet and `nvidia-smi -q` values (docs/calibration.md).
 The physical constants below them (static, clock-tree, dynamic, leakage and memory power, the
 voltage knee, thermal resistance and capacitance) are not published; they are chosen so that
 the H100 SXM profile reproduces the published anchors (idle ≈75 W at 345 MHz, decode
@@ -55,6 +55,16 @@ class DeviceProfile:
     thermal_tau_s: float
     # Share of dynamic power drawn by an SM busy on non-tensor work (tensor work draws 1.0).
     dyn_base_frac: float = 0.15
+    # --- counters (docs/calibration.md, "Activity counters") ---
+    # Dense non-tensor FP32 peak at the max clock (datasheet), for PIPE_FP32_ACTIVE.
+    peak_fp32_flops_per_s: float = 67e12
+    # GPM (NVML GPU performance monitoring) exists on Hopper and newer only.
+    has_gpm: bool = True
+    # NVML utilisation sample period: documented as 1/6 s to 1 s depending on the product,
+    # not published per product; 1/6 s is the default, a scenario can override it.
+    util_period_s: float = 1.0 / 6.0
+    # DRAM_ACTIVE of a kernel that saturates memory bandwidth (DCGM: about 0.8 in practice).
+    dram_active_max: float = 0.8
 
     @property
     def supported_clocks_mhz(self) -> tuple[int, ...]:
@@ -136,6 +146,7 @@ PROFILES: dict[str, DeviceProfile] = {
         power_limit_max_w=350.0,
         mem_bandwidth_bytes_per_s=2.0e12,
         peak_bf16_flops_per_s=756e12,
+        peak_fp32_flops_per_s=51e12,
         idle_power_w=60.0,
     ),
     "h200": _scaled(
@@ -163,6 +174,8 @@ PROFILES: dict[str, DeviceProfile] = {
         power_limit_max_w=400.0,
         mem_bandwidth_bytes_per_s=2.04e12,
         peak_bf16_flops_per_s=312e12,
+        peak_fp32_flops_per_s=19.5e12,
+        has_gpm=False,
         max_operating_c=85.0,
         idle_power_w=52.0,
         v_knee_mhz=750,
@@ -182,6 +195,8 @@ PROFILES: dict[str, DeviceProfile] = {
         power_limit_max_w=350.0,
         mem_bandwidth_bytes_per_s=864e9,
         peak_bf16_flops_per_s=362e12,
+        peak_fp32_flops_per_s=91.6e12,
+        has_gpm=False,
         shutdown_c=93.0,
         slowdown_c=90.0,
         max_operating_c=88.0,

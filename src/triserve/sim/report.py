@@ -150,6 +150,15 @@ class SimReport:
     ttft_p99_s: float | None
     e2e_p50_s: float | None
     e2e_p99_s: float | None
+    # Requests that arrived in the window but had not finished when it ended. Latency
+    # percentiles cover finished requests only, so a run that leaves many unfinished
+    # flatters its p99; benches must report this next to it.
+    unfinished_requests: int = 0
+
+    @property
+    def unfinished_share(self) -> float:
+        """Unfinished requests over those that arrived in the window (0 when none did)."""
+        return self.unfinished_requests / self.arrived_requests if self.arrived_requests else 0.0
 
     @property
     def stall_high_clock_s(self) -> float:
@@ -185,5 +194,6 @@ class SimReport:
         d["stall_high_clock_s"] = self.stall_high_clock_s
         d["throttle_s"] = self.throttle_s
         d["power_capped_s"] = self.power_capped_s
+        d["unfinished_share"] = self.unfinished_share
         d["mean_clock_mhz_by_phase"] = {k: self.mean_clock_mhz(k) for k in PHASE_KINDS}
         return d

@@ -6,15 +6,17 @@ and by `triserve.sim.simulation.Simulation`, which builds GPUs, stages and arriv
 the pipeline (stages, their GPU, upstream edge, hand-off, per-token work) and the workload.
 
 Stage work is given as *effective* per-token FLOPs and bytes, calibrated so that stage times
-at low load match the vLLM-Omni observations in reference/calibration.md (thinker 2-10 s,
+at low load match public vLLM-Omni observations (docs/calibration.md: thinker 2-10 s,
 talker 9-30 s, code2wav 0.1-0.2 s per request); they include serving overheads, so they are
 larger than a bare parameter count would suggest while keeping the arithmetic intensity.
+`with_overrides` changes fields of a loaded scenario by dotted path, validated (the bench
+sweeps ``pmu.idle_hold_s`` and ``telemetry.counters`` this way).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -31,10 +33,12 @@ __all__ = [
     "Scenario",
     "ScenarioError",
     "StageSpec",
+    "TelemetrySpec",
     "TokenDist",
     "WorkloadSpec",
     "bundled_scenarios_dir",
     "load_scenario",
+    "with_overrides",
 ]
 
 
@@ -68,6 +72,26 @@ class PmuSpec(_Model):
     period_s: float = Field(default=0.25, gt=0)
 
 
+class TelemetrySpec(_Model):
+    """What the simulated node's counters mean and how often they are collected.
+
+    ``counters: realistic`` (default) gives every counter its documented meaning, sampling
+    window and noise (docs/calibration.md); ``counters: ideal`` keeps the older identities
+    (exact per-read averages, SM activity = compute time share, DRAM activity up to 1, GPM
+    on every profile, fresh DCGM values) and exists only as a named reference row.
+    `dcgm_interval_s` is dcgm-exporter's collection interval (its default is 30 s) and
+    `dcgm_fields` its counter file: ``default`` is dcgm-exporter's default-counters.csv
+    (no SM_ACTIVE / SM_OCCUPANCY), ``profiling`` adds them and PIPE_FP32_ACTIVE.
+    `util_period_s` overrides the profile's NVML utilisation sample period.
+    """
+
+    counters: Literal["realistic", "ideal"] = "realistic"
+    dcgm_interval_s: float = Field(default=30.0, gt=0)
+    dcgm_fields: Literal["default", "profiling"] = "default"
+    util_period_s: float | None = Field(default=None, gt=0)
+    noise_sd: float = Field(default=0.03, ge=0, le=0.5)
+
+
 class PrefillSpec(_Model):
     """Prefill work per prompt token: effective FLOPs, arithmetic intensity, efficiency."""
 
@@ -75,16 +99,29 @@ class PrefillSpec(_Model):
     ai: float = Field(default=600.0, gt=0)
     efficiency: float = Field(default=0.6, gt=0, le=1)
     tensor_share: float = Field(default=0.9, ge=0, le=1)
+    # Large GEMMs launch more tiles than there are SMs but few warps per SM (big tiles).
+    sm_fill: float = Field(default=0.98, gt=0, le=1)
+    occupancy: float = Field(default=0.2, gt=0, le=1)
+    # Prefill is compute-bound: the roofline already scales its time with 1/f.
+    clock_sensitive_share: float = Field(default=0.0, ge=0, lt=1)
 
 
 class DecodeSpec(_Model):
-    """One decode step for a batch of b sequences: bytes = weight_bytes + b·bytes_per_seq."""
+    """One decode step for a batch of b sequences: bytes = weight_bytes + b·bytes_per_seq.
+
+    `clock_sensitive_share` is the share of a step at the boost clock that scales with 1/f
+    (docs/calibration.md, "Decode latency versus clock"); `sm_fill` the share of SMs holding
+    a warp during a step of four or more sequences (smaller batches fill fewer).
+    """
 
     weight_bytes: float = Field(gt=0)
     bytes_per_seq: float = Field(ge=0)
     flops_per_token: float = Field(gt=0)
     efficiency: float = Field(default=0.04, gt=0, le=1)
     tensor_share: float = Field(default=0.15, ge=0, le=1)
+    sm_fill: float = Field(default=0.97, gt=0, le=1)
+    occupancy: float = Field(default=0.5, gt=0, le=1)
+    clock_sensitive_share: float = Field(default=0.03, ge=0, lt=1)
 
 
 class OneshotSpec(_Model):
@@ -95,6 +132,9 @@ class OneshotSpec(_Model):
     efficiency: float = Field(default=0.5, gt=0, le=1)
     tensor_share: float = Field(default=0.6, ge=0, le=1)
     fixed_flops: float = Field(default=0.0, ge=0)
+    sm_fill: float = Field(default=0.9, gt=0, le=1)
+    occupancy: float = Field(default=0.4, gt=0, le=1)
+    clock_sensitive_share: float = Field(default=0.0, ge=0, lt=1)
 
 
 class StageSpec(_Model):
@@ -194,6 +234,7 @@ class Scenario(_Model):
     ambient_c: float = 25.0
     gpus: tuple[GpuSpec, ...]
     pmu: PmuSpec = Field(default_factory=PmuSpec)
+    telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
     pipeline: PipelineSpec
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
     source_path: str | None = None
@@ -253,3 +294,37 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
         return Scenario.model_validate(data)
     except ValidationError as exc:
         raise ScenarioError(_format_error(exc, path)) from exc
+
+
+def with_overrides(scenario: Scenario, overrides: dict[str, Any]) -> Scenario:
+    """A copy of `scenario` with fields replaced by dotted path, validated like a file.
+
+    ``with_overrides(sc, {"pmu.idle_hold_s": 0.25, "telemetry.counters": "ideal"})``.
+    Raises ScenarioError naming the path when it does not exist or the value is invalid.
+    """
+    data: dict[str, Any] = scenario.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        node: Any = data
+        parts = dotted.split(".")
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, dict) and part in node:
+                if last:
+                    node[part] = value
+                else:
+                    node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            else:
+                raise ScenarioError(
+                    f"scenario {scenario.name!r}: override {dotted!r} names no field "
+                    f"(stopped at {part!r}); use a dotted path such as 'pmu.idle_hold_s'"
+                )
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        where = scenario.source_path or scenario.name
+        raise ScenarioError(_format_error(exc, Path(where))) from exc

@@ -56,17 +56,23 @@ class Simulation:
         self.seed = seed
         self.now_s = 0.0
         rng = random.Random(seed)
+        tel = scenario.telemetry
+        ideal = tel.counters == "ideal"
         self.gpus: list[GpuModel] = []
         for spec in scenario.gpus:
-            self.gpus.append(
-                GpuModel(
-                    get_profile(spec.profile),
-                    ambient_c=spec.ambient_c if spec.ambient_c is not None else scenario.ambient_c,
-                    thermal_r_scale=spec.thermal_r_scale,
-                    idle_hold_s=scenario.pmu.idle_hold_s,
-                    clock_change_latency_s=scenario.pmu.clock_change_latency_s,
-                )
+            profile = get_profile(spec.profile)
+            gpu = GpuModel(
+                profile,
+                ambient_c=spec.ambient_c if spec.ambient_c is not None else scenario.ambient_c,
+                thermal_r_scale=spec.thermal_r_scale,
+                idle_hold_s=scenario.pmu.idle_hold_s,
+                clock_change_latency_s=scenario.pmu.clock_change_latency_s,
+                ideal_counters=ideal,
             )
+            if not ideal:
+                gpu.add_track("util", tel.util_period_s or profile.util_period_s)
+                gpu.add_track("dcgm", tel.dcgm_interval_s)
+            self.gpus.append(gpu)
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self.engines: list[ArEngine | OneshotEngine] = []
@@ -235,12 +241,16 @@ class Simulation:
         return render_vllm(self.serving_snapshot(stage), self.scenario.pipeline.model_name)
 
     def dcgm_exposition(self, hostname: str | None = None) -> str:
-        """dcgm-exporter-format text for every GPU, labelled with its stage pods."""
+        """dcgm-exporter-format text for every GPU, labelled with its stage pods.
+
+        The values are dcgm-exporter's last collection (``telemetry.dcgm_interval_s``) and
+        the fields its default counter file unless ``telemetry.dcgm_fields: profiling``
+        (SM_ACTIVE, SM_OCCUPANCY and PIPE_FP32_ACTIVE only then).
+        """
         host = hostname or self.scenario.hostname
         rows = []
         for g in range(len(self.gpus)):
             ident = self.backend.identity(g)
-            s = self.backend.sample(g, window_key="dcgm")
             pods = [p for p in self.placements if p.gpu_index == g]
             first = pods[0] if pods else None
             labels = (
@@ -254,22 +264,10 @@ class Simulation:
                 ("namespace", first.namespace if first else ""),
                 ("pod", first.pod if first else ""),
             )
-            act = s.activity
-            rows.append(
-                DcgmRow(
-                    labels,
-                    s.sm_clock_mhz,
-                    s.mem_clock_mhz,
-                    s.temperature_c,
-                    s.power_mw / 1000.0,
-                    s.energy_mj,
-                    s.utilization_gpu_pct,
-                    act.tensor_active if act else 0.0,
-                    act.dram_active if act else 0.0,
-                    s.utilization_gpu_pct / 100.0,
-                )
-            )
-        return render_dcgm(rows)
+            rows.append(DcgmRow(labels, self.backend.dcgm_values(g)))
+        tel = self.scenario.telemetry
+        profiling = tel.dcgm_fields == "profiling" or tel.counters == "ideal"
+        return render_dcgm(rows, profiling=profiling)
 
     def oracle_view(self, horizon_s: float = 10.0) -> OracleView:
         """ORACLE ONLY — future knowledge no production controller has. See sim.oracle."""
@@ -298,6 +296,7 @@ class Simulation:
         )
         measured = [r for r in self.requests if r.spec.arrival_s >= warm]
         done = [r for r in measured if r.done_s is not None]
+        unfinished = len(measured) - len(done)
         ttft = tuple(r.first_token_s - r.spec.arrival_s for r in measured if r.first_token_s)
         audio = tuple(r.first_audio_s - r.spec.arrival_s for r in measured if r.first_audio_s)
         e2e = tuple(r.done_s - r.spec.arrival_s for r in done if r.done_s is not None)
@@ -314,6 +313,7 @@ class Simulation:
             energy_j=energy,
             arrived_requests=len(measured),
             completed_requests=len(done),
+            unfinished_requests=unfinished,
             ttft_s=ttft,
             first_audio_s=audio,
             e2e_s=e2e,

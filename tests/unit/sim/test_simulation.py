@@ -130,23 +130,6 @@ def test_unprivileged_backend_refuses_setters() -> None:
     assert b.sm_clock_mhz(0) > 0
 
 
-def test_activity_shows_memory_bound_decode() -> None:
-    sim = Simulation(load_scenario("reference"), seed=0)
-    b = sim.backend
-    found = []
-
-    def tick(now_s: float) -> None:
-        gpu = sim.gpus[1]
-        act = b.activity(1)
-        if gpu.phase is not None and gpu.phase.kind == "decode" and b.sm_clock_mhz(1) == 1980:
-            found.append(act)
-
-    sim.run_until(60.0, on_tick=tick)
-    assert found
-    last = found[-1]
-    assert last.dram_active > 0.9 and last.sm_active < 0.9
-
-
 def test_oracle_view_is_labelled_and_sees_the_future(sim: Simulation) -> None:
     view = sim.oracle_view(horizon_s=60.0)
     assert view.warning == ORACLE_WARNING and "ORACLE ONLY" in view.warning
