@@ -45,7 +45,7 @@ def test_online_search_settles_near_the_true_ridge_of_decode() -> None:
     assert isinstance(strategy, TriServeStrategy)
     keys = strategy.intensity.search.keys
     state = keys.get((("thinker", "decode"),))
-    assert state is not None and state.trials >= 3, keys
+    assert state is not None and state.trials >= 2, keys
     truth = _ridge(run.sim, 0, _decode_phases(run, 0))
     boost = run.loops[0].limits.default_max_mhz
     # Within a coarse step above, never far below the truth (which would cost speed).
