@@ -55,7 +55,7 @@ class DeviceProfile:
     thermal_tau_s: float
     # Share of dynamic power drawn by an SM busy on non-tensor work (tensor work draws 1.0).
     dyn_base_frac: float = 0.15
-    # --- counters (docs/calibration.md, "Activity counters") ---
+    # --- counters (docs/calibration.md, "What the activity counters measure") ---
     # Dense non-tensor FP32 peak at the max clock (datasheet), for PIPE_FP32_ACTIVE.
     peak_fp32_flops_per_s: float = 67e12
     # GPM (NVML GPU performance monitoring) exists on Hopper and newer only.

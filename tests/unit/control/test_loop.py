@@ -14,8 +14,9 @@ from triserve.sim import Scenario, Simulation
 from .conftest import drive
 
 
-def test_observe_mode_decides_but_never_sets_anything(reference_30s: Scenario) -> None:
-    run = drive(reference_30s, ControlSettings(actuate=False))
+def test_observe_mode_decides_but_never_sets_anything(reference_30s_ideal: Scenario) -> None:
+    # Ideal counters: the point is that decisions (ridge included) are never applied.
+    run = drive(reference_30s_ideal, ControlSettings(actuate=False))
     for g, loop in run.loops.items():
         assert run.sim.backend.locked_sm_clocks_mhz(g) is None
         assert loop.stats.clock_sets == 0 and loop.stats.power_sets == 0

@@ -109,3 +109,33 @@ def test_thermal_limits_fall_back_to_absolute_thresholds(fake: mock.MagicMock) -
     fake.nvmlDeviceGetTemperatureThreshold.side_effect = lambda h, k: {0: 92, 1: 89, 3: 87}[k]
     th = nvml_mod.NvmlBackend().thermal_thresholds_c(0)
     assert (th.shutdown_c, th.slowdown_c, th.max_operating_c) == (92, 89, 87)
+
+
+def test_gpm_fills_every_activity_field_it_offers(fake: mock.MagicMock) -> None:
+    # GPM metrics arrive in percent; Activity holds fractions, one per NVML_GPM_METRIC_*.
+    percent = {
+        pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: 3.0,
+        pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: 78.0,
+        pynvml.NVML_GPM_METRIC_SM_UTIL: 97.0,
+        pynvml.NVML_GPM_METRIC_SM_OCCUPANCY: 45.0,
+        pynvml.NVML_GPM_METRIC_FP16_UTIL: 1.0,
+        pynvml.NVML_GPM_METRIC_FP32_UTIL: 6.0,
+        pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL: 100.0,
+    }
+    fake.nvmlGpmQueryDeviceSupport.return_value = mock.Mock(isSupportedDevice=1)
+    metrics = [mock.Mock(metricId=0, value=0.0) for _ in range(len(percent))]
+    holder = mock.Mock(metrics=metrics)
+    fake.c_nvmlGpmMetricsGet_t.return_value = holder
+
+    def fill(mg: mock.Mock) -> None:
+        for m in mg.metrics:
+            m.value = percent[m.metricId]
+
+    fake.nvmlGpmMetricsGet.side_effect = fill
+    backend = nvml_mod.NvmlBackend()
+    assert backend.activity(0) is None  # GPM needs two samples
+    act = backend.activity(0)
+    assert act is not None
+    assert (act.tensor_active, act.dram_active, act.sm_active) == (0.03, 0.78, 0.97)
+    assert (act.sm_occupancy, act.fp16_active, act.fp32_active) == (0.45, 0.01, 0.06)
+    assert act.gr_engine_active == 1.0
