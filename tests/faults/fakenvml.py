@@ -10,7 +10,7 @@ Fault injection, all on the driver so it outlives agents too:
   ``"nvmlDeviceResetGpuLockedClocks"``) raises NVML error `code` the next `times` times
   (None: until `clear()`), for one GPU or all;
 - `lose(gpu)` / `recover(gpu)` — every call on that GPU raises GPU_IS_LOST;
-- `ignore_power_sets(gpu)` — the power-limit setter returns success and changes nothing,
+- `ignore_power_sets(gpu, times)` — the power-limit setter returns success and changes nothing,
   like the `_v2` wrapper of nvidia-ml-py that drops the driver's return code.
 """
 
@@ -36,7 +36,7 @@ class FakeGpu:
     locked: tuple[int, int] | None = None
     power_limit_mw: int = POWER_DEFAULT_MW
     lost: bool = False
-    ignore_power_sets: bool = False
+    ignore_power_sets: int = 0  # how many more power-limit sets to drop silently
     energy_mj: int = 0
 
     @property
@@ -80,7 +80,7 @@ class FakeDriver:
         self.faults.clear()
         for gpu in self.gpus:
             gpu.lost = False
-            gpu.ignore_power_sets = False
+            gpu.ignore_power_sets = 0
 
     def lose(self, gpu: int) -> None:
         """GPU `gpu` falls off the bus (its clock and power state stay as they were)."""
@@ -90,9 +90,9 @@ class FakeDriver:
         """GPU `gpu` answers again."""
         self.gpus[gpu].lost = False
 
-    def ignore_power_sets(self, gpu: int) -> None:
-        """The power-limit setter silently does nothing on GPU `gpu`."""
-        self.gpus[gpu].ignore_power_sets = True
+    def ignore_power_sets(self, gpu: int, times: int = 1_000_000) -> None:
+        """The next `times` power-limit sets on GPU `gpu` silently do nothing."""
+        self.gpus[gpu].ignore_power_sets = times
 
     def locked(self) -> list[int]:
         """Indices of GPUs not at their defaults (clock lock or changed power limit)."""
@@ -128,7 +128,9 @@ class FakeDriver:
         def set_power(h: FakeGpu, mw: int) -> None:
             if not POWER_MIN_MW <= mw <= POWER_MAX_MW:
                 raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-            if not h.ignore_power_sets:
+            if h.ignore_power_sets > 0:
+                h.ignore_power_sets -= 1
+            else:
                 h.power_limit_mw = mw
 
         def lock(h: FakeGpu, lo: int, hi: int) -> None:
