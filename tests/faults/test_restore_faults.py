@@ -8,15 +8,19 @@ Released (or Degraded) while the hardware still holds a lock or a changed power 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pynvml
 import pytest
 
 from triserve.api.status import GpuState, ReportPhase
-from triserve.node_agent.safety import StateFile, StateFileBusyError
+from triserve.node_agent.main import main as agent_main
+from triserve.node_agent.safety import GuardRails, StateFile, StateFileBusyError
 
 from .fakenvml import POWER_DEFAULT_MW, FakeDriver
-from .harness import POWERCAP, STATIC, FaultNode, on_disk, survived, tried
+from .harness import POWERCAP, STATIC, FaultNode, on_disk, policy, survived, tried
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "energypolicy-full.yaml"
 
 TIMEOUT = pynvml.NVML_ERROR_TIMEOUT
 UNKNOWN = pynvml.NVML_ERROR_UNKNOWN
@@ -184,7 +188,7 @@ def test_sigkill_then_restart_restores(node: FaultNode, driver: FakeDriver) -> N
     tried("SIGKILL while locked")
     node.start(POWERCAP)
     node.tick(3)
-    node.agent.set_policy(STATIC) if node.agent else None
+    node.set_policy(STATIC)
     node.tick(3)
     assert driver.locked() == [0, 1]
     entries = json.loads(node.state_path.read_text())["gpus"]
@@ -218,3 +222,38 @@ def test_shutdown_that_cannot_restore_leaves_the_record_for_the_next_agent(
     node.start(None)
     assert driver.locked() == []
     survived("GPU lost during SIGTERM")
+
+
+def test_guard_rails_clamp_a_policy_that_pins_the_minimum(
+    driver: FakeDriver, tmp_path: Path
+) -> None:
+    node = FaultNode(
+        driver,
+        tmp_path,
+        rails=GuardRails(min_sm_clock_fraction=0.5, min_power_limit_fraction=0.5),
+    )
+    with node.patched():
+        node.start(policy("pin", strategy="StaticClock", staticClock={"smClockMHz": 1}))
+        node.tick(3)
+        assert all(g.locked is not None and g.locked[1] >= 990 for g in driver.gpus)
+        clamped = next(c for c in node.check().conditions if c.type == "GuardRailClamped")
+        assert clamped.status == "True" and "guard-rail floor 990 MHz" in clamped.message
+        node.set_policy(policy("starve", strategy="PowerCap", powerCap={"watts": 1}))
+        node.tick(3)
+        assert [g.power_limit_mw for g in driver.gpus] == [350_000, 350_000]
+        node.stop()
+    assert driver.locked() == []
+
+
+def test_second_agent_cli_exits_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = StateFile(tmp_path / "state.json")
+    state.acquire()  # the first agent
+    code = agent_main(
+        ["--standalone", "--policy", str(EXAMPLE), "--sim", "reference", "--duration", "1",
+         "--state-file", str(tmp_path / "state.json"), "--metrics-port", "0"]
+    )  # fmt: skip
+    assert code == 2
+    assert "locked by another triserve agent" in capsys.readouterr().err
+    state.release()
