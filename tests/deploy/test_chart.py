@@ -118,13 +118,14 @@ def test_operator_peering_replaces_standalone_and_gets_peering_rbac(tmp_path: Pa
     assert any("clusterkopfpeerings" in rule["resources"] for rule in rules)
 
 
-def test_agent_daemonset_follows_the_policy_label_with_least_privilege(tmp_path: Path) -> None:
+def test_agent_daemonset_runs_on_every_gpu_node_with_least_privilege(tmp_path: Path) -> None:
     daemonset = one(render(tmp_path, {}), "DaemonSet", "agent")
     pod = daemonset["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    expressions = terms["nodeSelectorTerms"][0]["matchExpressions"]
-    assert {"key": "triserve.io/policy", "operator": "Exists"} in expressions
+    # Every GPU node, labelled for a policy or not: a node that left its policy still gets an
+    # agent, which restores whatever locks its state file lists.
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert "affinity" not in pod
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
         "tolerations"
     ]
@@ -158,6 +159,9 @@ def test_agent_daemonset_follows_the_policy_label_with_least_privilege(tmp_path:
         "--state-file=/var/lib/triserve/state.json",
         "--dcgm-url=http://nvidia-dcgm-exporter.gpu-operator.svc:9400/metrics",
         "--log-level=INFO",
+        "--min-sm-clock-fraction=0.2",
+        "--min-power-limit-fraction=0.5",
+        "--shutdown-retry=20",
     ]
 
 
@@ -168,12 +172,12 @@ def test_privileged_agent_is_opt_in(tmp_path: Path) -> None:
     assert pod["containers"][0]["securityContext"]["privileged"] is True
 
 
-def test_custom_scheduling_keeps_the_policy_label_requirement(tmp_path: Path) -> None:
+def test_custom_scheduling_adds_to_the_gpu_node_selection(tmp_path: Path) -> None:
     objects = render(tmp_path, VARIANTS["custom-scheduling"])
     pod = one(objects, "DaemonSet", "agent")["spec"]["template"]["spec"]
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     keys = [expr["key"] for expr in terms["nodeSelectorTerms"][0]["matchExpressions"]]
-    assert keys == ["triserve.io/policy", "nvidia.com/gpu.product"]
+    assert keys == ["nvidia.com/gpu.product"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert len(pod["tolerations"]) == 2
     args = pod["containers"][0]["args"]
@@ -295,14 +299,19 @@ def test_values_schema_is_strict_and_describes_every_value() -> None:
     ]
     assert not loose, f"objects in values.schema.json that accept unknown keys: {loose}"
     schema_by_path = dict(properties)
-    # Entries of free-form maps (resources, labels) are typed by the map's additionalProperties.
-    untyped = [
-        path
-        for path in leaf_paths(values)
-        if path not in schema_by_path
-        and not isinstance(
-            schema_by_path.get(path.rsplit(".", 1)[0], {}).get("additionalProperties"), dict
+    # Entries of free-form maps (resources, labels) are typed by the map's additionalProperties;
+    # their keys may hold dots themselves (nvidia.com/gpu.present), so try every ancestor.
+    def free_form(path: str) -> bool:
+        parts = path.split(".")
+        return any(
+            isinstance(
+                schema_by_path.get(".".join(parts[:i]), {}).get("additionalProperties"), dict
+            )
+            for i in range(1, len(parts))
         )
+
+    untyped = [
+        path for path in leaf_paths(values) if path not in schema_by_path and not free_form(path)
     ]
     assert not untyped, f"values.yaml keys missing from values.schema.json: {untyped}"
 

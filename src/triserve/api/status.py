@@ -72,6 +72,9 @@ class GpuCounts(ApiModel):
 
     managed: int = Field(default=0, ge=0, description="GPUs whose clocks the agents govern.")
     degraded: int = Field(default=0, ge=0, description="GPUs left at defaults after errors.")
+    restore_failed: int = Field(
+        default=0, ge=0, description="GPUs whose restore to defaults has not verified yet."
+    )
 
 
 class EnergyPolicyStatus(ApiModel):
@@ -93,6 +96,8 @@ class GpuState(enum.StrEnum):
     OBSERVED = "Observed"
     RELEASED = "Released"
     DEGRADED = "Degraded"
+    #: Its restore did not read back at defaults; the agent keeps retrying.
+    RESTORE_FAILED = "RestoreFailed"
 
 
 class GpuReport(ApiModel):
@@ -101,7 +106,10 @@ class GpuReport(ApiModel):
     index: int = Field(ge=0, description="Node-local GPU index.")
     uuid: str = Field(description="GPU UUID (GPU-…).")
     name: str = Field(default="", description="GPU model name.")
-    state: GpuState = Field(description="Managed, Observed, Released or Degraded.")
+    state: GpuState = Field(
+        description="Managed, Observed, Released, Degraded or RestoreFailed (defaults not "
+        "verified after a restore; the agent keeps retrying)."
+    )
     pods: list[str] = Field(default_factory=list, description="namespace/name of serving pods.")
     stages: list[str] = Field(default_factory=list, description="Stages running on the GPU.")
     target_sm_clock_mhz: int = Field(default=0, ge=0, description="Chosen SM clock; 0 = PMU.")
@@ -124,6 +132,8 @@ class ReportPhase(enum.StrEnum):
     OBSERVING = "Observing"
     RELEASED = "Released"
     DEGRADED = "Degraded"
+    #: At least one GPU's restore did not verify: the node may still hold locks.
+    RESTORE_FAILED = "RestoreFailed"
 
 
 class NodeEnergyReportSpec(ApiModel):
@@ -139,10 +149,17 @@ class NodeEnergyReportStatus(ApiModel):
     policy_generation: int = Field(default=0, ge=0, description="Policy generation applied.")
     mode: PolicyMode | None = Field(default=None, description="Mode applied.")
     strategy: Strategy | None = Field(default=None, description="Strategy applied.")
-    phase: ReportPhase = Field(description="Managing, Observing, Released or Degraded.")
+    phase: ReportPhase = Field(
+        description="Managing, Observing, Released, Degraded or RestoreFailed (some GPU may "
+        "still hold clocks or a power limit set by triserve)."
+    )
     last_report_time: str = Field(description="RFC 3339 time of this report.")
     managed_gpus: int = Field(default=0, ge=0, description="GPUs currently governed.")
     gpus: list[GpuReport] = Field(default_factory=list, description="Per-GPU state.")
     pods: dict[str, int] = Field(default_factory=dict, description="Serving pods by stage.")
     energy: EnergyWindow = Field(default_factory=EnergyWindow, description="Node energy.")
     efficiency: Efficiency = Field(default_factory=Efficiency, description="Node efficiency.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="RestoreFailed, StateFileWritable, GuardRailClamped.",
+    )

@@ -7,10 +7,13 @@ every GPU's `ControlLoop` synchronously. Nothing in a tick waits on the network:
 land asynchronously and the tick reads the latest. A lock guards the state so that the
 exporter thread (`triserve.node_agent.exporter`) reads a consistent view.
 
-Safety lives here too: every GPU that leaves management is restored at once; a GPU whose
-backend calls fail `max_gpu_errors` times in a row is restored and marked Degraded while the
-others keep running; `shutdown()` restores everything (SIGTERM/SIGINT); `on_watchdog` is
-what the watchdog thread calls when ticks stop.
+Safety lives here too: every GPU that leaves management is restored at once, and a restore
+counts only once it is read back (`triserve.node_agent.restore`); one that does not verify
+leaves the GPU `RestoreFailed` (never Released) and is retried on later ticks with backoff.
+A GPU whose backend calls fail `max_gpu_errors` times in a row is restored and marked
+Degraded while the others keep running; `shutdown()` restores everything (SIGTERM/SIGINT),
+retrying for up to `shutdown_retry_s`; `on_watchdog` is what the watchdog thread calls when
+ticks stop.
 
 Each tick also feeds every GPU's `GpuRuntime` (energy, the baseline estimate), which may ask
 its loop for a short baseline probe at the PMU default (`ProbeSettings`, `probe=`).
@@ -29,12 +32,13 @@ from triserve.api.models import EnergyPolicySpec, PolicyMode
 from triserve.api.selectors import matches
 from triserve.api.status import GpuState
 from triserve.control import ControlLoop, ControlSettings
-from triserve.gpu.backend import GpuBackend, GpuError
+from triserve.gpu.backend import GpuBackend, GpuError, GpuIdentity
 from triserve.node_agent.dcgm import DcgmSnapshot
 from triserve.node_agent.gpumap import GpuIndex, map_pods
 from triserve.node_agent.gpus import GpuRuntime, ProbeSettings
 from triserve.node_agent.podresources import ContainerGpus
-from triserve.node_agent.safety import GuardedBackend, StateFile, restore_stale
+from triserve.node_agent.restore import RetryPlan, restore_gpu
+from triserve.node_agent.safety import GuardedBackend, GuardRails, StateFile, restore_stale
 from triserve.node_agent.stages import ServingPod
 from triserve.telemetry import ServingSnapshot, StageObservation
 
@@ -74,25 +78,44 @@ class NodeAgent:
         max_gpu_errors: int = 3,
         probe: ProbeSettings | None = None,
         loop_factory: LoopFactory | None = None,
+        rails: GuardRails | None = None,
+        shutdown_retry_s: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """Wraps `backend` in a `GuardedBackend` that records every setter in `state`.
 
         `probe` sets the baseline probes (`triserve.node_agent.gpus`); None: the defaults.
         `loop_factory` builds each governed GPU's `ControlLoop` from the policy's settings;
         None builds the strategy the policy names (the bench injects its own rows here).
+        `rails` are the cluster's floors on clocks and power. `shutdown_retry_s` bounds how
+        long `shutdown` keeps retrying restores that do not verify (`sleep` between tries).
         """
         self.loop_factory: LoopFactory = loop_factory or _policy_loop
         self.node_name = node_name
-        self.backend = GuardedBackend(backend, state)
+        self.backend = GuardedBackend(backend, state, rails)
         self.state_file = state
         self.max_gpu_errors = max_gpu_errors
+        self.shutdown_retry_s = shutdown_retry_s
+        self._sleep = sleep
         self.lock = threading.RLock()
         self.policy: PolicyRef | None = None
+        #: The last policy whose GPUs are not all verified restored ('' when none).
+        self.releasing_policy = ""
+        #: GPU index → when to retry a restore that did not verify.
+        self.unrestored: dict[int, RetryPlan] = {}
+        #: GPU index → the state it takes once its pending restore verifies.
+        self._after_restore: dict[int, tuple[GpuState, str]] = {}
+        #: Report condition type → (status, lastTransitionTime) as last reported.
+        self.condition_since: dict[str, tuple[str, str]] = {}
         self.probe = probe if probe is not None else ProbeSettings()
         self.gpus = {
-            i: GpuRuntime(identity=backend.identity(i), probe=self.probe)
+            i: GpuRuntime(identity=_identity(backend, i), probe=self.probe)
             for i in range(backend.device_count())
         }
+        for gpu in self.gpus.values():
+            if not gpu.identity.uuid:
+                gpu.state, gpu.message = GpuState.DEGRADED, "GPU did not answer at start-up"
+        state.on_write_error = lambda message: self.error("state-file", message)
         self._gpu_index = GpuIndex([g.identity for g in self.gpus.values()])
         self.pods: dict[tuple[str, str], ServingPod] = {}
         self.pod_resources: list[ContainerGpus] | None = None
@@ -121,13 +144,20 @@ class NodeAgent:
         log.warning("%s error: %s", kind, message)
 
     def startup(self) -> list[int]:
-        """Restore every GPU the state file says an earlier agent left locked."""
-        restored = restore_stale(self.backend.inner, self.state_file)
-        if restored:
+        """Restore every GPU the state file says an earlier agent left locked; the indices
+        verified at defaults. Those that did not verify are retried on later ticks."""
+        result = restore_stale(self.backend.inner, self.state_file)
+        if result.restored:
             log.warning(
-                "restored default clocks on GPUs %s left locked by an earlier run", restored
+                "restored default clocks on GPUs %s left locked by an earlier run",
+                result.restored,
             )
-        return restored
+        with self.lock:
+            for index, problem in result.failed.items():
+                gpu = self.gpus.get(index)
+                if gpu is not None:
+                    self._restore_failed(gpu, 0.0, problem)
+        return result.restored
 
     def set_policy(self, policy: PolicyRef | None) -> None:
         """Follow `policy` (None: release every GPU). A changed spec rebuilds every loop."""
@@ -135,9 +165,13 @@ class NodeAgent:
             if policy == self.policy:
                 return
             old, self.policy = self.policy, policy
+            if old is not None:
+                self.releasing_policy = old.name
             for gpu in self.gpus.values():
                 if gpu.governed:
                     self._release(gpu, GpuState.RELEASED, "policy changed")
+            if not self.unrestored:
+                self.releasing_policy = ""
             if policy is None:
                 log.info("no policy for node %s: every GPU released", self.node_name)
             else:
@@ -200,8 +234,9 @@ class NodeAgent:
                 self._remap()
             if self._serving_dirty:
                 self._refresh_stages()
+            self._retry_restores(now_s)
             for gpu in self.gpus.values():
-                if gpu.state is not GpuState.DEGRADED:
+                if gpu.state not in (GpuState.DEGRADED, GpuState.RESTORE_FAILED):
                     self._tick_gpu(gpu, now_s)
             self.ready = True
         self._observe_tick(time.perf_counter() - started)
@@ -234,7 +269,9 @@ class NodeAgent:
         self._rebuild_loops = False
         for gpu in self.gpus.values():
             if gpu.governed and self.policy is not None:
-                gpu.detach(GpuState.RELEASED, "restored by the watchdog")
+                # The watchdog reset the GPU but kept its record: the new loop starts from
+                # the PMU default and the record goes when a later release verifies.
+                gpu.detach(gpu.state, "restored by the watchdog")
                 self._govern(gpu, self.policy)
 
     def _observe_tick(self, elapsed_s: float) -> None:
@@ -264,7 +301,7 @@ class NodeAgent:
         )
         for gpu in self.gpus.values():
             gpu.placements = mapping.get(gpu.index, [])
-            if gpu.state is GpuState.DEGRADED:
+            if gpu.state in (GpuState.DEGRADED, GpuState.RESTORE_FAILED):
                 continue
             opted_out = [p.pod.ref for p in gpu.placements if p.pod.opt_out]
             if self.policy is None or not gpu.placements or opted_out:
@@ -300,16 +337,58 @@ class NodeAgent:
         log.info("GPU %d: %s", gpu.index, gpu.message)
 
     def _release(self, gpu: GpuRuntime, state: GpuState, message: str) -> None:
-        """Restore the GPU's defaults and stop governing it (errors are logged, not raised)."""
+        """Restore the GPU's defaults and stop governing it (errors are logged, not raised).
+
+        The GPU is `state` only once the restore is read back; otherwise `RestoreFailed`.
+        """
         try:
             if gpu.loop is not None:
                 gpu.loop.release()
-            if gpu.identity.uuid in self.state_file.held() or state is GpuState.DEGRADED:
-                self.backend.restore(gpu.index)
         except GpuError as exc:
-            self.error("nvml", f"GPU {gpu.index}: restoring defaults failed: {exc}")
+            self.error("nvml", f"GPU {gpu.index}: handing clocks back failed: {exc}")
+        held = gpu.identity.uuid in self.state_file.held() or any(
+            e.get("index") == gpu.index for e in self.state_file.held().values()
+        )
         gpu.detach(state, message)
+        if held or state is GpuState.DEGRADED:
+            problem = self.backend.restore(gpu.index)
+            if problem is not None:
+                self._after_restore[gpu.index] = (state, message)
+                self._restore_failed(gpu, self.last_tick_s or 0.0, problem)
+                return
         log.info("GPU %d released (%s): %s", gpu.index, state.value, message)
+
+    def _restore_failed(self, gpu: GpuRuntime, now_s: float, problem: str) -> None:
+        plan = self.unrestored.setdefault(gpu.index, RetryPlan())
+        plan.failed(now_s, problem)
+        gpu.state = GpuState.RESTORE_FAILED
+        gpu.message = (
+            f"restore not verified after {plan.attempts} attempts ({problem}); "
+            f"retrying in {plan.next_s - now_s:.1f} s"
+        )
+        self.error("restore", f"GPU {gpu.index}: {gpu.message}")
+
+    def _restored(self, gpu: GpuRuntime, how: str) -> None:
+        """A pending restore verified: the GPU takes the state its release asked for."""
+        self.unrestored.pop(gpu.index, None)
+        state, why = self._after_restore.pop(gpu.index, (GpuState.RELEASED, "released"))
+        gpu.state = state
+        gpu.message = f"{why}; restored to defaults {how}"
+        self._dirty = True  # a released GPU may be governed again
+
+    def _retry_restores(self, now_s: float) -> None:
+        for index, plan in list(self.unrestored.items()):
+            if not plan.due(now_s):
+                continue
+            gpu = self.gpus[index]
+            problem = self.backend.restore(index)
+            if problem is not None:
+                self._restore_failed(gpu, now_s, problem)
+                continue
+            self._restored(gpu, f"after {plan.attempts + 1} attempts")
+            log.warning("GPU %d: %s", index, gpu.message)
+        if not self.unrestored and self.policy is None:
+            self.releasing_policy = ""
 
     def _refresh_stages(self) -> None:
         """Rebuild each GPU's stage observations from the latest scrapes."""
@@ -360,33 +439,86 @@ class NodeAgent:
                 gpu.window.tokens += share
 
     # ---- shutdown and safety ------------------------------------------------------------
-    def shutdown(self, reason: str = "agent stopping") -> None:
-        """Restore every GPU to defaults (SIGTERM/SIGINT, end of a standalone run)."""
+    def shutdown(self, reason: str = "agent stopping") -> list[int]:
+        """Restore every GPU to defaults (SIGTERM/SIGINT, end of a standalone run).
+
+        Retries restores that do not verify, with backoff, for up to `shutdown_retry_s`;
+        returns the indices still not restored (they stay in the state file, so the next
+        agent on this node restores them at start-up).
+        """
         with self.lock:
+            if self.policy is not None:
+                self.releasing_policy = self.policy.name
             for gpu in self.gpus.values():
                 if gpu.governed or gpu.locked:
                     self._release(gpu, GpuState.RELEASED, reason)
             self.policy = None
-        self.restore_all(reason)
+        return self.restore_all(reason)
 
-    def restore_all(self, reason: str) -> None:
-        """Reset every GPU this agent may hold, straight through the backend, then the file."""
+    def restore_all(self, reason: str) -> list[int]:
+        """Reset every GPU this agent may hold, read back, and retry until verified or
+        `shutdown_retry_s` passed; the indices still not at defaults."""
+        plan = RetryPlan(first_s=0.1, max_s=2.0)
+        waited_s = 0.0
+        failed = self._restore_held(reason)
+        while failed and waited_s < self.shutdown_retry_s:
+            plan.failed(0.0, "")
+            delay_s = min(plan.next_s, self.shutdown_retry_s - waited_s)
+            self._sleep(delay_s)
+            waited_s += delay_s
+            failed = self._restore_held(reason)
+        if failed:
+            log.error(
+                "GPUs %s are still not at defaults after %s; the state file keeps them for the "
+                "next agent", sorted(failed), reason,
+            )  # fmt: skip
+        return sorted(failed)
+
+    def _restore_held(self, reason: str) -> list[int]:
+        failed: list[int] = []
         for uuid, entry in self.state_file.held().items():
-            index = int(entry.get("index", -1))
-            try:
-                self.backend.restore(index)
-            except GpuError as exc:
-                self.error("nvml", f"GPU {index} ({uuid}): restore on {reason} failed: {exc}")
+            index = entry.get("index")
+            if not isinstance(index, int) or index < 0:
+                continue
+            problem = self.backend.restore(index)
+            gpu = self.gpus.get(index)
+            if problem is None:
+                if gpu is not None and index in self.unrestored:
+                    self._restored(gpu, f"on {reason}")
+                continue
+            failed.append(index)
+            self.error("restore", f"GPU {index} ({uuid}): restore on {reason}: {problem}")
+            if gpu is not None:
+                self._restore_failed(gpu, self.last_tick_s or 0.0, problem)
+        return failed
 
     def on_watchdog(self, silent_s: float) -> None:
-        """Called from the watchdog thread: the tick is stuck, so restore without the lock."""
+        """Called from the watchdog thread: the tick is stuck, so restore without the lock.
+
+        Records stay in the state file: the stuck tick may still apply a lock it recorded,
+        and a record goes only when a restore on the tick thread verifies.
+        """
         self.errors["watchdog"] += 1
         log.error(
             "control tick stalled for %.1f s: restoring default clocks on every GPU", silent_s
         )
-        self.restore_all("watchdog")
+        for uuid, entry in self.state_file.held().items():
+            index = entry.get("index")
+            if isinstance(index, int) and index >= 0:
+                problem = restore_gpu(self.backend.inner, index)
+                if problem is not None:
+                    self.error("restore", f"GPU {index} ({uuid}): watchdog restore: {problem}")
         # The loops still believe their locks are applied: rebuild them when ticks resume.
         self._rebuild_loops = True
+
+
+def _identity(backend: GpuBackend, index: int) -> GpuIdentity:
+    """The GPU's identity; a blank UUID when it does not answer (it must not stop the rest)."""
+    try:
+        return backend.identity(index)
+    except GpuError as exc:
+        log.error("GPU %d: cannot read its identity: %s", index, exc)
+        return GpuIdentity(index, "", "", "")
 
 
 def _dcgm_pods(snapshot: DcgmSnapshot) -> set[tuple[str, str, str, str]]:

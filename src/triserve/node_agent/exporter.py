@@ -119,6 +119,12 @@ class AgentCollector(Collector):
                 "1 after repeated NVML errors (left at default clocks)",
                 labels=GPU_LABELS,
             ),
+            "restore_failed": GaugeMetricFamily(
+                "triserve_gpu_restore_failed",
+                "1 while restoring the GPU's default clocks and power limit has not verified "
+                "(the agent keeps retrying; the GPU may still hold triserve's settings)",
+                labels=GPU_LABELS,
+            ),
             "guard": GaugeMetricFamily(
                 "triserve_slo_guard_active",
                 "1 while the SLO guard holds clocks back toward default",
@@ -154,6 +160,7 @@ class AgentCollector(Collector):
                 "locked": 1.0 if gpu.locked else 0.0,
                 "managed": 1.0 if gpu.state is GpuState.MANAGED else 0.0,
                 "degraded": 1.0 if gpu.state is GpuState.DEGRADED else 0.0,
+                "restore_failed": 1.0 if gpu.state is GpuState.RESTORE_FAILED else 0.0,
                 "guard": 1.0 if gpu.slo_guard_active else 0.0,
                 "trips": gpu.slo_guard_trips,
             }

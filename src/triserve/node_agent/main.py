@@ -29,7 +29,7 @@ from triserve.node_agent.agent import PolicyRef
 from triserve.node_agent.gpus import ProbeSettings
 from triserve.node_agent.podresources import DEFAULT_SOCKET
 from triserve.node_agent.runtime import AgentOptions, AgentRuntime
-from triserve.node_agent.safety import DEFAULT_STATE_FILE
+from triserve.node_agent.safety import DEFAULT_STATE_FILE, GuardRails, StateFileBusyError
 
 log = logging.getLogger("triserve.agent")
 
@@ -66,6 +66,30 @@ def build_parser(prog: str = "triserve agent") -> argparse.ArgumentParser:
         help="at most one baseline probe (a few ticks at PMU default clocks, to measure the "
         "baseline the savings are reported against) per GPU every S seconds; 0 disables "
         f"({ProbeSettings().interval_s:g})",
+    )
+    p.add_argument(
+        "--min-sm-clock-fraction",
+        type=float,
+        default=float(os.environ.get("TRISERVE_MIN_SM_CLOCK_FRACTION", "0")),
+        metavar="F",
+        help="guard rail: never lock the SM clock below F x the GPU's default boost clock, "
+        "whatever the policy says (env TRISERVE_MIN_SM_CLOCK_FRACTION; default 0: no floor)",
+    )
+    p.add_argument(
+        "--min-power-limit-fraction",
+        type=float,
+        default=float(os.environ.get("TRISERVE_MIN_POWER_LIMIT_FRACTION", "0")),
+        metavar="F",
+        help="guard rail: never set a power limit below F x the GPU's default limit "
+        "(env TRISERVE_MIN_POWER_LIMIT_FRACTION; default 0: no floor)",
+    )
+    p.add_argument(
+        "--shutdown-retry",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="on shutdown, keep retrying restores that do not read back at defaults for up "
+        "to S seconds (10; keep it under the pod's termination grace period)",
     )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING …")
     return p
@@ -132,6 +156,11 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
         scrape_interval_s=args.scrape_interval,
         report_interval_s=args.report_interval,
         probe=ProbeSettings(interval_s=args.baseline_probe_interval),
+        rails=GuardRails(
+            min_sm_clock_fraction=args.min_sm_clock_fraction,
+            min_power_limit_fraction=args.min_power_limit_fraction,
+        ),
+        shutdown_retry_s=args.shutdown_retry,
     )
 
 
@@ -167,4 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, ConfigException) as exc:
         print(f"triserve agent: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(AgentRuntime(options).run())
+    try:
+        return asyncio.run(AgentRuntime(options).run())
+    except StateFileBusyError as exc:
+        print(f"triserve agent: {exc}", file=sys.stderr)
+        return 2

@@ -3,7 +3,9 @@
 `build_status(agent, now)` closes every GPU's report window and turns the agent's state into
 a `NodeEnergyReportStatus`; `ReportWriter` creates the cluster-scoped report (named after
 the node, owned by the Node so it is garbage-collected with it) and patches its status
-subresource. Standalone runs log the same status instead (`log_status`). Tokens come from
+subresource. Standalone runs log the same status instead (`log_status`). A node whose GPU
+restore did not verify reports phase `RestoreFailed` under the policy it was released from
+(so the operator keeps waiting for it), never `Released`; its conditions say which GPUs. Tokens come from
 the serving engines' generation counters; the PMU-default baseline is the agent's own
 counterfactual estimate (`triserve.node_agent.gpus.BASELINE_METHOD`), never simulator data.
 """
@@ -17,6 +19,8 @@ from typing import Any
 from triserve.api.annotations import GROUP, VERSION
 from triserve.api.models import PolicyMode
 from triserve.api.status import (
+    Condition,
+    ConditionStatus,
     Efficiency,
     EnergyWindow,
     GpuReport,
@@ -39,9 +43,13 @@ def rfc3339(when: dt.datetime) -> str:
 
 
 def _phase(agent: NodeAgent) -> ReportPhase:
+    states = [g.state for g in agent.gpus.values()]
+    if GpuState.RESTORE_FAILED in states:
+        return ReportPhase.RESTORE_FAILED
+    if agent.state_file.write_error is not None:
+        return ReportPhase.DEGRADED
     if agent.policy is None:
         return ReportPhase.RELEASED
-    states = [g.state for g in agent.gpus.values()]
     if GpuState.DEGRADED in states and not any(
         s in (GpuState.MANAGED, GpuState.OBSERVED) for s in states
     ):
@@ -49,6 +57,61 @@ def _phase(agent: NodeAgent) -> ReportPhase:
     if agent.policy.spec.mode is PolicyMode.OBSERVE:
         return ReportPhase.OBSERVING
     return ReportPhase.MANAGING
+
+
+def _condition(
+    agent: NodeAgent, kind: str, status: ConditionStatus, reason: str, message: str, now: str
+) -> Condition:
+    """A condition whose lastTransitionTime moves only when its status changes."""
+    seen = agent.condition_since.get(kind)
+    since = seen[1] if seen is not None and seen[0] == status.value else now
+    agent.condition_since[kind] = (status.value, since)
+    return Condition(
+        type=kind, status=status, reason=reason, message=message, last_transition_time=since
+    )
+
+
+def conditions(agent: NodeAgent, now: str) -> list[Condition]:
+    """RestoreFailed, StateFileWritable and GuardRailClamped, from the agent's state."""
+    failed = {
+        g.index: g.message for g in agent.gpus.values() if g.state is GpuState.RESTORE_FAILED
+    }
+    restore = (
+        _condition(
+            agent, "RestoreFailed", ConditionStatus.TRUE, "RestoreNotVerified",
+            "; ".join(f"GPU {i}: {m}" for i, m in sorted(failed.items())), now,
+        )  # fmt: skip
+        if failed
+        else _condition(
+            agent, "RestoreFailed", ConditionStatus.FALSE, "AllRestoresVerified",
+            "every GPU released by triserve read back at its defaults", now,
+        )  # fmt: skip
+    )
+    error = agent.state_file.write_error
+    writable = (
+        _condition(
+            agent, "StateFileWritable", ConditionStatus.FALSE, "WriteFailed",
+            f"{error}; new locks are refused until it can be written", now,
+        )  # fmt: skip
+        if error is not None
+        else _condition(
+            agent, "StateFileWritable", ConditionStatus.TRUE, "Written",
+            str(agent.state_file.path), now,
+        )  # fmt: skip
+    )
+    clamped = dict(agent.backend.clamped)
+    rails = (
+        _condition(
+            agent, "GuardRailClamped", ConditionStatus.TRUE, "BelowFloor",
+            "; ".join(f"GPU {i}: {m}" for i, m in sorted(clamped.items())), now,
+        )  # fmt: skip
+        if clamped
+        else _condition(
+            agent, "GuardRailClamped", ConditionStatus.FALSE, "WithinFloors",
+            "no clock or power limit was raised to a guard-rail floor", now,
+        )  # fmt: skip
+    )
+    return [restore, writable, rails]
 
 
 def build_status(agent: NodeAgent, now: dt.datetime) -> NodeEnergyReportStatus:
@@ -91,15 +154,20 @@ def build_status(agent: NodeAgent, now: dt.datetime) -> NodeEnergyReportStatus:
                 )
             )
         policy = agent.policy
+        # Until every GPU's restore verified, report under the policy released from.
+        policy_name = policy.name if policy else agent.releasing_policy
         managed = sum(g.state is GpuState.MANAGED for g in agent.gpus.values())
+        phase = _phase(agent)
+        found = conditions(agent, rfc3339(now))
     tpj = tokens / energy_j if energy_j > 0 else 0.0
     base_tpj = tokens / baseline_j if baseline_j > 0 else 0.0
     return NodeEnergyReportStatus(
-        policy=policy.name if policy else "",
+        policy=policy_name,
         policy_generation=policy.generation if policy else 0,
         mode=policy.spec.mode if policy else None,
         strategy=policy.spec.strategy if policy else None,
-        phase=_phase(agent),
+        phase=phase,
+        conditions=found,
         last_report_time=rfc3339(now),
         managed_gpus=managed,
         gpus=gpu_reports,

@@ -1,7 +1,8 @@
 """Assemble and run one agent process: backend, sources, scrapers, tick, exporter, reports.
 
 `run(options)` is the body of `triserve agent` (see `triserve.node_agent.main` for the
-flags) and of `triserve demo`. It restores stale locks at start-up, serves `/metrics`,
+flags) and of `triserve demo`. It takes the state file's node-wide lock (a second agent refuses to start),
+restores stale locks at start-up, serves `/metrics`,
 starts the watchdog, follows the policy (cluster watches or a file), runs the control tick
 (wall clock, or inside the simulation with `--sim`), scrapes asynchronously, reports every
 report interval, and on SIGTERM/SIGINT or the end of `--duration` restores every GPU.
@@ -29,7 +30,7 @@ from triserve.node_agent.exporter import MetricsServer, build_registry, liveness
 from triserve.node_agent.gpus import ProbeSettings
 from triserve.node_agent.podresources import PodResourcesClient
 from triserve.node_agent.reports import ReportWriter, build_status, log_status
-from triserve.node_agent.safety import StateFile, Watchdog
+from triserve.node_agent.safety import GuardRails, StateFile, Watchdog
 from triserve.node_agent.scraping import Scrapers
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ class AgentOptions:
     scrape_interval_s: float = 0.5
     report_interval_s: float | None = None  # None: the policy's reportIntervalSeconds
     watchdog_timeout_s: float = 5.0
+    rails: GuardRails = field(default_factory=GuardRails)  # cluster floors on clocks/power
+    shutdown_retry_s: float = 10.0  # how long shutdown retries restores that do not verify
     probe: ProbeSettings = field(default_factory=ProbeSettings)  # baseline probes
     metrics_port_fallback: bool = False  # demo: take any free port if the one asked is busy
     on_step: Callable[[NodeAgent, float], None] | None = None
@@ -103,7 +106,12 @@ class AgentRuntime:
         if backend is None:
             raise ValueError("no GPU backend: pass --sim SCENARIO or run on a GPU node with NVML")
         self.agent = NodeAgent(
-            backend, options.node_name, StateFile(options.state_file), probe=options.probe
+            backend,
+            options.node_name,
+            StateFile(options.state_file),
+            probe=options.probe,
+            rails=options.rails,
+            shutdown_retry_s=options.shutdown_retry_s,
         )
         self.stop_event = asyncio.Event()
         self.server: MetricsServer | None = None
@@ -128,7 +136,18 @@ class AgentRuntime:
         return float(policy.spec.report_interval_s) if policy else 30.0
 
     async def run(self) -> int:
-        """Run until stopped; 0 on a clean stop."""
+        """Run until stopped; 0 on a clean stop, 1 when a GPU could not be restored.
+
+        Raises `StateFileBusyError` when another agent holds this node's state file.
+        """
+        opts, agent = self.options, self.agent
+        agent.state_file.acquire()
+        try:
+            return await self._run_locked()
+        finally:
+            agent.state_file.release()
+
+    async def _run_locked(self) -> int:
         opts, agent = self.options, self.agent
         agent.startup()
         self.server = self._serve_metrics()
@@ -181,11 +200,11 @@ class AgentRuntime:
             await asyncio.gather(*tasks, return_exceptions=True)
             if source is not None:
                 source.stop()
-            agent.shutdown("agent stopping")
+            unrestored = agent.shutdown("agent stopping")
             await self._report(final=True)
             self.watchdog.stop()
             self.server.stop()
-        return 0
+        return 1 if unrestored else 0
 
     def _serve_metrics(self) -> MetricsServer:
         opts, agent = self.options, self.agent

@@ -1,13 +1,17 @@
 """Keep GPUs safe whatever happens to the agent: the state file, checked setters, a watchdog.
 
 - `StateFile`: JSON on a hostPath (default ``/var/lib/triserve/state.json``) naming every GPU
-  on which triserve may hold a clock lock or a changed power limit. It is written atomically
-  (temp file + rename + fsync) *before* a lock is applied, so after a crash, OOM kill or node
-  reboot the next agent knows what to restore (`restore_stale`) even though locks are not
-  persistent across a driver reload.
+  on which triserve may hold a clock lock or a changed power limit. A GPU is recorded
+  *before* a lock is applied (on every path) and leaves the record only after its restore
+  was read back (`triserve.node_agent.restore`). Writes are atomic: temp file, fsync,
+  rename, fsync of the directory. A write that fails never aborts a release or a shutdown:
+  the record stays in memory, `write_error` says why, and the agent reports Degraded. An
+  exclusive `flock` on ``state.json.lock`` makes a second agent on the node refuse to start.
+  Any content that is not exactly what this module writes reads as "restore every GPU".
+- `restore_stale`: the start-up restore of whatever the file lists.
 - `GuardedBackend`: wraps the real `GpuBackend`; records to the state file before any setter
-  and refuses clocks outside the device's supported range or the policy's limits, whatever
-  the controller asks for.
+  and refuses clocks outside the device's supported range, the policy's limits and the
+  cluster's guard rails (`GuardRails`), whatever the controller asks for.
 - `Watchdog`: a thread that resets every GPU to defaults if the control tick stalls.
 
 Used by `triserve.node_agent.agent.NodeAgent`; nothing here knows about Kubernetes.
@@ -16,14 +20,16 @@ Used by `triserve.node_agent.agent.NodeAgent`; nothing here knows about Kubernet
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +44,51 @@ from triserve.gpu.backend import (
     PowerLimitConstraints,
     ThermalThresholds,
 )
+from triserve.node_agent.restore import StartupRestore, restore_gpu, stale_indices
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STATE_FILE = Path("/var/lib/triserve/state.json")
+
+
+class StateFileBusyError(RuntimeError):
+    """Another agent holds the state file's lock: two agents must never share one node."""
+
+
+class StateWriteError(GpuError):
+    """A lock was refused because the state file could not record it first."""
+
+
+@dataclass(frozen=True, slots=True)
+class StaleEntries:
+    """What the file says an earlier run held: entries by UUID, or `everything`."""
+
+    entries: dict[str, dict[str, Any]]
+    everything: bool = False
+    reason: str = ""
+
+
+def parse_state(text: str) -> StaleEntries:
+    """Read the file's content defensively; anything unexpected means `everything`."""
+
+    def unreadable(why: str) -> StaleEntries:
+        return StaleEntries({}, everything=True, reason=why)
+
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return unreadable(f"not JSON ({exc})")
+    if not isinstance(data, dict):
+        return unreadable(f"top level is {type(data).__name__}, not an object")
+    gpus = data.get("gpus")
+    if not isinstance(gpus, dict):
+        return unreadable(f"'gpus' is {type(gpus).__name__}, not an object")
+    entries: dict[str, dict[str, Any]] = {}
+    for uuid, entry in gpus.items():
+        if not isinstance(entry, dict):
+            return unreadable(f"entry {uuid!r} is {type(entry).__name__}, not an object")
+        entries[str(uuid)] = dict(entry)
+    return StaleEntries(entries)
 
 
 class StateFile:
@@ -50,25 +97,63 @@ class StateFile:
     def __init__(self, path: Path) -> None:
         """`path` need not exist; its directory is created on first write."""
         self.path = path
+        self.lock_path = path.with_name(path.name + ".lock")
         self._lock = threading.Lock()
         self._held: dict[str, dict[str, Any]] = {}
+        self._lock_fd: int | None = None
+        #: Why the last write failed (None: the file on disk matches memory).
+        self.write_error: str | None = None
+        self.write_failures = 0
+        #: Called with the error message after a failed write (the agent counts and alerts).
+        self.on_write_error: Callable[[str], None] | None = None
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        """Entries from the file: UUID → {index, clocks, power}. A corrupt file reads empty."""
+    def acquire(self) -> None:
+        """Take the node-wide lock; raises `StateFileBusyError` if another agent holds it.
+
+        A lock file that cannot be created (read-only directory) is not fatal: the agent
+        must still restore GPUs, so it runs, reporting the write error.
+        """
         try:
-            data = json.loads(self.path.read_text())
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            self._failed(f"cannot create lock file {self.lock_path}: {exc}")
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateFileBusyError(
+                f"state file {self.path} is locked by another triserve agent on this node "
+                f"(flock on {self.lock_path}); only one agent may run per node: stop the "
+                "other agent or give this one its own --state-file"
+            ) from None
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Drop the node-wide lock (at exit; the kernel also drops it if the process dies)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def load(self) -> StaleEntries:
+        """What the file on disk lists. Missing: nothing; unreadable: `everything`."""
+        try:
+            text = self.path.read_text()
         except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("state file %s unreadable (%s); restoring every GPU", self.path, exc)
-            return {"*": {"corrupt": True}}
-        gpus = data.get("gpus") if isinstance(data, dict) else None
-        return {str(k): dict(v) for k, v in gpus.items()} if isinstance(gpus, dict) else {}
+            return StaleEntries({})
+        except (OSError, UnicodeDecodeError) as exc:
+            return StaleEntries({}, everything=True, reason=str(exc))
+        return parse_state(text)
 
     def mark(
         self, uuid: str, index: int, *, clocks: bool | None = None, power: bool | None = None
-    ) -> None:
-        """Record (before the change is made) that clocks and/or power are held on a GPU."""
+    ) -> bool:
+        """Record (before the change is made) that clocks and/or power are held on a GPU.
+
+        True when the file on disk now says so too; False when the write failed (the record
+        is kept in memory and written again with the next change).
+        """
         with self._lock:
             entry = self._held.setdefault(uuid, {"index": index, "clocks": False, "power": False})
             before = dict(entry)
@@ -78,95 +163,163 @@ class StateFile:
                 entry["power"] = power
             if not entry["clocks"] and not entry["power"]:
                 del self._held[uuid]
-            if self._held.get(uuid) != before:
-                self._write()
+            if self._held.get(uuid) != before or self.write_error is not None:
+                return self._write()
+            return True
 
     def held(self) -> dict[str, dict[str, Any]]:
         """A copy of what this agent holds now."""
         with self._lock:
             return {k: dict(v) for k, v in self._held.items()}
 
-    def clear(self) -> None:
-        """Record that nothing is held (after every GPU was restored)."""
-        with self._lock:
-            self._held.clear()
-            self._write()
+    def adopt(self, uuid: str, index: int) -> None:
+        """Take over an earlier run's record of a GPU whose restore did not verify yet."""
+        self.mark(uuid, index, clocks=True, power=True)
 
-    def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def flush(self) -> bool:
+        """Write the in-memory record as it stands; False when the write failed."""
+        with self._lock:
+            return self._write()
+
+    def _failed(self, message: str) -> None:
+        self.write_error = message
+        self.write_failures += 1
+        log.error("state file: %s; keeping the record in memory", message)
+        if self.on_write_error is not None:
+            self.on_write_error(message)
+
+    def _write(self) -> bool:
         payload = json.dumps({"version": 1, "writtenAt": time.time(), "gpus": self._held})
-        fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.path.parent)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.path.parent)
+        except OSError as exc:
+            self._failed(f"cannot write {self.path}: {exc}")
+            return False
         try:
             with os.fdopen(fd, "w") as handle:
                 handle.write(payload)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, self.path)
-        except BaseException:
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise
+            self._failed(f"cannot write {self.path}: {exc}")
+            return False
+        self.write_error = None
+        return True
 
 
-def restore_stale(backend: GpuBackend, state: StateFile) -> list[int]:
-    """Reset clocks and power limits of every GPU the state file says was held; the indices.
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (a crash right after could otherwise undo it)."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    Run once at start-up, before any control loop exists. A corrupt state file restores
-    every GPU (the safe reading of "we do not know").
+
+def restore_stale(backend: GpuBackend, state: StateFile) -> StartupRestore:
+    """Restore every GPU the state file says an earlier run held; verified, one by one.
+
+    Run once at start-up, before any control loop exists. An unreadable file restores every
+    GPU. A GPU whose restore does not verify stays recorded (adopted by this run, which keeps
+    retrying it); a GPU that fails does not stop the others.
     """
-    entries = state.load()
-    restored: list[int] = []
-    if not entries:
-        return restored
-    by_uuid = {backend.identity(i).uuid: i for i in range(backend.device_count())}
-    indices = set(by_uuid.values()) if "*" in entries else set()
-    for uuid, entry in entries.items():
-        if uuid in by_uuid:
-            indices.add(by_uuid[uuid])
-        elif isinstance(entry.get("index"), int) and entry["index"] < backend.device_count():
-            indices.add(int(entry["index"]))
+    stale = state.load()
+    result = StartupRestore(everything=stale.everything)
+    if stale.everything:
+        log.warning("state file %s unreadable (%s): restoring every GPU", state.path, stale.reason)
+    elif not stale.entries:
+        return result
+    indices, uuid_of = stale_indices(backend, stale.entries, stale.everything)
     for index in sorted(indices):
-        try:
-            reset_gpu(backend, index)
-            restored.append(index)
-        except GpuError as exc:
-            log.error("could not restore GPU %d at start-up: %s", index, exc)
-    state.clear()
-    return restored
+        problem = restore_gpu(backend, index)
+        if problem is None:
+            result.restored.append(index)
+            continue
+        result.failed[index] = problem
+        log.error("could not restore GPU %d at start-up: %s", index, problem)
+        state.adopt(uuid_of.get(index, f"index-{index}"), index)
+    state.flush()  # the file now holds exactly what is still unrestored
+    return result
 
 
-def reset_gpu(backend: GpuBackend, index: int) -> None:
-    """Hand the clock back to the PMU and the power limit back to its default."""
-    backend.reset_sm_clocks(index)
-    backend.reset_power_limit(index)
+@dataclass(frozen=True, slots=True)
+class GuardRails:
+    """Cluster-wide floors no policy can go under (Helm values, agent flags).
+
+    `min_sm_clock_fraction`: the lowest SM clock a lock may set, as a fraction of the
+    device's default boost clock; `min_power_limit_fraction`: the lowest power limit, as a
+    fraction of the device's default limit. 0 disables a floor.
+    """
+
+    min_sm_clock_fraction: float = 0.0
+    min_power_limit_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("min_sm_clock_fraction", "min_power_limit_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag}: {value} is not a fraction in [0, 1]; e.g. 0.5")
 
 
 class GuardedBackend:
     """A `GpuBackend` that checks every setter and records it in the state file first."""
 
-    def __init__(self, inner: GpuBackend, state: StateFile) -> None:
+    def __init__(
+        self, inner: GpuBackend, state: StateFile, rails: GuardRails | None = None
+    ) -> None:
         """Wrap `inner`; clock limits start at the device's own (see `set_clock_limits`)."""
         self.inner = inner
         self.state = state
+        self.rails = rails if rails is not None else GuardRails()
         self._limits_mhz: tuple[int, int] = (0, 0)
         self._uuids: dict[int, str] = {}
         #: Activity from dcgm-exporter per GPU index, used when the device reports none itself.
         self.fallback_activity: dict[int, Activity] = {}
+        #: GPU index → what a guard rail last clamped (the agent reports it as a condition).
+        self.clamped: dict[int, str] = {}
 
     def set_clock_limits(self, min_mhz: int, max_mhz: int) -> None:
         """The policy's `clockLimits` (0 = device limit) every lock must respect."""
         self._limits_mhz = (min_mhz, max_mhz)
+        self.clamped.clear()  # a new policy starts with a clean record
 
     def _uuid(self, index: int) -> str:
         if index not in self._uuids:
             self._uuids[index] = self.inner.identity(index).uuid
         return self._uuids[index]
 
+    def clock_floor_mhz(self, index: int) -> int:
+        """The lowest SM clock the guard rail allows (a supported clock; 0: no floor)."""
+        fraction = self.rails.min_sm_clock_fraction
+        if fraction <= 0:
+            return 0
+        floor = math.ceil(fraction * self.inner.default_max_sm_clock_mhz(index))
+        supported = self.inner.supported_sm_clocks_mhz(index)
+        return min((c for c in supported if c >= floor), default=max(supported))
+
     def _allowed_range(self, index: int) -> tuple[int, int]:
         supported = self.inner.supported_sm_clocks_mhz(index)
         lo, hi = min(supported), max(supported)
         pmin, pmax = self._limits_mhz
         return max(lo, pmin or lo), min(hi, pmax or hi)
+
+    def _record(self, index: int, **held: bool) -> None:
+        if not self.state.mark(self._uuid(index), index, **held):
+            raise StateWriteError(
+                f"GPU {index}: not changing clocks or power: the state file cannot record it "
+                f"({self.state.write_error}); fix the state directory, the GPU stays at defaults"
+            )
+
+    def _clamp_note(self, index: int, message: str) -> None:
+        if self.clamped.get(index) != message:
+            log.warning("GPU %d: %s", index, message)
+        self.clamped[index] = message
 
     def lock_sm_clocks(self, index: int, min_mhz: int, max_mhz: int) -> None:
         """Lock after clamping into the allowed range and recording the lock."""
@@ -175,11 +328,19 @@ class GuardedBackend:
             raise GpuInvalidArgumentError(f"GPU {index}: policy clock limits exclude every clock")
         new_min, new_max = min(max(min_mhz, lo), hi), min(max(max_mhz, lo), hi)
         if (new_min, new_max) != (min_mhz, max_mhz):
-            log.warning(
+            log.debug(
                 "GPU %d: lock [%d, %d] MHz outside allowed [%d, %d]; clamped",
                 index, min_mhz, max_mhz, lo, hi,
             )  # fmt: skip
-        self.state.mark(self._uuid(index), index, clocks=True)
+        floor = self.clock_floor_mhz(index)
+        if new_max < floor:
+            self._clamp_note(
+                index,
+                f"SM clock {new_max} MHz raised to the guard-rail floor {floor} MHz "
+                f"({self.rails.min_sm_clock_fraction:g} of boost)",
+            )
+            new_min, new_max = max(new_min, floor), floor
+        self._record(index, clocks=True)
         self.inner.lock_sm_clocks(index, min(new_min, new_max), new_max)
 
     def reset_sm_clocks(self, index: int) -> None:
@@ -187,24 +348,38 @@ class GuardedBackend:
         self.inner.reset_sm_clocks(index)
 
     def set_power_limit_mw(self, index: int, limit_mw: int) -> None:
-        """Set after clamping into the device's constraints and recording the change."""
+        """Set after clamping into the device's constraints and the guard rail, recorded."""
         bounds = self.inner.power_limit_constraints_mw(index)
         clamped = min(max(limit_mw, bounds.min_mw), bounds.max_mw)
-        self.state.mark(self._uuid(index), index, power=True)
+        floor_mw = math.ceil(self.rails.min_power_limit_fraction * bounds.default_mw)
+        if clamped < floor_mw:
+            self._clamp_note(
+                index,
+                f"power limit {clamped / 1000:g} W raised to the guard-rail floor "
+                f"{floor_mw / 1000:g} W ({self.rails.min_power_limit_fraction:g} of default)",
+            )
+            clamped = min(floor_mw, bounds.max_mw)
+        self._record(index, power=True)
         self.inner.set_power_limit_mw(index, clamped)
 
     def reset_power_limit(self, index: int) -> None:
         """Reset the power limit (the state file keeps the GPU until `restore`)."""
         self.inner.reset_power_limit(index)
 
-    def restore(self, index: int) -> None:
-        """Reset clocks and power limit, then drop the GPU from the state file.
+    def restore(self, index: int) -> str | None:
+        """Reset clocks and power limit, read back, and drop the GPU from the record if both
+        are at defaults; None when verified, else what is still wrong (never raises GpuError).
 
         Controllers reset and re-lock many times a minute; the file only changes when a GPU
         enters or leaves triserve's hands, so the tick does not wait on fsync.
         """
-        reset_gpu(self.inner, index)
-        self.state.mark(self._uuid(index), index, clocks=False, power=False)
+        problem = restore_gpu(self.inner, index)
+        if problem is None:
+            known = self._uuids.get(index)
+            for uuid, entry in self.state.held().items():
+                if uuid == known or entry.get("index") == index:
+                    self.state.mark(uuid, index, clocks=False, power=False)
+        return problem
 
     # Reads pass straight through.
     def device_count(self) -> int:

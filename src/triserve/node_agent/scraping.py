@@ -67,6 +67,8 @@ class Scrapers:
     async def scrape_once(self) -> None:
         """One round of every scrape that is due, concurrently."""
         jobs: list[Awaitable[None]] = []
+        if self.agent.policy is None:
+            return  # a node without a policy idles: nothing to control, nothing to read
         if self.scrape_serving:
             with self.agent.lock:
                 targets = [(p.key, p.metrics_url()) for p in self.agent.pods.values()]

@@ -44,6 +44,7 @@ class ReportView:
     reported_at_s: float
     managed_gpus: int = 0
     degraded_gpus: int = 0
+    restore_failed_gpus: int = 0
     pods: Mapping[str, int] = dataclasses.field(default_factory=dict)
     joules: float = 0.0
     average_watts: float = 0.0
@@ -86,6 +87,7 @@ def report_view(body: Mapping[str, Any]) -> ReportView | None:
         reported_at_s=reported_at_s,
         managed_gpus=status.managed_gpus,
         degraded_gpus=sum(1 for gpu in status.gpus if gpu.state is GpuState.DEGRADED),
+        restore_failed_gpus=sum(1 for gpu in status.gpus if gpu.state is GpuState.RESTORE_FAILED),
         pods=dict(status.pods),
         joules=status.energy.joules,
         average_watts=status.energy.average_watts,
@@ -108,6 +110,8 @@ class Aggregate:
         stale: targeted nodes whose last report for the policy is too old.
         behind: reporting nodes still applying an older generation of the policy.
         degraded_nodes: reporting nodes in phase Degraded.
+        restore_failed_nodes: nodes, labelled or not, whose agent reports that restoring the
+            GPUs it held for the policy has not verified (phase RestoreFailed).
     """
 
     targeted: int = 0
@@ -116,8 +120,10 @@ class Aggregate:
     stale: list[str] = dataclasses.field(default_factory=list)
     behind: list[str] = dataclasses.field(default_factory=list)
     degraded_nodes: list[str] = dataclasses.field(default_factory=list)
+    restore_failed_nodes: list[str] = dataclasses.field(default_factory=list)
     managed_gpus: int = 0
     degraded_gpus: int = 0
+    restore_failed_gpus: int = 0
     pods: dict[str, int] = dataclasses.field(default_factory=dict)
     energy: EnergyWindow = dataclasses.field(default_factory=EnergyWindow)
     efficiency: Efficiency = dataclasses.field(default_factory=Efficiency)
@@ -167,6 +173,12 @@ def aggregate(
             baseline_j += report.tokens / report.baseline_tokens_per_joule
         if report.method:
             methods.add(report.method)
+    # A node released from the policy keeps reporting under it until its restore verified.
+    for report in reports.values():
+        if report.policy == policy and report.phase is ReportPhase.RESTORE_FAILED:
+            result.restore_failed_nodes.append(report.node)
+            result.restore_failed_gpus += report.restore_failed_gpus
+    result.restore_failed_nodes.sort()
     mean_watts = watts / result.reporting if result.reporting else 0.0
     result.energy = EnergyWindow(
         joules=_round(joules), average_watts=_round(mean_watts), window_seconds=_round(window_s)
@@ -182,6 +194,13 @@ def aggregate(
         method=" + ".join(sorted(methods)),
     )
     return result
+
+
+def holding_locks(policy: str, reports: Iterable[ReportView]) -> list[str]:
+    """Nodes whose agent reports, for `policy`, GPUs whose restore has not verified."""
+    return sorted(
+        r.node for r in reports if r.policy == policy and r.phase is ReportPhase.RESTORE_FAILED
+    )
 
 
 def pending_release(

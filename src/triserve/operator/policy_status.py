@@ -9,7 +9,7 @@ Conditions (type: reasons):
 
 * Ready: Reconciled | InvalidSpec | NoMatchingNodes | LostToPolicy | Placing | AgentsNotReporting
 * Progressing: Placing | WaitingForAgents | Reconciled | InvalidSpec
-* Degraded: AgentsNotReporting | GpusDegraded | Reconciled | InvalidSpec
+* Degraded: RestoreFailed | AgentsNotReporting | GpusDegraded | Reconciled | InvalidSpec
 * Conflicted: LostToPolicy | NoConflict
 """
 
@@ -109,7 +109,17 @@ def verdicts(
     else:
         progressing = Verdict("Progressing", false, "Reconciled", "Placement is up to date.")
 
-    if agg.stale:
+    if agg.restore_failed_nodes:
+        degraded = Verdict(
+            "Degraded",
+            true,
+            "RestoreFailed",
+            f"{agg.restore_failed_gpus} GPUs may still hold clocks or a power limit set by this "
+            f"policy: restoring them has not verified on nodes "
+            f"{summarize(agg.restore_failed_nodes, limit)}. The agents keep retrying; "
+            "kubectl get nodeenergyreports <node> -o yaml shows each GPU's message.",
+        )
+    elif agg.stale:
         degraded = Verdict(
             "Degraded",
             true,
@@ -204,7 +214,11 @@ def build_status(
             reporting=agg.reporting,
             conflicted=sum(len(n) for n in placement.lost.get(policy.name, {}).values()),
         ),
-        gpus=GpuCounts(managed=agg.managed_gpus, degraded=agg.degraded_gpus),
+        gpus=GpuCounts(
+            managed=agg.managed_gpus,
+            degraded=agg.degraded_gpus,
+            restore_failed=agg.restore_failed_gpus,
+        ),
         pods=dict(sorted(agg.pods.items())),
         energy=agg.energy,
         efficiency=agg.efficiency,

@@ -195,10 +195,22 @@ class Placer:
 
         `labelled` names the nodes that carried the policy's label when deletion began.
         """
+        reports = list(reports)
         pending = aggregation.pending_release(policy, reports, labelled)
         if not pending:
             return None
-        return (
-            f"{len(pending)} nodes have not reported phase Released: "
-            f"{placement.summarize(pending, self.settings.max_event_nodes)}"
-        )
+        limit = self.settings.max_event_nodes
+        locked = aggregation.holding_locks(policy, reports)
+        silent = [n for n in pending if n not in locked]
+        parts = []
+        if locked:
+            parts.append(
+                f"{len(locked)} nodes still hold GPU locks their agents could not restore "
+                f"(phase RestoreFailed): {placement.summarize(locked, limit)}"
+            )
+        if silent:
+            parts.append(
+                f"{len(silent)} nodes have not reported phase Released: "
+                f"{placement.summarize(silent, limit)}"
+            )
+        return "; ".join(parts)

@@ -60,7 +60,7 @@ def test_start_up_restores_locks_a_crashed_agent_left(sim: Simulation, tmp_path:
 def test_corrupt_state_file_restores_every_gpu(sim: Simulation, tmp_path: Path) -> None:
     sim.backend.lock_sm_clocks(0, 500, 600)
     (tmp_path / "state.json").write_text("{not json")
-    assert restore_stale(sim.backend, StateFile(tmp_path / "state.json")) == [0, 1]
+    assert restore_stale(sim.backend, StateFile(tmp_path / "state.json")).restored == [0, 1]
     assert locks(sim) == [None, None]
 
 
@@ -99,7 +99,9 @@ def test_repeated_gpu_errors_degrade_that_gpu_only(sim: Simulation, make_agent: 
     run(sim, node, 15.0)
     sim.backend.mark_lost(0)
     run(sim, node, 16.0)
-    assert agent.gpus[0].state is GpuState.DEGRADED
+    # A lost GPU cannot be read back at its defaults: never "Released", always retried.
+    assert agent.gpus[0].state is GpuState.RESTORE_FAILED
+    assert 0 in agent.unrestored
     assert agent.gpus[1].governed and agent.errors["nvml"] >= 3
     run(sim, node, 20.0)  # the healthy GPU keeps being controlled
     assert agent.gpus[1].last_decision is not None
