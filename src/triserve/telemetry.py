@@ -37,7 +37,20 @@ class Histogram:
         return prev_bound
 
     def minus(self, earlier: Histogram) -> Histogram:
-        """The observations made since `earlier` (same buckets), for windowed quantiles."""
+        """The observations made since `earlier` (same buckets), for windowed quantiles.
+
+        A histogram whose count went down (the engine restarted) or whose buckets changed
+        is a reset: everything it holds is new, so it is returned whole.
+        """
+        if (
+            self.count < earlier.count
+            or self.upper_bounds_s != earlier.upper_bounds_s
+            or any(
+                a < b
+                for a, b in zip(self.cumulative_counts, earlier.cumulative_counts, strict=True)
+            )
+        ):
+            return self
         return Histogram(
             self.upper_bounds_s,
             tuple(
@@ -71,7 +84,9 @@ class StageObservation:
     `stage` is the resolved stage name (thinker, talker, code2wav, prefill, decode, …);
     `upstream` names the stages that feed it in the same pipeline (from the pipeline
     annotation and the known stage graphs); `serving` is the latest scrape (may be None when
-    the pod exposes no metrics, or stale by up to one scrape interval).
+    the pod exposes no metrics, or stale by up to one scrape interval). `max_age_s` is how
+    old `serving` may be before a controller must stop trusting it (None: no limit); see
+    `stale_reason`.
     """
 
     stage: str
@@ -82,3 +97,16 @@ class StageObservation:
     upstream: tuple[str, ...] = ()
     serving: ServingSnapshot | None = None
     upstream_serving: tuple[ServingSnapshot, ...] = field(default_factory=tuple)
+    max_age_s: float | None = None
+
+    def age_s(self, now_s: float) -> float | None:
+        """Seconds since the stage's last good scrape (None: it has none)."""
+        return None if self.serving is None else max(now_s - self.serving.timestamp_s, 0.0)
+
+    def stale_reason(self, now_s: float) -> str | None:
+        """Why this observation must not drive a clock decision at `now_s`, or None."""
+        age_s = self.age_s(now_s)
+        if age_s is None or self.max_age_s is None or age_s <= self.max_age_s:
+            return None
+        who = f"{self.namespace}/{self.pod}" if self.pod else self.stage
+        return f"serving metrics of {who} are {age_s:.1f} s old (limit {self.max_age_s:.1f} s)"

@@ -71,7 +71,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "dashboard": {"enabled": False},
         }
     },
-    "privileged-agent": {"agent": {"privileged": True, "runtimeClassName": "nvidia"}},
+    "privileged-agent": {
+        "agent": {
+            "privileged": True,
+            "runtimeClassName": "nvidia",
+            "networkPolicy": {"enabled": True},
+        }
+    },
     "custom-scheduling": {
         "agent": {
             "nodeSelector": {"nvidia.com/gpu.present": "true"},

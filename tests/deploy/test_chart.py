@@ -157,12 +157,39 @@ def test_agent_daemonset_runs_on_every_gpu_node_with_least_privilege(tmp_path: P
         "agent",
         "--metrics-port=9402",
         "--state-file=/var/lib/triserve/state.json",
-        "--dcgm-url=http://nvidia-dcgm-exporter.gpu-operator.svc:9400/metrics",
+        "--dcgm-discover=app=nvidia-dcgm-exporter",
+        "--dcgm-port=9400",
         "--log-level=INFO",
         "--min-sm-clock-fraction=0.2",
         "--min-power-limit-fraction=0.5",
         "--shutdown-retry=20",
     ]
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+
+
+def test_dcgm_source_is_node_local_unless_a_url_is_given(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Issue 14, defect 1: the default must not be gpu-operator's cluster-wide Service."""
+    default = render(tmp_path_factory.mktemp("d"), {})
+    args = one(default, "DaemonSet", "agent")["spec"]["template"]["spec"]
+    assert not [a for a in args["containers"][0]["args"] if ".svc" in a]
+    custom = render(tmp_path_factory.mktemp("h"), VARIANTS["custom-scheduling"])
+    host = one(custom, "DaemonSet", "agent")
+    assert "--dcgm-host-port=9400" in host["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_network_policy_is_optional_and_admits_only_the_listed_peers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    assert by_kind(render(tmp_path_factory.mktemp("d"), {}), "NetworkPolicy") == []
+    variant = render(tmp_path_factory.mktemp("p"), VARIANTS["privileged-agent"])
+    policy = one(variant, "NetworkPolicy", "agent")
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 9402}]
+    assert rule["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"
+    }
 
 
 def test_privileged_agent_is_opt_in(tmp_path: Path) -> None:
@@ -181,7 +208,7 @@ def test_custom_scheduling_adds_to_the_gpu_node_selection(tmp_path: Path) -> Non
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert len(pod["tolerations"]) == 2
     args = pod["containers"][0]["args"]
-    assert "--dcgm-url=http://$(HOST_IP):9400/metrics" in args
+    assert "--dcgm-host-port=9400" in args
 
 
 def test_rbac_uses_named_verbs_and_resources_only(rendered: Any) -> None:
@@ -299,6 +326,7 @@ def test_values_schema_is_strict_and_describes_every_value() -> None:
     ]
     assert not loose, f"objects in values.schema.json that accept unknown keys: {loose}"
     schema_by_path = dict(properties)
+
     # Entries of free-form maps (resources, labels) are typed by the map's additionalProperties;
     # their keys may hold dots themselves (nvidia.com/gpu.present), so try every ancestor.
     def free_form(path: str) -> bool:

@@ -146,7 +146,9 @@ class FakeDriver:
             values = {186: 300_000, 83: h.energy_mj}
             return [
                 SimpleNamespace(
-                    nvmlReturn=pynvml.NVML_SUCCESS if i in values else pynvml.NVML_ERROR_NOT_SUPPORTED,
+                    nvmlReturn=pynvml.NVML_SUCCESS
+                    if i in values
+                    else pynvml.NVML_ERROR_NOT_SUPPORTED,
                     valueType=pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG,
                     value=SimpleNamespace(ullVal=values.get(i, 0)),
                 )

@@ -174,5 +174,3 @@ def on_disk(node: FaultNode) -> dict[str, Any]:
     """The state file's entries as the next agent would read them."""
     stale = StateFile(node.state_path).load()
     return {"everything": stale.everything, **stale.entries}
-
-

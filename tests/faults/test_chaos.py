@@ -36,11 +36,10 @@ CALLS = (
 POLICIES = {
     "StaticClock": STATIC,
     "PowerCap": POWERCAP,
-    "StaticClock at 1 MHz": policy(
-        "low", strategy="StaticClock", staticClock={"smClockMHz": 1}
+    "StaticClock at 1 MHz": policy("low", strategy="StaticClock", staticClock={"smClockMHz": 1}),
+    "Observe": policy(
+        "observe", mode="Observe", strategy="StaticClock", staticClock={"smClockMHz": 900}
     ),
-    "Observe": policy("observe", mode="Observe", strategy="StaticClock",
-                      staticClock={"smClockMHz": 900}),  # fmt: skip
 }
 
 

@@ -109,10 +109,30 @@ def test_state_file_write_error_does_not_abort_release_or_shutdown(
 
 @pytest.mark.parametrize(
     "content",
-    ["null", "[]", '{"gpus": ["GPU-x"]}', '{"gpus": {"GPU-x": 3}}', '{"gpus": {"a": "b"}}',
-     "42", '"text"', "", "{not json", "\x00\xff"],  # fmt: skip
-    ids=["null", "list", "gpus-list", "entry-number", "entry-string", "number", "string",
-         "empty", "garbage", "binary"],  # fmt: skip
+    [
+        "null",
+        "[]",
+        '{"gpus": ["GPU-x"]}',
+        '{"gpus": {"GPU-x": 3}}',
+        '{"gpus": {"a": "b"}}',
+        "42",
+        '"text"',
+        "",
+        "{not json",
+        "\x00\xff",
+    ],
+    ids=[
+        "null",
+        "list",
+        "gpus-list",
+        "entry-number",
+        "entry-string",
+        "number",
+        "string",
+        "empty",
+        "garbage",
+        "binary",
+    ],
 )
 def test_any_unreadable_state_file_restores_every_gpu(
     node: FaultNode, driver: FakeDriver, content: str
@@ -142,9 +162,7 @@ def test_failed_start_up_reset_keeps_the_record_and_retries(
     survived("reset Unknown error at start-up")
 
 
-def test_lost_gpu_at_start_up_does_not_stop_the_others(
-    node: FaultNode, driver: FakeDriver
-) -> None:
+def test_lost_gpu_at_start_up_does_not_stop_the_others(node: FaultNode, driver: FakeDriver) -> None:
     tried("GPU lost at start-up")
     locked_everywhere(node)
     node.kill()
@@ -199,9 +217,7 @@ def test_sigkill_then_restart_restores(node: FaultNode, driver: FakeDriver) -> N
     survived("SIGKILL while locked")
 
 
-def test_shutdown_retries_until_the_reset_goes_through(
-    node: FaultNode, driver: FakeDriver
-) -> None:
+def test_shutdown_retries_until_the_reset_goes_through(node: FaultNode, driver: FakeDriver) -> None:
     tried("reset Timeout during SIGTERM")
     locked_everywhere(node)
     driver.fail(RESET_CLOCKS, TIMEOUT, times=4)

@@ -1,11 +1,13 @@
 """Pod annotation keys, node labels and the role labels of other serving stacks.
 
-Read by the node agent (stage resolution) and the operator (node placement). No logic
-beyond lookups lives here, so every layer can import it.
+Read by the node agent (stage resolution) and the operator (node placement). Besides lookups,
+only the validation of the metrics annotation lives here, because it bounds what the agent
+will request from a pod: a port and a plain path, nothing else (no host, query or `..`).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 GROUP: Final = "triserve.io"
@@ -21,6 +23,10 @@ POLICY_FINALIZER: Final = f"{GROUP}/release-gpus"
 STAGE_ANNOTATION: Final = f"{GROUP}/stage"
 PIPELINE_ANNOTATION: Final = f"{GROUP}/pipeline"
 METRICS_ANNOTATION: Final = f"{GROUP}/metrics"  # "port" or "port/path", e.g. "8000/metrics"
+DEFAULT_METRICS_PATH: Final = "/metrics"
+#: Path segments of letters, digits, `_`, `~`, `-` and inner dots; no empty, `.` or `..` ones.
+_METRICS_PATH_RE = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)*/?")
+_MAX_METRICS_PATH_CHARS = 128
 GPUS_ANNOTATION: Final = f"{GROUP}/gpus"  # comma-separated GPU indices or UUIDs
 OPT_OUT_ANNOTATION: Final = f"{GROUP}/opt-out"  # "true" keeps the pod's GPUs at default clocks
 
@@ -68,3 +74,29 @@ def stage_from_role(label_key: str, value: str) -> str | None:
             if value.endswith(suffix):
                 return stage
     return None
+
+
+class AnnotationError(ValueError):
+    """A pod annotation triserve cannot use; the message names the value and the fix."""
+
+
+def parse_metrics_annotation(value: str) -> tuple[int, str]:
+    """Parse ``"8000"``, ``"8000/metrics"`` or ``":8000/path"`` into (port, path).
+
+    Raises `AnnotationError` unless the port is 1-65535 and the path is plain (letters,
+    digits, ``_ ~ - .`` in ``/``-separated segments, at most 128 characters).
+    """
+    text = value.strip().removeprefix(":")
+    port_text, sep, path = text.partition("/")
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+        raise AnnotationError(f"port {port_text[:20]!r} is not a number in 1-65535")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise AnnotationError(f"port {port} is not in 1-65535")
+    path = "/" + path if sep else DEFAULT_METRICS_PATH
+    if len(path) > _MAX_METRICS_PATH_CHARS or not _METRICS_PATH_RE.fullmatch(path):
+        raise AnnotationError(
+            f"path {path[:40]!r} is not a plain URL path (use e.g. '8000/metrics': letters, "
+            f"digits, '_', '~', '-', '.', at most {_MAX_METRICS_PATH_CHARS} characters)"
+        )
+    return port, path

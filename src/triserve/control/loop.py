@@ -13,6 +13,8 @@ anything. `release()` hands clocks back to the PMU and restores any power limit 
 `hold_default(until_s)` makes the ticks before `until_s` decide the PMU default (reason
 ``default``) whatever the strategy says, except a thermal cap, which ends the hold: the node
 agent's baseline probes use it, so that the loop stays the only thing that sets clocks.
+A stage observation older than its `max_age_s` (a scrape that stopped) makes the tick decide
+the PMU default too, with the reason text naming the stale input.
 """
 
 from __future__ import annotations
@@ -197,6 +199,7 @@ class ControlLoop:
         signals = self._signals.update(now_s, sample, stages)
         ctx = TickContext(now_s, dt_s, sample, stages, signals, self.limits, at_default_before)
         decision = self._held(now_s, self._clamp(self.strategy.decide(ctx)))
+        decision = _unless_stale(decision, stages, now_s)
         if self.actuate:
             self._apply(decision)
         last = self.last_sample
@@ -293,3 +296,17 @@ class ControlLoop:
         self._original_power_mw = None
         self._applied_power_mw = None
         self.stats.power_sets += 1
+
+
+def _unless_stale(decision: Decision, stages: Sequence[StageObservation], now_s: float) -> Decision:
+    """The PMU default when any stage's serving data is too old to act on."""
+    for obs in stages:
+        why = obs.stale_reason(now_s)
+        if why is not None:
+            return Decision(
+                None,
+                Reason.DEFAULT,
+                f"stale telemetry, clocks at PMU default: {why}",
+                guard_tripped=decision.guard_tripped,
+            )
+    return decision

@@ -64,12 +64,17 @@ class ClockEventReason(enum.IntFlag):
 
 @dataclass(frozen=True, slots=True)
 class GpuIdentity:
-    """Who a GPU is: its index on the node, UUID (``GPU-…``), marketing name and PCI bus id."""
+    """Who a GPU is: its index on the node, UUID (``GPU-…``), marketing name and PCI bus id.
+
+    `mig_enabled` is True when the GPU runs in MIG mode (its clocks are then shared by every
+    MIG instance, so the node agent only observes it).
+    """
 
     index: int
     uuid: str
     name: str
     pci_bus_id: str
+    mig_enabled: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,11 +136,17 @@ class NvmlBackend:
         name = self._call(f"GPU {index}: name", pynvml.nvmlDeviceGetName, h)
         pci = self._call(f"GPU {index}: PCI info", pynvml.nvmlDeviceGetPciInfo, h)
         bus = pci.busId
+        try:
+            current, _pending = pynvml.nvmlDeviceGetMigMode(h)
+            mig = current == pynvml.NVML_DEVICE_MIG_ENABLE
+        except pynvml.NVMLError:
+            mig = False  # GPUs and drivers without MIG answer NOT_SUPPORTED
         return GpuIdentity(
             index,
             uuid.decode() if isinstance(uuid, bytes) else str(uuid),
             name.decode() if isinstance(name, bytes) else str(name),
             bus.decode() if isinstance(bus, bytes) else str(bus),
+            mig_enabled=bool(mig),
         )
 
     def supported_sm_clocks_mhz(self, index: int) -> tuple[int, ...]:

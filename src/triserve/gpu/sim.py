@@ -202,7 +202,9 @@ class SimBackend:
         if prev is None or now[0] - prev[0] <= 1e-9:
             return None, count
         span = now[0] - prev[0]
-        avg = tuple(min(max((a - b) / span, 0.0), 1.0) for a, b in zip(now[1], prev[1], strict=True))
+        avg = tuple(
+            min(max((a - b) / span, 0.0), 1.0) for a, b in zip(now[1], prev[1], strict=True)
+        )
         return avg, count
 
     def _noisy(

@@ -17,6 +17,13 @@ ticks stop.
 
 Each tick also feeds every GPU's `GpuRuntime` (energy, the baseline estimate), which may ask
 its loop for a short baseline probe at the PMU default (`ProbeSettings`, `probe=`).
+
+Telemetry scope (docs/telemetry.md): only pods the policy selects are scraped
+(`scrape_targets`), upstream-stall signals come only from selected pods of the same
+namespace and pipeline, a data-parallel server's engines are attributed to its GPUs in
+device order, every stage observation carries `max_input_age_s` so a loop falls back to the
+PMU default on stale data, dcgm-exporter activity older than that is dropped, and a GPU in
+MIG mode is observed, never governed: its clocks are shared by every MIG instance.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from triserve.api.models import EnergyPolicySpec, PolicyMode
@@ -34,7 +41,7 @@ from triserve.api.status import GpuState
 from triserve.control import ControlLoop, ControlSettings
 from triserve.gpu.backend import GpuBackend, GpuError, GpuIdentity
 from triserve.node_agent.dcgm import DcgmSnapshot
-from triserve.node_agent.gpumap import GpuIndex, map_pods
+from triserve.node_agent.gpumap import GpuIndex, Placement, map_pods
 from triserve.node_agent.gpus import GpuRuntime, ProbeSettings
 from triserve.node_agent.podresources import ContainerGpus
 from triserve.node_agent.restore import RetryPlan, restore_gpu
@@ -81,6 +88,7 @@ class NodeAgent:
         rails: GuardRails | None = None,
         shutdown_retry_s: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
+        max_input_age_s: float = 5.0,
     ) -> None:
         """Wraps `backend` in a `GuardedBackend` that records every setter in `state`.
 
@@ -89,6 +97,7 @@ class NodeAgent:
         None builds the strategy the policy names (the bench injects its own rows here).
         `rails` are the cluster's floors on clocks and power. `shutdown_retry_s` bounds how
         long `shutdown` keeps retrying restores that do not verify (`sleep` between tries).
+        `max_input_age_s` is how old a scrape may be before controllers stop acting on it.
         """
         self.loop_factory: LoopFactory = loop_factory or _policy_loop
         self.node_name = node_name
@@ -121,6 +130,9 @@ class NodeAgent:
         self.pod_resources: list[ContainerGpus] | None = None
         self.dcgm: DcgmSnapshot | None = None
         self.serving: dict[tuple[str, str], ServingSnapshot] = {}
+        self.serving_engines: dict[tuple[str, str], Mapping[str, ServingSnapshot]] = {}
+        self.max_input_age_s = max_input_age_s
+        self._dcgm_activity_live = False
         self._tokens_seen: dict[tuple[str, str], float] = {}
         self.errors: Counter[str] = Counter()
         self.tick_counts = [0] * (len(TICK_BUCKETS_S) + 1)
@@ -190,6 +202,7 @@ class NodeAgent:
         with self.lock:
             self.pods = {p.key: p for p in pods}
             self.serving = {k: v for k, v in self.serving.items() if k in self.pods}
+            self.serving_engines = {k: v for k, v in self.serving_engines.items() if k in self.pods}
             self._dirty = True
 
     def set_pod_resources(self, entries: Sequence[ContainerGpus] | None) -> None:
@@ -212,15 +225,28 @@ class NodeAgent:
                 if found is not None:
                     activity[gpu.index] = found
             self.backend.fallback_activity = activity
+            self._dcgm_activity_live = bool(activity)
             if old is None or snapshot is None or _dcgm_pods(old) != _dcgm_pods(snapshot):
                 self._dirty = True
 
-    def set_serving(self, key: tuple[str, str], snapshot: ServingSnapshot) -> None:
-        """A fresh scrape of pod `key`'s serving metrics."""
+    def set_serving(
+        self,
+        key: tuple[str, str],
+        snapshot: ServingSnapshot,
+        engines: Mapping[str, ServingSnapshot] | None = None,
+    ) -> None:
+        """A fresh scrape of pod `key`'s serving metrics (`engines`: per data-parallel engine)."""
         with self.lock:
             if key in self.pods:
                 self.serving[key] = snapshot
+                self.serving_engines[key] = dict(engines or {})
                 self._serving_dirty = True
+
+    def scrape_targets(self) -> list[tuple[tuple[str, str], str]]:
+        """(pod key, metrics URL) of every pod the policy selects that exposes metrics."""
+        with self.lock:
+            pods = self._selected()
+        return [(p.key, url) for p in pods if (url := p.metrics_url()) is not None]
 
     # ---- the tick -----------------------------------------------------------------------
     def tick(self, now_s: float) -> None:
@@ -235,11 +261,23 @@ class NodeAgent:
             if self._serving_dirty:
                 self._refresh_stages()
             self._retry_restores(now_s)
+            self._expire_dcgm(now_s)
             for gpu in self.gpus.values():
                 if gpu.state not in (GpuState.DEGRADED, GpuState.RESTORE_FAILED):
                     self._tick_gpu(gpu, now_s)
             self.ready = True
         self._observe_tick(time.perf_counter() - started)
+
+    def _expire_dcgm(self, now_s: float) -> None:
+        """Stop filling in dcgm-exporter activity once its last scrape is too old."""
+        dcgm = self.dcgm
+        if not self._dcgm_activity_live or dcgm is None:
+            return
+        age_s = now_s - dcgm.timestamp_s
+        if age_s > self.max_input_age_s:
+            self.backend.fallback_activity = {}
+            self._dcgm_activity_live = False
+            self.error("stale", f"dcgm-exporter data is {age_s:.1f} s old; its activity dropped")
 
     def _tick_gpu(self, gpu: GpuRuntime, now_s: float) -> None:
         try:
@@ -317,22 +355,38 @@ class NodeAgent:
                 elif opted_out:
                     gpu.message = f"opted out by {', '.join(opted_out)}"
                 continue
+            mig_reason = self._mig_reason(gpu)
+            if mig_reason is not None and gpu.state is GpuState.MANAGED:
+                self._release(gpu, GpuState.RELEASED, mig_reason)
             if not gpu.governed:
-                self._govern(gpu, self.policy)
+                self._govern(gpu, self.policy, observe_only=mig_reason)
         self._serving_dirty = True
 
-    def _govern(self, gpu: GpuRuntime, policy: PolicyRef) -> None:
+    def _mig_reason(self, gpu: GpuRuntime) -> str | None:
+        """Why the GPU may only be observed (MIG mode), or None."""
+        entry = self.dcgm.for_gpu(gpu.index, gpu.identity.uuid) if self.dcgm else None
+        if not gpu.identity.mig_enabled and (entry is None or not entry.mig):
+            return None
+        return (
+            "MIG mode: SM clocks are per physical GPU and shared by every MIG instance, "
+            "so the GPU is observed, not governed"
+        )
+
+    def _govern(self, gpu: GpuRuntime, policy: PolicyRef, observe_only: str | None = None) -> None:
+        observe = observe_only is not None or policy.spec.mode is PolicyMode.OBSERVE
         try:
             settings = ControlSettings.from_policy(policy.spec)
             loop = self.loop_factory(self.backend, gpu.index, settings)
+            if observe:
+                loop.actuate = False
         except (ValueError, GpuError) as exc:
             self.error("policy", f"GPU {gpu.index}: cannot apply policy {policy.name}: {exc}")
             gpu.message = f"policy {policy.name} cannot run here: {exc}"
             return
-        observe = policy.spec.mode is PolicyMode.OBSERVE
         state = GpuState.OBSERVED if observe else GpuState.MANAGED
         verb = "observing" if observe else "managing"
-        gpu.attach(loop, state, f"{verb} under {policy.name} ({policy.spec.strategy.value})")
+        message = f"{verb} under {policy.name} ({policy.spec.strategy.value})"
+        gpu.attach(loop, state, f"{message}: {observe_only}" if observe_only else message)
         gpu.window.start_s = self.last_tick_s or 0.0
         log.info("GPU %d: %s", gpu.index, gpu.message)
 
@@ -393,17 +447,21 @@ class NodeAgent:
     def _refresh_stages(self) -> None:
         """Rebuild each GPU's stage observations from the latest scrapes."""
         self._serving_dirty = False
-        by_stage: dict[tuple[str | None, str], list[ServingSnapshot]] = {}
-        for key, pod in self.pods.items():
-            snap = self.serving.get(key)
+        # Upstream signals only from pods this policy selects, in the same namespace and
+        # pipeline: another tenant's pods must not steer this policy's clocks.
+        by_stage: dict[tuple[str, str | None, str], list[ServingSnapshot]] = {}
+        for pod in self._selected():
+            snap = self.serving.get(pod.key)
             if snap is not None:
-                by_stage.setdefault((pod.pipeline, pod.stage), []).append(snap)
+                by_stage.setdefault((pod.namespace, pod.pipeline, pod.stage), []).append(snap)
         for gpu in self.gpus.values():
             observations = []
             for placement in gpu.placements:
                 pod = placement.pod
                 upstream_snaps = tuple(
-                    s for up in pod.upstream for s in by_stage.get((pod.pipeline, up), ())
+                    s
+                    for up in pod.upstream
+                    for s in by_stage.get((pod.namespace, pod.pipeline, up), ())
                 )
                 observations.append(
                     StageObservation(
@@ -413,12 +471,26 @@ class NodeAgent:
                         namespace=pod.namespace,
                         container=placement.container,
                         upstream=pod.upstream,
-                        serving=self.serving.get(pod.key),
+                        serving=self._serving_for(placement),
                         upstream_serving=upstream_snaps,
+                        max_age_s=self.max_input_age_s,
                     )
                 )
             gpu.stages = tuple(observations)
         self._count_tokens()
+
+    def _serving_for(self, placement: Placement) -> ServingSnapshot | None:
+        """The scrape that speaks for this placement's GPU: its engine's, else the pod's.
+
+        A data-parallel server with N engines over G GPUs (G a multiple of N, listed in
+        device order) runs engine i on GPUs i*G/N … (i+1)*G/N - 1.
+        """
+        total = self.serving.get(placement.pod.key)
+        engines = self.serving_engines.get(placement.pod.key) or {}
+        if total is None or len(engines) < 2 or placement.of % len(engines) != 0:
+            return total
+        ordered = sorted(engines, key=lambda e: (not e.isdigit(), int(e) if e.isdigit() else 0, e))
+        return engines[ordered[placement.rank // (placement.of // len(engines))]]
 
     def _count_tokens(self) -> None:
         """Attribute new generation tokens of every pod to its GPUs' report windows."""
@@ -522,4 +594,4 @@ def _identity(backend: GpuBackend, index: int) -> GpuIdentity:
 
 
 def _dcgm_pods(snapshot: DcgmSnapshot) -> set[tuple[str, str, str, str]]:
-    return {(g.uuid or g.gpu, *p) for g in snapshot.gpus.values() for p in g.pods}
+    return {(g.uuid or g.gpu, *p) for g in snapshot.gpus.values() for p in g.all_pods()}

@@ -6,7 +6,10 @@ Metric names and labels are the contract in docs/architecture.md — dashboards 
 built on exactly these. Per-GPU series carry `node`, `gpu`, `UUID`, `pod`, `namespace`,
 `container`, `stage`, `policy` (empty where unknown) so they join with dcgm-exporter's; a GPU
 shared by several stage pods gets one series per pod. `MetricsServer` serves them from a
-daemon thread (stdlib `http.server`), so scrapes never block the control tick.
+daemon thread (stdlib `http.server`), so scrapes never block the control tick. The server is
+bounded: each connection gets `REQUEST_TIMEOUT_S` to send its request and read the answer,
+at most `MAX_CONNECTIONS` are served at once (more are closed straight away), and it binds
+the address it is given — the pod IP from the downward API in the chart, not 0.0.0.0.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -34,7 +38,11 @@ from triserve.node_agent.gpus import GpuRuntime
 log = logging.getLogger(__name__)
 
 GPU_LABELS = ("node", "gpu", "UUID", "pod", "namespace", "container", "stage", "policy")
-ERROR_KINDS = ("nvml", "scrape", "annotation", "report")
+ERROR_KINDS = ("nvml", "scrape", "scrape-foreign", "scrape-task", "stale", "annotation", "report")
+#: Seconds a client may take to send its request or read the answer.
+REQUEST_TIMEOUT_S = 5.0
+#: Connections served at once; more are closed at once (each costs a thread).
+MAX_CONNECTIONS = 16
 
 
 def _gpu_label_sets(agent: NodeAgent, gpu: GpuRuntime) -> list[list[str]]:
@@ -219,8 +227,41 @@ def build_registry(agent: NodeAgent) -> CollectorRegistry:
     return registry
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """A threading server that serves at most `max_connections` connections at once."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        max_connections: int,
+    ) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.rejected = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.rejected += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class MetricsServer:
-    """`/metrics`, `/healthz`, `/readyz` on a daemon thread."""
+    """`/metrics`, `/healthz`, `/readyz` on a daemon thread, with bounded connections."""
 
     def __init__(
         self,
@@ -229,13 +270,16 @@ class MetricsServer:
         host: str = "0.0.0.0",
         healthy: Callable[[], bool] = lambda: True,
         ready: Callable[[], bool] = lambda: True,
+        *,
+        timeout_s: float = REQUEST_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         """`healthy`/`ready` are evaluated per request (on the server thread)."""
         self.registry = registry
         self.healthy = healthy
         self.ready = ready
-        self._server = ThreadingHTTPServer((host, port), self._handler())
-        self._server.daemon_threads = True
+        self.timeout_s = timeout_s
+        self._server = _BoundedServer((host, port), self._handler(), max_connections)
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="triserve-metrics", daemon=True
@@ -245,6 +289,9 @@ class MetricsServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Socket timeout for reading the request and writing the answer.
+            timeout = server.timeout_s
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -273,6 +320,11 @@ class MetricsServer:
         """Start serving."""
         self._thread.start()
         log.info("serving /metrics, /healthz, /readyz on port %d", self.port)
+
+    @property
+    def rejected_connections(self) -> int:
+        """Connections closed unserved because `max_connections` were busy."""
+        return self._server.rejected
 
     def stop(self) -> None:
         """Stop serving."""

@@ -9,15 +9,18 @@ Three sources, tried in order for each pod (the first that places the pod wins):
 3. the pod's `triserve.io/gpus` annotation (indices or UUIDs), for pods that hold GPUs
    outside the device plugin (shared or DRA-allocated GPUs).
 
-Device ids are matched against the backend's GPU UUIDs and indices. A GPU may host several
-stage pods; the agent governs it with all of their observations. Called by
+Device ids are matched against the backend's GPU UUIDs and indices; a MIG device
+(``MIG-GPU-<uuid>/<gi>/<ci>``, as older device plugins name it) resolves to its parent GPU,
+which the agent then only observes. A GPU may host several stage pods; the agent governs it
+with all of their observations. Each placement records its GPU's position in the pod's
+device order (`rank` of `of`): a data-parallel server's engines are attributed by it. Called by
 `triserve.node_agent.agent.NodeAgent` whenever pods, pod-resources or dcgm data change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from triserve.gpu.backend import GpuIdentity
 from triserve.node_agent.dcgm import DcgmSnapshot
@@ -33,6 +36,8 @@ class Placement:
     gpu_index: int
     container: str
     source: str  # "pod-resources", "dcgm" or "annotation"
+    rank: int = 0  # position of this GPU in the pod's device order
+    of: int = 1  # how many GPUs the pod holds
 
 
 class GpuIndex:
@@ -46,8 +51,11 @@ class GpuIndex:
             self._by_id[str(ident.index)] = ident.index
 
     def resolve(self, device_id: str) -> int | None:
-        """The GPU index for a device id, or None (unknown, or a MIG slice we cannot place)."""
-        return self._by_id.get(device_id.strip().lower())
+        """The GPU index for a device id (a MIG device gives its parent), or None if unknown."""
+        key = device_id.strip().lower()
+        if key.startswith("mig-gpu-"):
+            key = key.removeprefix("mig-").split("/", 1)[0]
+        return self._by_id.get(key)
 
 
 def map_pods(
@@ -88,13 +96,14 @@ def _why_unmapped(
 
 
 def _dedupe(placements: list[Placement]) -> list[Placement]:
+    """First placement per GPU, in device order, each told its rank in that order."""
     seen: set[int] = set()
     out = []
     for placement in placements:
         if placement.gpu_index not in seen:
             seen.add(placement.gpu_index)
             out.append(placement)
-    return out
+    return [replace(p, rank=i, of=len(out)) for i, p in enumerate(out)]
 
 
 def _from_pod_resources(
@@ -114,9 +123,9 @@ def _dcgm_pods(dcgm: DcgmSnapshot | None) -> Mapping[tuple[str, str], list[tuple
     out: dict[tuple[str, str], list[tuple[str, str]]] = {}
     if dcgm is None:
         return out
-    for gpu in {id(g): g for g in dcgm.gpus.values()}.values():
+    for gpu in sorted(dcgm.gpus.values(), key=lambda g: (len(g.gpu), g.gpu)):
         device = gpu.uuid or gpu.gpu
-        for namespace, pod, container in gpu.pods:
+        for namespace, pod, container in sorted(gpu.all_pods()):
             out.setdefault((namespace, pod), []).append((device, container))
     return out
 

@@ -44,11 +44,38 @@ def build_parser(prog: str = "triserve agent") -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second")
     p.add_argument("--duration", type=float, help="stop after S (simulated) seconds")
     p.add_argument("--metrics-port", type=int, default=9402, help="exporter port (9402)")
-    p.add_argument("--metrics-host", default="0.0.0.0", help="exporter address (0.0.0.0)")
+    p.add_argument(
+        "--metrics-host",
+        default=None,
+        help="exporter address (default: $POD_IP from the downward API, else 0.0.0.0)",
+    )
     p.add_argument(
         "--state-file", type=Path, default=DEFAULT_STATE_FILE, help="lock state (hostPath)"
     )
-    p.add_argument("--dcgm-url", help="dcgm-exporter metrics URL, e.g. http://HOST:9400/metrics")
+    dcgm = p.add_mutually_exclusive_group()
+    dcgm.add_argument(
+        "--dcgm-url",
+        help="fixed dcgm-exporter URL; its series must name this node in Hostname",
+    )
+    dcgm.add_argument(
+        "--dcgm-discover",
+        metavar="SELECTOR",
+        help="find the dcgm-exporter pod on this node by label selector, e.g. "
+        "app=nvidia-dcgm-exporter (gpu-operator)",
+    )
+    dcgm.add_argument(
+        "--dcgm-host-port",
+        type=int,
+        metavar="PORT",
+        help="scrape dcgm-exporter at http://$HOST_IP:PORT/metrics (hostPort/hostNetwork)",
+    )
+    p.add_argument("--dcgm-port", type=int, default=9400, help="port for --dcgm-discover (9400)")
+    p.add_argument(
+        "--dcgm-hostname",
+        action="append",
+        default=[],
+        help="also accept dcgm-exporter series with this Hostname (repeatable)",
+    )
     p.add_argument(
         "--pod-resources-socket",
         default=None,
@@ -142,7 +169,7 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
         node_name=node_name,
         state_file=args.state_file,
         metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host,
+        metrics_host=args.metrics_host or os.environ.get("POD_IP") or "0.0.0.0",
         policy=load_policy(args.policy) if args.standalone else None,
         standalone=args.standalone,
         backend=backend,
@@ -150,6 +177,11 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
         speed=args.speed,
         duration_s=args.duration,
         dcgm_url=args.dcgm_url,
+        dcgm_discover=args.dcgm_discover,
+        dcgm_port=args.dcgm_port,
+        dcgm_host_ip=os.environ.get("HOST_IP") if args.dcgm_host_port else None,
+        dcgm_host_port=args.dcgm_host_port,
+        dcgm_hostnames=frozenset(args.dcgm_hostname),
         pod_resources_socket=args.pod_resources_socket
         or (None if args.standalone else DEFAULT_SOCKET),
         api_client=None if args.standalone else _api_client(args.kubeconfig),
@@ -178,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--policy is for --standalone runs; in a cluster the node label decides")
     if args.speed <= 0:
         parser.error("--speed must be positive")
+    if args.dcgm_host_port and not os.environ.get("HOST_IP"):
+        parser.error("--dcgm-host-port needs HOST_IP (status.hostIP from the downward API)")
     if args.baseline_probe_interval < 0:
         parser.error("--baseline-probe-interval must be 0 (no probes) or positive seconds")
     try:

@@ -73,43 +73,65 @@ def _condition(
 
 def conditions(agent: NodeAgent, now: str) -> list[Condition]:
     """RestoreFailed, StateFileWritable and GuardRailClamped, from the agent's state."""
-    failed = {
-        g.index: g.message for g in agent.gpus.values() if g.state is GpuState.RESTORE_FAILED
-    }
+    failed = {g.index: g.message for g in agent.gpus.values() if g.state is GpuState.RESTORE_FAILED}
     restore = (
         _condition(
-            agent, "RestoreFailed", ConditionStatus.TRUE, "RestoreNotVerified",
-            "; ".join(f"GPU {i}: {m}" for i, m in sorted(failed.items())), now,
-        )  # fmt: skip
+            agent,
+            "RestoreFailed",
+            ConditionStatus.TRUE,
+            "RestoreNotVerified",
+            "; ".join(f"GPU {i}: {m}" for i, m in sorted(failed.items())),
+            now,
+        )
         if failed
         else _condition(
-            agent, "RestoreFailed", ConditionStatus.FALSE, "AllRestoresVerified",
-            "every GPU released by triserve read back at its defaults", now,
-        )  # fmt: skip
+            agent,
+            "RestoreFailed",
+            ConditionStatus.FALSE,
+            "AllRestoresVerified",
+            "every GPU released by triserve read back at its defaults",
+            now,
+        )
     )
     error = agent.state_file.write_error
     writable = (
         _condition(
-            agent, "StateFileWritable", ConditionStatus.FALSE, "WriteFailed",
-            f"{error}; new locks are refused until it can be written", now,
-        )  # fmt: skip
+            agent,
+            "StateFileWritable",
+            ConditionStatus.FALSE,
+            "WriteFailed",
+            f"{error}; new locks are refused until it can be written",
+            now,
+        )
         if error is not None
         else _condition(
-            agent, "StateFileWritable", ConditionStatus.TRUE, "Written",
-            str(agent.state_file.path), now,
-        )  # fmt: skip
+            agent,
+            "StateFileWritable",
+            ConditionStatus.TRUE,
+            "Written",
+            str(agent.state_file.path),
+            now,
+        )
     )
     clamped = dict(agent.backend.clamped)
     rails = (
         _condition(
-            agent, "GuardRailClamped", ConditionStatus.TRUE, "BelowFloor",
-            "; ".join(f"GPU {i}: {m}" for i, m in sorted(clamped.items())), now,
-        )  # fmt: skip
+            agent,
+            "GuardRailClamped",
+            ConditionStatus.TRUE,
+            "BelowFloor",
+            "; ".join(f"GPU {i}: {m}" for i, m in sorted(clamped.items())),
+            now,
+        )
         if clamped
         else _condition(
-            agent, "GuardRailClamped", ConditionStatus.FALSE, "WithinFloors",
-            "no clock or power limit was raised to a guard-rail floor", now,
-        )  # fmt: skip
+            agent,
+            "GuardRailClamped",
+            ConditionStatus.FALSE,
+            "WithinFloors",
+            "no clock or power limit was raised to a guard-rail floor",
+            now,
+        )
     )
     return [restore, writable, rails]
 

@@ -26,12 +26,13 @@ import httpx
 from triserve.api.models import LabelSelector
 from triserve.gpu.backend import GpuBackend
 from triserve.node_agent.agent import NodeAgent, PolicyRef
+from triserve.node_agent.dcgmsource import DcgmSource
 from triserve.node_agent.exporter import MetricsServer, build_registry, liveness
 from triserve.node_agent.gpus import ProbeSettings
 from triserve.node_agent.podresources import PodResourcesClient
 from triserve.node_agent.reports import ReportWriter, build_status, log_status
 from triserve.node_agent.safety import GuardRails, StateFile, Watchdog
-from triserve.node_agent.scraping import Scrapers
+from triserve.node_agent.scraping import Scrapers, supervise
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,11 @@ class AgentOptions:
     speed: float = 1.0
     duration_s: float | None = None
     dcgm_url: str | None = None
+    dcgm_discover: str | None = None  # label selector of the dcgm-exporter pod on this node
+    dcgm_port: int = 9400
+    dcgm_host_ip: str | None = None
+    dcgm_host_port: int | None = None
+    dcgm_hostnames: frozenset[str] = frozenset()
     pod_resources_socket: str | None = None
     api_client: Any = None
     scrape_interval_s: float = 0.5
@@ -140,7 +146,7 @@ class AgentRuntime:
 
         Raises `StateFileBusyError` when another agent holds this node's state file.
         """
-        opts, agent = self.options, self.agent
+        _opts, agent = self.options, self.agent
         agent.state_file.acquire()
         try:
             return await self._run_locked()
@@ -186,11 +192,16 @@ class AgentRuntime:
                     client,
                     clock=self._clock,
                     interval_s=opts.scrape_interval_s,
-                    dcgm_url=opts.dcgm_url,
+                    dcgm=self._dcgm_source(),
+                    dcgm_hostnames=opts.dcgm_hostnames,
                     pod_resources=podres,
                     scrape_serving=not (opts.node_driver is not None and opts.standalone),
                 )
-                tasks.append(asyncio.create_task(scrapers.run(), name="scrapers"))
+                tasks.append(
+                    asyncio.create_task(
+                        supervise("scrapers", scrapers.run, agent.error), name="scrapers"
+                    )
+                )
                 await self._drive()
                 if podres is not None:
                     await podres.close()
@@ -205,6 +216,18 @@ class AgentRuntime:
             self.watchdog.stop()
             self.server.stop()
         return 1 if unrestored else 0
+
+    def _dcgm_source(self) -> DcgmSource:
+        opts = self.options
+        return DcgmSource(
+            url=opts.dcgm_url,
+            host_ip=opts.dcgm_host_ip,
+            host_port=opts.dcgm_host_port,
+            discover_selector=opts.dcgm_discover,
+            port=opts.dcgm_port,
+            api_client=opts.api_client,
+            node_name=opts.node_name,
+        )
 
     def _serve_metrics(self) -> MetricsServer:
         opts, agent = self.options, self.agent

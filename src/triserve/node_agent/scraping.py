@@ -1,11 +1,19 @@
-"""Asynchronous scrapes that feed the agent: serving `/metrics`, dcgm-exporter, pod-resources.
+"""Bounded, supervised scrapes that feed the agent: serving `/metrics`, dcgm-exporter, podres.
 
 `Scrapers.run()` is an asyncio task beside the control tick. Every `interval_s` it scrapes
-all serving pods and dcgm-exporter concurrently with httpx (each with its own timeout, so a
-slow pod delays nobody), and asks the kubelet's pod-resources API every `podres_interval_s`.
-Results land in the `NodeAgent` through its setters; the tick only ever reads the latest.
-A failed or malformed scrape is counted (`kind="scrape"`) and skipped; the previous
-snapshot stays until the next good one.
+concurrently the serving pods the node's policy selects (`NodeAgent.scrape_targets`) and
+this node's dcgm-exporter (`triserve.node_agent.dcgmsource`), and asks the kubelet's
+pod-resources API every `podres_interval_s`. Results land in the `NodeAgent` through its
+setters; the tick only ever reads the latest, each stamped with the time it was taken.
+
+Every target is untrusted and bounded (`ScrapeLimits`): one total deadline for the whole
+request and body (a pod trickling bytes is cut off), a body-size cap enforced while
+streaming (a huge body is abandoned, never buffered), no compression (no zip bombs), and
+the parse runs in a worker thread so the event loop — and the control tick — never waits on
+it. A failed or rejected scrape is counted (`triserve_agent_errors_total{kind}`: `scrape`,
+`scrape-foreign` for another node's DCGM data) and skipped; the previous snapshot stays
+and ages. A round that fails as a whole is counted (`scrape-task`) and the next one runs:
+`supervise` restarts the task itself if it ever ends.
 """
 
 from __future__ import annotations
@@ -14,18 +22,54 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import httpx
 
 from triserve.node_agent.agent import NodeAgent
-from triserve.node_agent.dcgm import parse_dcgm
+from triserve.node_agent.dcgm import ForeignScrapeError, parse_dcgm
+from triserve.node_agent.dcgmsource import DcgmSource, DcgmTarget
 from triserve.node_agent.podresources import PodResourcesClient, PodResourcesError
-from triserve.node_agent.serving import parse_serving
+from triserve.node_agent.promtext import ScrapeError
+from triserve.node_agent.serving import parse_serving_scrape
 
 log = logging.getLogger(__name__)
 
 #: Returns the current time on the backend's clock (monotonic seconds, or simulated time).
 Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeLimits:
+    """Bounds on one scrape of one target."""
+
+    deadline_s: float = 0.4  # the whole request, headers to last byte
+    max_body_bytes: int = 4 * 1024 * 1024  # dcgm-exporter on 8 GPUs is ~100 KB
+
+
+async def fetch_bounded(client: httpx.AsyncClient, url: str, limits: ScrapeLimits) -> str:
+    """The body of `url` as text, within `limits`; raises `ScrapeError` otherwise."""
+    try:
+        async with asyncio.timeout(limits.deadline_s):
+            async with client.stream(
+                "GET", url, timeout=limits.deadline_s, headers={"Accept-Encoding": "identity"}
+            ) as response:
+                response.raise_for_status()
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > limits.max_body_bytes:
+                    raise ScrapeError(f"body of {declared} bytes over {limits.max_body_bytes}")
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_raw():
+                    size += len(chunk)
+                    if size > limits.max_body_bytes:
+                        raise ScrapeError(f"body over {limits.max_body_bytes} bytes; abandoned")
+                    chunks.append(chunk)
+    except TimeoutError:
+        raise ScrapeError(f"no complete answer within {limits.deadline_s:g} s") from None
+    except httpx.HTTPError as exc:
+        raise ScrapeError(f"{type(exc).__name__}: {exc}") from None
+    return b"".join(chunks).decode("utf-8", errors="replace")
 
 
 class Scrapers:
@@ -38,8 +82,9 @@ class Scrapers:
         *,
         clock: Clock = time.monotonic,
         interval_s: float = 0.5,
-        timeout_s: float = 0.4,
-        dcgm_url: str | None = None,
+        limits: ScrapeLimits | None = None,
+        dcgm: DcgmSource | None = None,
+        dcgm_hostnames: frozenset[str] = frozenset(),
         pod_resources: PodResourcesClient | None = None,
         podres_interval_s: float = 2.0,
         scrape_serving: bool = True,
@@ -49,8 +94,9 @@ class Scrapers:
         self.client = client
         self.clock = clock
         self.interval_s = interval_s
-        self.timeout_s = timeout_s
-        self.dcgm_url = dcgm_url
+        self.limits = limits if limits is not None else ScrapeLimits()
+        self.dcgm = dcgm
+        self.dcgm_hostnames = dcgm_hostnames
         self.pod_resources = pod_resources
         self.podres_interval_s = podres_interval_s
         self.scrape_serving = scrape_serving
@@ -58,10 +104,13 @@ class Scrapers:
         self.rounds = 0
 
     async def run(self) -> None:
-        """Scrape forever (cancel the task to stop)."""
+        """Scrape forever (cancel the task to stop); a failed round is counted, not fatal."""
         while True:
             started = time.monotonic()
-            await self.scrape_once()
+            try:
+                await self.scrape_once()
+            except Exception as exc:
+                self.agent.error("scrape-task", f"scrape round failed: {type(exc).__name__}: {exc}")
             await asyncio.sleep(max(self.interval_s - (time.monotonic() - started), 0.01))
 
     async def scrape_once(self) -> None:
@@ -70,45 +119,51 @@ class Scrapers:
         if self.agent.policy is None:
             return  # a node without a policy idles: nothing to control, nothing to read
         if self.scrape_serving:
-            with self.agent.lock:
-                targets = [(p.key, p.metrics_url()) for p in self.agent.pods.values()]
-            jobs += [self._serving(key, url) for key, url in targets if url]
-        if self.dcgm_url:
-            jobs.append(self._dcgm(self.dcgm_url))
+            jobs += [self._serving(key, url) for key, url in self.agent.scrape_targets()]
+        if self.dcgm is not None and self.dcgm.enabled:
+            jobs.append(self._dcgm(self.dcgm))
         if self.pod_resources is not None and time.monotonic() >= self._podres_next_s:
             self._podres_next_s = time.monotonic() + self.podres_interval_s
             jobs.append(self._podres(self.pod_resources))
-        await asyncio.gather(*jobs)
+        await asyncio.gather(*(self._guarded(job) for job in jobs))
         self.rounds += 1
 
-    async def _get(self, url: str) -> str | None:
+    async def _guarded(self, job: Awaitable[None]) -> None:
+        # One target's unexpected failure must not cancel the other targets of the round.
         try:
-            response = await self.client.get(url, timeout=self.timeout_s)
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            self.agent.error("scrape", f"{url}: {type(exc).__name__}: {exc}")
-            return None
-        return response.text
+            await job
+        except Exception as exc:
+            self.agent.error("scrape", f"{type(exc).__name__}: {exc}")
 
     async def _serving(self, key: tuple[str, str], url: str) -> None:
-        text = await self._get(url)
-        if text is None:
-            return
+        where = f"pod {key[0]}/{key[1]} at {url}"
         try:
-            snapshot = parse_serving(text, self.clock())
-        except ValueError as exc:
-            self.agent.error("scrape", f"pod {key[0]}/{key[1]} at {url}: {exc}")
+            text = await fetch_bounded(self.client, url, self.limits)
+            scrape = await asyncio.to_thread(parse_serving_scrape, text, self.clock())
+        except ScrapeError as exc:
+            self.agent.error("scrape", f"{where}: {exc}")
             return
-        self.agent.set_serving(key, snapshot)
+        self.agent.set_serving(key, scrape.total, scrape.engines)
 
-    async def _dcgm(self, url: str) -> None:
-        text = await self._get(url)
-        if text is None:
+    async def _dcgm(self, source: DcgmSource) -> None:
+        target: DcgmTarget | None = await source.target()
+        if target is None:
             return
         try:
-            snapshot = parse_dcgm(text, self.clock(), self.agent.node_name)
-        except ValueError as exc:
-            self.agent.error("scrape", f"dcgm-exporter at {url}: unparsable metrics: {exc}")
+            text = await fetch_bounded(self.client, target.url, self.limits)
+            snapshot = await asyncio.to_thread(
+                parse_dcgm,
+                text,
+                self.clock(),
+                self.agent.node_name,
+                accept_unlabelled=target.node_local,
+                hostnames=self.dcgm_hostnames,
+            )
+        except ForeignScrapeError as exc:
+            self.agent.error("scrape-foreign", f"dcgm-exporter at {target.url}: {exc}")
+            return
+        except ScrapeError as exc:
+            self.agent.error("scrape", f"dcgm-exporter at {target.url}: {exc}")
             return
         self.agent.set_dcgm(snapshot)
 
@@ -119,3 +174,25 @@ class Scrapers:
             self.agent.error("podresources", str(exc))
             return
         self.agent.set_pod_resources(entries)
+
+
+async def supervise(
+    name: str,
+    factory: Callable[[], Awaitable[None]],
+    on_crash: Callable[[str, str], None],
+    backoff_s: float = 1.0,
+) -> None:
+    """Run `factory()` forever, restarting it after `backoff_s` whenever it ends or raises.
+
+    `on_crash(kind, message)` counts each restart (the agent's error counter).
+    """
+    while True:
+        try:
+            await factory()
+            message = f"task {name} ended; restarting"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            message = f"task {name} crashed ({type(exc).__name__}: {exc}); restarting"
+        on_crash("task", message)
+        await asyncio.sleep(backoff_s)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from triserve.api.annotations import (
+    DEFAULT_METRICS_PATH,
     GPUS_ANNOTATION,
     KNOWN_STAGES,
     METRICS_ANNOTATION,
@@ -23,6 +24,7 @@ from triserve.api.annotations import (
     PIPELINE_ANNOTATION,
     ROLE_LABELS,
     STAGE_ANNOTATION,
+    parse_metrics_annotation,
     stage_from_role,
 )
 
@@ -31,7 +33,6 @@ log = logging.getLogger(__name__)
 #: Stage and pipeline names are DNS-label-like so they are safe as Prometheus label values.
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$")
 _GPU_ID_RE = re.compile(r"^(\d{1,3}|GPU-[0-9A-Fa-f-]{8,}|MIG-[0-9A-Za-z/-]+)$")
-DEFAULT_METRICS_PATH = "/metrics"
 
 #: Called with an error kind and a message for every malformed input that was skipped.
 ErrorSink = Callable[[str, str], None]
@@ -83,15 +84,6 @@ class ServingPod:
             return None
         host = f"[{self.pod_ip}]" if ":" in self.pod_ip else self.pod_ip
         return f"http://{host}:{self.metrics_port}{self.metrics_path}"
-
-
-def parse_metrics_annotation(value: str) -> tuple[int, str]:
-    """Parse ``"8000"`` or ``"8000/metrics"`` (or ``":8000/path"``) into (port, path)."""
-    text = value.strip().lstrip(":")
-    port_text, sep, path = text.partition("/")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"port {port_text!r} is not a number in 1-65535")
-    return int(port_text), ("/" + path) if sep else DEFAULT_METRICS_PATH
 
 
 def parse_gpus_annotation(value: str) -> tuple[str, ...]:

@@ -28,7 +28,8 @@ def test_pod_resources_win_and_a_shared_gpu_hosts_both_stages() -> None:
 
 def test_dcgm_labels_then_annotation_are_fallbacks() -> None:
     dcgm = parse_dcgm('DCGM_FI_DEV_SM_CLOCK{gpu="0",UUID="GPU-0aaa",pod="thinker-0",'
-                      'namespace="omni",container="engine"} 1980\n', 0.0)  # fmt: skip
+                      'namespace="omni",container="engine"} 1980\n', 0.0, "node-1",
+                      accept_unlabelled=True)  # fmt: skip
     pods = [pod("thinker-0", "thinker"), pod("talker-0", "talker", ("GPU-2aaa",))]
     mapping = map_pods(pods, IDX, [], dcgm)
     assert mapping[0][0].source == "dcgm" and mapping[2][0].source == "annotation"

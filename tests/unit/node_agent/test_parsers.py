@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from triserve.node_agent.dcgm import parse_dcgm
+from triserve.node_agent.dcgm import ForeignScrapeError, parse_dcgm
 from triserve.node_agent.serving import parse_serving
 from triserve.simnode.node import open_simulation
 
@@ -46,7 +46,7 @@ trtllm_generation_tokens_total 77
 """
 
 
-def test_vllm_series_are_summed_across_label_sets_and_histograms_kept() -> None:
+def test_vllm_pod_total_sums_label_sets_and_keeps_histograms() -> None:
     snap = parse_serving(VLLM, 12.0)
     assert (snap.running, snap.waiting) == (4, 2)
     assert (snap.generation_tokens_total, snap.prompt_tokens_total) == (1500.0, 9000.0)
@@ -64,7 +64,7 @@ def test_sglang_and_tensorrt_llm_names_are_recognised() -> None:
 
 @pytest.mark.parametrize("text", ["", "garbage_metric 1\n", "node_cpu_seconds_total 3\n"])
 def test_text_without_serving_metrics_is_an_error_the_caller_can_skip(text: str) -> None:
-    with pytest.raises(ValueError, match="no vLLM"):
+    with pytest.raises(ValueError, match=r"no vLLM|no samples"):
         parse_serving(text, 0.0)
 
 
@@ -99,9 +99,12 @@ def test_dcgm_reads_both_host_labels_and_old_pod_labels_and_filters_other_nodes(
     activity = aaa.activity()
     assert activity is not None and activity.tensor_active == 0.42
     assert bbb.activity() is None  # no DRAM activity exported for it
-    assert snap.for_gpu(0, "GPU-unknown") is aaa
+    assert snap.for_gpu(0, "GPU-unknown") is None  # an index never stands in for a UUID
 
 
-def test_dcgm_without_a_matching_host_keeps_every_series() -> None:
-    snap = parse_dcgm(DCGM, 1.0, node_name="dcgm-exporter-pod-xyz")
-    assert {"GPU-aaa", "GPU-bbb", "GPU-zzz"} <= set(snap.gpus)
+def test_dcgm_without_a_matching_host_is_rejected_not_kept() -> None:
+    with pytest.raises(ForeignScrapeError, match="not node dcgm-exporter-pod-xyz"):
+        parse_dcgm(DCGM, 1.0, node_name="dcgm-exporter-pod-xyz")
+    # dcgm-exporter without NODE_NAME labels hosts with its pod name: accepted on request.
+    snap = parse_dcgm(DCGM, 1.0, node_name="n", hostnames=frozenset({"node-2"}))
+    assert set(snap.gpus) == {"GPU-zzz"}

@@ -35,7 +35,9 @@ def test_status_names_nodes_whose_restore_failed_even_after_their_label_went() -
     nodes = [node_view({"metadata": {"name": "n1"}, "status": status})]
     meta = {"name": "p", "creationTimestamp": "2025-01-01T00:00:00Z", "generation": 1}
     policy = policy_view({"metadata": meta, "spec": {}})
-    found = {v.type: v for v in verdicts(policy, plan(nodes, [policy]), ["n1"], agg, stale_after_s=90)}
+    found = {
+        v.type: v for v in verdicts(policy, plan(nodes, [policy]), ["n1"], agg, stale_after_s=90)
+    }
     degraded = found["Degraded"]
     assert degraded.status is ConditionStatus.TRUE and degraded.reason == "RestoreFailed"
     assert "n2" in degraded.message
