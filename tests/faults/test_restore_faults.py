@@ -195,7 +195,7 @@ def test_watchdog_keeps_the_record_of_a_lock_the_stuck_tick_may_still_apply(
 def test_second_agent_on_the_node_refuses_to_start(node: FaultNode) -> None:
     tried("second agent on one state file")
     node.start(STATIC)
-    with pytest.raises(StateFileBusyError, match="another triserve agent.*only one agent"):
+    with pytest.raises(StateFileBusyError, match=r"another triserve agent.*only one agent"):
         StateFile(node.state_path).acquire()
     node.stop()
     StateFile(node.state_path).acquire()  # free again once the first one stopped

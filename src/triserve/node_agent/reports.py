@@ -5,9 +5,10 @@ a `NodeEnergyReportStatus`; `ReportWriter` creates the cluster-scoped report (na
 the node, owned by the Node so it is garbage-collected with it) and patches its status
 subresource. Standalone runs log the same status instead (`log_status`). A node whose GPU
 restore did not verify reports phase `RestoreFailed` under the policy it was released from
-(so the operator keeps waiting for it), never `Released`; its conditions say which GPUs. Tokens come from
-the serving engines' generation counters; the PMU-default baseline is the agent's own
-counterfactual estimate (`triserve.node_agent.gpus.BASELINE_METHOD`), never simulator data.
+(so the operator keeps waiting for it), never `Released`; its conditions say which GPUs.
+Tokens come from the serving engines' generation counters; the PMU-default baseline is the
+agent's own counterfactual estimate (`triserve.node_agent.gpus.BASELINE_METHOD`), never
+simulator data.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Assemble and run one agent process: backend, sources, scrapers, tick, exporter, reports.
 
 `run(options)` is the body of `triserve agent` (see `triserve.node_agent.main` for the
-flags) and of `triserve demo`. It takes the state file's node-wide lock (a second agent refuses to start),
+flags) and of `triserve demo`. It takes the state file's node-wide lock (a second agent
+refuses to start),
 restores stale locks at start-up, serves `/metrics`,
 starts the watchdog, follows the policy (cluster watches or a file), runs the control tick
 (wall clock, or inside the simulation with `--sim`), scrapes asynchronously, reports every

@@ -124,12 +124,12 @@ def test_ideal_counters_are_an_explicit_option_with_the_old_identities() -> None
 
     ideal.run_until(60.0, on_tick=tick, tick_s=1.0)
     assert max(drams) > 0.95
-    with pytest.raises(ScenarioError, match="telemetry.counters"):
+    with pytest.raises(ScenarioError, match=r"telemetry\.counters"):
         with_overrides(load_scenario("reference"), {"telemetry.counters": "exact"})
 
 
 def test_overrides_name_the_missing_field() -> None:
-    with pytest.raises(ScenarioError, match="pmu.idle_hold"):
+    with pytest.raises(ScenarioError, match=r"pmu\.idle_hold"):
         with_overrides(load_scenario("reference"), {"pmu.idle_hold": 1.0})
     sc = with_overrides(load_scenario("reference"), {"pmu.idle_hold_s": 10.0})
     assert sc.pmu.idle_hold_s == 10.0 and load_scenario("reference").pmu.idle_hold_s == 1.5
