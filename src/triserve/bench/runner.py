@@ -3,7 +3,8 @@
 Called by `triserve.bench.cli` (and the bench tests). The loops see exactly what the node
 agent would: their GPU through `sim.backend` at their own tick, and `StageObservation`s built
 from `sim.serving_snapshot` refreshed every scrape interval and from `sim.placements`. Only
-the oracle strategy (`triserve.bench.oracle`) reads `sim.oracle_view()`, and is labelled so.
+the labelled oracle rows (`triserve.bench.lookahead`, `triserve.bench.optimum`) read
+simulator internals.
 """
 
 from __future__ import annotations
