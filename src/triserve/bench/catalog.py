@@ -1,95 +1,126 @@
-"""The bench's strategy catalogue and the offline sweeps behind static-best / power-cap-best.
+"""The bench's strategy catalogue and the offline searches behind its "-best" rows.
 
-Called by `triserve.bench.cli`. Every row is a `StrategySpec`; static and power-cap settings
-are given as fractions of each GPU's boost clock / default power limit so one sweep fits
-every device profile of a scenario. `pick_best` applies the selection rule: the lowest
-energy whose p99 end-to-end latency is within +1% of default's.
+Called by `triserve.bench.cli`. Every row is a `StrategySpec`. Three rows are found offline
+on the very seed they are reported on, by `triserve.bench.search`'s coordinate search under
+one rule (p99 end-to-end latency and p99 TTFT within +1% of default's, throughput within
+-0.5%, then the least energy per token): ``static-best`` (one locked clock per GPU, as a
+fraction of its boost clock), ``power-cap-best`` (one power limit per GPU, as a fraction of
+its default limit) and ``optimum`` (`triserve.bench.optimum`, per GPU and phase kind, with
+hindsight).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from concurrent.futures import Executor
 from functools import partial
 
-from triserve.bench.oracle import oracle_factory
-from triserve.bench.results import StrategyResult
-from triserve.bench.runner import StrategySpec
+from triserve.bench.lookahead import lookahead_factory
+from triserve.bench.optimum import search_optimum
+from triserve.bench.runner import RunOutput, StrategySpec
+from triserve.bench.search import Plan, SearchOutcome, coordinate_search
 from triserve.control import (
     ControlSettings,
+    DefaultStrategy,
     PowerCapStrategy,
     StaticClockStrategy,
     Strategy,
     StrategyKind,
 )
-from triserve.sim import Simulation
+from triserve.sim import Scenario, Simulation
 
 STRATEGIES: tuple[str, ...] = (
     "default",
     "static-best",
     "power-cap-best",
     "slo-dvfs",
+    "phase-dvfs",
     "tri-serve",
     "tri-serve-D",
     "tri-serve-A",
     "tri-serve-T",
-    "oracle",
+    "lookahead",
+    "optimum",
 )
-#: Static clocks swept, as fractions of each GPU's boost clock (1.0 = default's clock).
-STATIC_FRACTIONS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-#: Power limits swept, as fractions of each GPU's default power limit.
+#: Rows found by an offline search relative to the default row of the same seed.
+SEARCHED: tuple[str, ...] = ("static-best", "power-cap-best", "optimum")
+#: Static clocks tried per GPU, as fractions of its boost clock (1.0 = default's clock).
+STATIC_FRACTIONS: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+#: Power limits tried per GPU, as fractions of its default power limit.
 POWER_FRACTIONS: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.85, 1.0)
-#: The p99 end-to-end latency bound (percent over default) the sweeps select under.
-P99_BOUND_PCT = 1.0
+#: Passes and simulation budget of the static-best and power-cap-best searches.
+SWEEP_PASSES = 3
+SWEEP_MAX_EVALS = 40
 
 
-def _static(
-    fraction: float, sim: Simulation, gpu_index: int, settings: ControlSettings
+def _per_gpu(
+    kind: str, plan: Plan, sim: Simulation, gpu_index: int, settings: ControlSettings
 ) -> Strategy:
-    top = sim.backend.default_max_sm_clock_mhz(gpu_index)
-    return StaticClockStrategy(round(top * fraction))
-
-
-def _power(fraction: float, sim: Simulation, gpu_index: int, settings: ControlSettings) -> Strategy:
+    fraction = float(dict(plan).get(gpu_index, 1.0))  # type: ignore[arg-type]
+    if fraction >= 1.0:
+        return DefaultStrategy()  # exactly default's behaviour, so default's run is reused
+    if kind == "static-best":
+        top = sim.backend.default_max_sm_clock_mhz(gpu_index)
+        return StaticClockStrategy(round(top * fraction))
     default_mw = sim.backend.power_limit_constraints_mw(gpu_index).default_mw
     return PowerCapStrategy(round(default_mw * fraction / 1000))
 
 
-def sweep_specs(name: str) -> list[StrategySpec]:
-    """The candidate rows of an offline sweep (``static-best`` or ``power-cap-best``)."""
+def _sweep_spec(name: str, plan: Plan) -> StrategySpec:
+    unit = "x boost clock" if name == "static-best" else "x default power limit"
+    label = ", ".join(f"GPU{g}: {float(f):.2f}" for g, f in plan)  # type: ignore[arg-type]
     base = ControlSettings(strategy=StrategyKind.DEFAULT)
-    if name == "static-best":
-        return [
-            StrategySpec(name, base, f"{f:.2f} x boost clock", partial(_static, f))
-            for f in STATIC_FRACTIONS
-        ]
-    if name == "power-cap-best":
-        return [
-            StrategySpec(name, base, f"{f:.2f} x default power limit", partial(_power, f))
-            for f in POWER_FRACTIONS
-        ]
-    raise ValueError(f"{name!r} is not a swept strategy")
+    return StrategySpec(name, base, f"{label} {unit}", partial(_per_gpu, name, plan))
+
+
+def search_row(
+    name: str, scenario: Scenario, seed: int, pool: Executor, default: RunOutput
+) -> SearchOutcome:
+    """Run the offline search behind row `name` (one of `SEARCHED`) on `seed`."""
+    if name == "optimum":
+        return search_optimum(scenario, seed, pool, default)
+    if name not in ("static-best", "power-cap-best"):
+        raise ValueError(f"{name!r} is not a searched strategy; choose from {SEARCHED}")
+    fractions = STATIC_FRACTIONS if name == "static-best" else POWER_FRACTIONS
+    gpus = range(len(scenario.gpus))
+    default_plan: Plan = tuple((g, 1.0) for g in gpus)
+    levels: dict[Hashable, Sequence[Hashable]] = {g: fractions for g in gpus}
+    # One setting for all GPUs first, so the per-GPU search starts no worse than uniform.
+    uniform = [tuple((g, f) for g in gpus) for f in fractions if f < 1.0]
+    return coordinate_search(
+        scenario,
+        seed,
+        pool,
+        default,
+        default_plan,
+        levels,
+        partial(_sweep_spec, name),
+        starts=uniform,
+        passes=SWEEP_PASSES,
+        max_evals=SWEEP_MAX_EVALS,
+    )
 
 
 def spec_for(name: str, settings: ControlSettings | None = None) -> StrategySpec:
-    """The single row `name` (not a sweep); `settings` overrides the Tri-serve defaults."""
+    """The single row `name` (not a search); `settings` overrides the Tri-serve defaults."""
     tri = settings or ControlSettings()
     if name == "default":
         return StrategySpec(name, ControlSettings(strategy=StrategyKind.DEFAULT))
     if name == "slo-dvfs":
         return StrategySpec(name, ControlSettings(strategy=StrategyKind.SLO_DVFS))
+    if name == "phase-dvfs":
+        return StrategySpec(
+            name, ControlSettings(strategy=StrategyKind.PHASE_DVFS), "TTFT→prefill, TBT→decode"
+        )
     if name == "tri-serve":
         return StrategySpec(name, tri)
     if name.startswith("tri-serve-") and name[-1] in "DAT":
         return StrategySpec(name, tri.only(name[-1]), f"{name[-1]} only")
-    if name == "oracle":
-        return StrategySpec(name, tri, "ORACLE: future phases", oracle_factory)
+    if name == "lookahead":
+        return StrategySpec(
+            name, tri, "ORACLE: per-phase no-loss lookahead (future phases)", lookahead_factory
+        )
+    if name in SEARCHED:
+        raise ValueError(f"{name!r} is found by a search: use search_row")
     known = ", ".join(STRATEGIES)
     raise ValueError(f"unknown strategy {name!r}; choose from {known}")
-
-
-def pick_best(default: StrategyResult, candidates: Sequence[StrategyResult]) -> StrategyResult:
-    """Lowest energy per token among candidates whose p99 e2e is within the bound."""
-    limit_s = default.p99_e2e_s * (1.0 + P99_BOUND_PCT / 100.0)
-    ok = [c for c in candidates if c.p99_e2e_s <= limit_s]
-    pool = ok or [min(candidates, key=lambda c: c.p99_e2e_s)]
-    return max(pool, key=lambda c: c.tokens_per_j)

@@ -2,8 +2,10 @@
 
 Dispatched by `triserve.cli` as ``main(argv)``. Every strategy of a scenario replays the same
 seed and arrivals (a paired comparison); runs go to worker processes (``--jobs``). Rows
-``static-best`` and ``power-cap-best`` are offline sweeps reduced to the setting with the
-lowest energy per token whose p99 end-to-end latency stays within +1% of default's.
+``static-best``, ``power-cap-best`` and ``optimum`` are offline searches on that same seed
+(`triserve.bench.catalog.search_row`); how many simulations each took is printed under the
+table. ``--seeds N`` repeats a block on N seeds and adds the per-row mean and range;
+``--idle-hold-s`` repeats every scenario once per PMU boost hold, one block each.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from triserve.bench.catalog import STRATEGIES, pick_best, spec_for, sweep_specs
-from triserve.bench.results import StrategyResult, markdown_table, to_json, with_gains, write_json
-from triserve.bench.runner import RunOutput, StrategySpec, run_strategy
+from triserve.bench.catalog import SEARCHED, STRATEGIES, search_row, spec_for
+from triserve.bench.results import StrategyResult, markdown_table, with_gains, write_json
+from triserve.bench.runner import RunOutput, run_strategy
+from triserve.bench.search import SearchOutcome
+from triserve.bench.seeds import aggregate, aggregate_table
 from triserve.sim import Scenario, ScenarioError, load_scenario
 
 #: Length of the per-GPU timeline plotted with ``--plots``, in seconds after warm-up.
@@ -51,7 +56,19 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(STRATEGIES),
         help=f"comma-separated subset of: {', '.join(STRATEGIES)}",
     )
-    p.add_argument("--seed", type=int, default=0, help="simulation seed (same for every row)")
+    p.add_argument("--seed", type=int, default=0, help="first simulation seed (same for every row)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="run seeds SEED..SEED+N-1 and add each row's mean and range over them",
+    )
+    p.add_argument(
+        "--idle-hold-s",
+        default=None,
+        help="comma-separated PMU boost holds in seconds (e.g. 0.25,1.5,10): one block each, "
+        "overriding the scenario's pmu.idle_hold_s",
+    )
     p.add_argument("--duration-s", type=float, default=None, help="override scenario duration")
     p.add_argument("--warmup-s", type=float, default=None, help="override scenario warm-up")
     p.add_argument("--json", type=Path, default=None, help="write results as JSON to FILE")
@@ -72,31 +89,124 @@ def _selected(raw: str) -> list[str]:
     return names
 
 
+@dataclass(slots=True)
+class ScenarioRun:
+    """One seed of one block: the rows, their runs and the searches behind searched rows."""
+
+    results: list[StrategyResult]
+    outputs: dict[str, RunOutput]
+    searches: dict[str, SearchOutcome]
+
+    def notes(self) -> list[str]:
+        """One line per search: its cost and the constraints that bound it."""
+        out = []
+        for name, s in self.searches.items():
+            bound = ", ".join(f"{k} ({v} cheaper plans broke it)" for k, v in s.binding.items())
+            out.append(
+                f"{name} search: {s.evaluations} simulations, {s.wall_s:.0f} s wall; "
+                f"bound by: {bound or 'nothing (grid exhausted)'}."
+            )
+        return out
+
+
 def run_scenario(
     scenario: Scenario, names: Sequence[str], seed: int, pool: Executor, trace: bool
-) -> tuple[list[StrategyResult], dict[str, RunOutput]]:
-    """All selected rows of one scenario (sweeps reduced to their best setting)."""
+) -> ScenarioRun:
+    """All selected rows of one scenario on one seed (searched rows found on that seed)."""
     window = (scenario.warmup_s, scenario.warmup_s + TIMELINE_S) if trace else None
     wanted = list(names)
-    if any(n.endswith("-best") for n in wanted) and "default" not in wanted:
-        wanted.insert(0, "default")  # the sweeps select relative to default
-    jobs: dict[str, list[tuple[StrategySpec, Future[RunOutput]]]] = {}
-    for name in wanted:
-        specs = sweep_specs(name) if name.endswith("-best") else [spec_for(name)]
-        jobs[name] = [(s, pool.submit(run_strategy, scenario, s, seed, window)) for s in specs]
+    if any(n in SEARCHED for n in wanted) and "default" not in wanted:
+        wanted.insert(0, "default")  # the searches select relative to default
+    futs: dict[str, Future[RunOutput]] = {
+        n: pool.submit(run_strategy, scenario, spec_for(n), seed, window)
+        for n in wanted
+        if n not in SEARCHED
+    }
     outputs: dict[str, RunOutput] = {}
-    for name, futs in jobs.items():
-        runs = [f.result() for _, f in futs]
-        if len(runs) == 1:
-            outputs[name] = runs[0]
-    for name, futs in jobs.items():
-        if name in outputs:
-            continue
-        runs = [f.result() for _, f in futs]
-        best = pick_best(outputs["default"].result, [r.result for r in runs])
-        outputs[name] = next(r for r in runs if r.result is best)
+    searches: dict[str, SearchOutcome] = {}
+    searched = [n for n in wanted if n in SEARCHED]
+    if searched:
+        default = futs["default"].result()
+        # Searches wait on their own simulations; threads let them share the worker pool.
+        with ThreadPoolExecutor(len(searched)) as threads:
+            found = {
+                n: threads.submit(search_row, n, scenario, seed, pool, default) for n in searched
+            }
+            searches = {n: f.result() for n, f in found.items()}
+        for n, outcome in searches.items():
+            outputs[n] = (
+                run_strategy(scenario, outcome.spec, seed, window) if trace else outcome.run
+            )
+    outputs.update({n: f.result() for n, f in futs.items()})
     ordered = [outputs[n].result for n in wanted if n in names or n == "default"]
-    return with_gains(ordered), outputs
+    return ScenarioRun(with_gains(ordered), outputs, searches)
+
+
+def _holds(raw: str | None) -> list[float | None]:
+    if raw is None:
+        return [None]
+    try:
+        holds = [float(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        msg = f"--idle-hold-s: {raw!r} is not a comma-separated list of seconds, e.g. 0.25,1.5,10"
+        raise ValueError(msg) from None
+    if not holds or any(h < 0 for h in holds):
+        raise ValueError("--idle-hold-s needs one or more holds of 0 s or more, e.g. 0.25,1.5,10")
+    return list(holds)
+
+
+def with_idle_hold(scenario: Scenario, hold_s: float) -> Scenario:
+    """`scenario` with the PMU's boost hold after going idle set to `hold_s`."""
+    pmu = scenario.pmu.model_copy(update={"idle_hold_s": hold_s})
+    return scenario.model_copy(update={"pmu": pmu})
+
+
+def run_block(
+    scenario: Scenario,
+    names: Sequence[str],
+    seeds: Sequence[int],
+    pool: Executor,
+    plots: Path | None,
+) -> dict[str, Any]:
+    """Every seed of one scenario variant: print its tables, return its JSON document."""
+    title = f"{scenario.name} (idle hold {scenario.pmu.idle_hold_s:g} s)"
+    per_seed: list[dict[str, Any]] = []
+    rows_by_seed: list[list[StrategyResult]] = []
+    for seed in seeds:
+        run = run_scenario(scenario, names, seed, pool, trace=plots is not None)
+        print(markdown_table(f"{title}, seed {seed}", run.results, run.notes()))
+        print()
+        per_seed.append(
+            {
+                "seed": seed,
+                "results": [r.to_dict() for r in run.results],
+                "searches": {
+                    n: {
+                        "setting": s.spec.setting,
+                        "simulations": s.evaluations,
+                        "wall_s": round(s.wall_s, 1),
+                        "binding": s.binding,
+                    }
+                    for n, s in run.searches.items()
+                },
+            }
+        )
+        rows_by_seed.append(run.results)
+        if plots is not None and seed == seeds[0]:
+            _plot(scenario.name, run.results, run.outputs, plots)
+    rows = aggregate(rows_by_seed)
+    if len(seeds) > 1:
+        print(aggregate_table(title, rows))
+        print()
+    return {
+        "scenario": scenario.name,
+        "idle_hold_s": scenario.pmu.idle_hold_s,
+        "seeds": list(seeds),
+        "results": per_seed[0]["results"],
+        "per_seed": per_seed,
+        "aggregate": [r.to_dict() for r in rows],
+        "spread": "min-max over seeds",
+    }
 
 
 def _plot(
@@ -116,9 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(argv) if argv is not None else None)
     try:
         names = _selected(args.strategies)
+        holds = _holds(args.idle_hold_s)
         scenarios = [load_scenario(s) for s in (args.scenario or ["reference"])]
     except (ValueError, ScenarioError) as exc:
         print(f"triserve bench: {exc}", file=sys.stderr)
+        return 2
+    if args.seeds < 1:
+        print("triserve bench: --seeds must be 1 or more", file=sys.stderr)
         return 2
     overrides = {
         k: v
@@ -136,18 +250,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError:
             print("triserve bench: --plots needs matplotlib; pip install 'triserve[bench]'")
             return 2
+    seeds = list(range(args.seed, args.seed + args.seeds))
     pool: Executor = ProcessPoolExecutor(args.jobs) if args.jobs > 1 else _Inline()
     docs = []
     with pool:
         for scenario in scenarios:
-            results, outputs = run_scenario(
-                scenario, names, args.seed, pool, trace=args.plots is not None
-            )
-            print(markdown_table(scenario.name, results))
-            print()
-            docs.append(to_json(scenario.name, results))
-            if args.plots is not None:
-                _plot(scenario.name, results, outputs, args.plots)
+            for hold in holds:
+                variant = scenario if hold is None else with_idle_hold(scenario, hold)
+                docs.append(run_block(variant, names, seeds, pool, args.plots))
     if args.json is not None:
         write_json(args.json, docs)
     return 0

@@ -3,6 +3,8 @@
 Produced by `triserve.bench.runner` (one simulated run each) and rendered by
 `triserve.bench.cli`. Efficiency is useful work per joule; the change versus the ``default``
 row is computed on tokens per joule (every strategy of a scenario replays the same arrivals).
+"Share of optimum" is a row's efficiency gain over default divided by the ``optimum`` row's
+(the hindsight optimum of `triserve.bench.optimum`), in percent.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class StrategyResult:
     throttle_s: float
     setting: str = ""
     efficiency_gain_pct: float = 0.0
+    share_of_optimum_pct: float | None = None
     decisions: dict[str, int] = field(default_factory=dict)
     slo_guard_trips: int = 0
     wall_s: float = 0.0
@@ -55,13 +58,22 @@ class StrategyResult:
 
 
 def with_gains(results: Sequence[StrategyResult]) -> list[StrategyResult]:
-    """Fill `efficiency_gain_pct` relative to the ``default`` row (0 when it is absent)."""
+    """Fill `efficiency_gain_pct` relative to the ``default`` row (0 when it is absent) and
+    `share_of_optimum_pct` relative to the ``optimum`` row (None when it is absent or
+    gained nothing)."""
     base = next((r for r in results if r.strategy == "default"), None)
     if base is None or base.tokens_per_j <= 0:
         return list(results)
-    return [
+    gained = [
         replace(r, efficiency_gain_pct=100.0 * (r.tokens_per_j / base.tokens_per_j - 1.0))
         for r in results
+    ]
+    best = next((r for r in gained if r.strategy == "optimum"), None)
+    if best is None or best.efficiency_gain_pct <= 0:
+        return gained
+    return [
+        replace(r, share_of_optimum_pct=100.0 * r.efficiency_gain_pct / best.efficiency_gain_pct)
+        for r in gained
     ]
 
 
@@ -70,54 +82,35 @@ def delta_pct(value: float, base: float) -> float:
     return 100.0 * (value / base - 1.0) if base else 0.0
 
 
-def oracle_capture_pct(results: Sequence[StrategyResult], strategy: str) -> float | None:
-    """Share of the oracle's energy saving over default that `strategy` achieves, percent."""
-    rows = {r.strategy: r for r in results}
-    base, oracle, mine = rows.get("default"), rows.get("oracle"), rows.get(strategy)
-    if base is None or oracle is None or mine is None:
-        return None
-    # Energy per token, so that small differences in completed work do not count as saving.
-    saving_oracle = 1.0 / base.tokens_per_j - 1.0 / oracle.tokens_per_j
-    saving_mine = 1.0 / base.tokens_per_j - 1.0 / mine.tokens_per_j
-    if saving_oracle <= 0:
-        return None
-    return 100.0 * saving_mine / saving_oracle
-
-
-def markdown_table(scenario: str, results: Sequence[StrategyResult]) -> str:
-    """The results as a Markdown table, with p99 and throughput changes versus default."""
+def markdown_table(
+    scenario: str, results: Sequence[StrategyResult], notes: Sequence[str] = ()
+) -> str:
+    """The results as a Markdown table, with latency and throughput changes versus default."""
     base = next((r for r in results if r.strategy == "default"), None)
     head = (
         "| strategy | setting | energy (J) | req/J | tokens/J | eff. vs default | "
-        "p50 TTFT (s) | p99 TTFT (s) | p50 e2e (s) | p99 e2e (s) | Δp99 e2e | "
-        "throughput (req/s) | Δthroughput | stalled@high (s) | throttled (s) |"
+        "share of optimum | p99 TTFT (s) | Δp99 TTFT | p50 e2e (s) | p99 e2e (s) | "
+        "Δp99 e2e | throughput (req/s) | Δthroughput | stalled@high (s) | throttled (s) |"
     )
-    lines = [f"### scenario: {scenario}", "", head, "|" + "---|" * 15]
+    lines = [f"### scenario: {scenario}", "", head, "|" + "---|" * 16]
     for r in results:
+        dttft = delta_pct(r.p99_ttft_s, base.p99_ttft_s) if base else 0.0
         dp99 = delta_pct(r.p99_e2e_s, base.p99_e2e_s) if base else 0.0
         dthr = delta_pct(r.throughput_rps, base.throughput_rps) if base else 0.0
+        share = "-" if r.share_of_optimum_pct is None else f"{r.share_of_optimum_pct:.0f}%"
         lines.append(
             f"| {r.strategy} | {r.setting or '-'} | {r.energy_j:,.0f} | {r.requests_per_j:.5f} | "
-            f"{r.tokens_per_j:.4f} | {r.efficiency_gain_pct:+.1f}% | {r.p50_ttft_s:.3f} | "
-            f"{r.p99_ttft_s:.3f} | {r.p50_e2e_s:.2f} | {r.p99_e2e_s:.2f} | {dp99:+.2f}% | "
-            f"{r.throughput_rps:.4f} | {dthr:+.2f}% | {r.stall_high_s:.1f} | {r.throttle_s:.1f} |"
+            f"{r.tokens_per_j:.4f} | {r.efficiency_gain_pct:+.1f}% | {share} | "
+            f"{r.p99_ttft_s:.3f} | {dttft:+.2f}% | {r.p50_e2e_s:.2f} | {r.p99_e2e_s:.2f} | "
+            f"{dp99:+.2f}% | {r.throughput_rps:.4f} | {dthr:+.2f}% | {r.stall_high_s:.1f} | "
+            f"{r.throttle_s:.1f} |"
         )
-    capture = oracle_capture_pct(results, "tri-serve")
-    if capture is not None:
-        lines += ["", f"tri-serve captures {capture:.0f}% of the oracle's energy saving."]
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines)
 
 
-def to_json(scenario: str, results: Sequence[StrategyResult]) -> dict[str, Any]:
-    """The JSON document `--json` writes."""
-    doc: dict[str, Any] = {"scenario": scenario, "results": [r.to_dict() for r in results]}
-    capture = oracle_capture_pct(results, "tri-serve")
-    if capture is not None:
-        doc["tri_serve_oracle_capture_pct"] = capture
-    return doc
-
-
 def write_json(path: Path, docs: Sequence[dict[str, Any]]) -> None:
-    """Write one scenario's document, or a list of them when several scenarios ran."""
+    """Write one block's document, or a list of them when several blocks ran."""
     payload: Any = docs[0] if len(docs) == 1 else list(docs)
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")

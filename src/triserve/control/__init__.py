@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from triserve.control.baselines import (
     DefaultStrategy,
+    PhaseDvfsStrategy,
     PowerCapStrategy,
     SloDvfsStrategy,
     StaticClockStrategy,
@@ -38,6 +39,7 @@ __all__ = [
     "DeviceLimits",
     "IntensitySource",
     "LoopStats",
+    "PhaseDvfsStrategy",
     "PowerCapStrategy",
     "Reason",
     "SloDvfsStrategy",

@@ -22,6 +22,7 @@ class StrategyKind(enum.StrEnum):
     POWER_CAP = "power-cap"
     DEFAULT = "default"
     SLO_DVFS = "slo-dvfs"
+    PHASE_DVFS = "phase-dvfs"
 
 
 class IntensitySource(enum.StrEnum):

@@ -8,24 +8,24 @@ from pathlib import Path
 import pytest
 
 from triserve import cli
-from triserve.bench.catalog import pick_best
-from triserve.bench.results import StrategyResult
+from triserve.bench.results import StrategyResult, markdown_table, with_gains
 
 SHORT = ["--scenario", "reference", "--duration-s", "45", "--warmup-s", "5", "--jobs", "1"]
+TINY = ["--scenario", "reference", "--duration-s", "30", "--warmup-s", "5", "--jobs", "1"]
 
 
 def test_bench_writes_the_table_and_the_json_shape(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out.json"
-    argv = ["bench", *SHORT, "--strategies", "default,tri-serve,oracle", "--json", str(out)]
+    argv = ["bench", *SHORT, "--strategies", "default,tri-serve,lookahead", "--json", str(out)]
     assert cli.main(argv) == 0
     table = capsys.readouterr().out
-    assert "| tri-serve |" in table and "| oracle |" in table and "p99 e2e" in table
+    assert "| tri-serve |" in table and "| lookahead |" in table and "p99 e2e" in table
     doc = json.loads(out.read_text())
     assert doc["scenario"] == "reference"
     rows = {r["strategy"]: r for r in doc["results"]}
-    assert set(rows) == {"default", "tri-serve", "oracle"}
+    assert set(rows) == {"default", "tri-serve", "lookahead"}
     for row in rows.values():
         for key, kind in (
             ("energy_j", float),
@@ -48,7 +48,8 @@ def test_bench_sweeps_pick_a_setting_and_plots_are_written(
     argv = ["bench", *SHORT, "--strategies", "static-best,tri-serve", "--plots", str(plots)]
     assert cli.main(argv) == 0
     table = capsys.readouterr().out
-    assert "| static-best |" in table and "x boost clock" in table
+    assert "| static-best |" in table and "GPU0: " in table and "x boost clock" in table
+    assert "static-best search: " in table and " simulations, " in table
     assert "| default |" in table  # sweeps are judged against default
     names = {p.name for p in plots.iterdir()}
     assert "reference-energy-vs-p99.png" in names
@@ -64,14 +65,57 @@ def test_bench_refuses_unknown_strategies_and_scenarios(
     assert "not found" in capsys.readouterr().err
 
 
-def _row(name: str, energy_j: float, p99_s: float) -> StrategyResult:
-    return StrategyResult(name, energy_j, 10, 1000.0, 60.0, 0.1, 0.2, 1.0, p99_s, 0.2, 0.0, 0.0)
+def test_seeds_are_aggregated_into_mean_and_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.json"
+    argv = ["bench", *TINY, "--strategies", "default,tri-serve", "--seeds", "2", "--json", str(out)]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert ", seed 0" in text and ", seed 1" in text and "over 2 seeds" in text
+    doc = json.loads(out.read_text())
+    assert doc["seeds"] == [0, 1] and len(doc["per_seed"]) == 2
+    agg = {a["strategy"]: a for a in doc["aggregate"]}
+    gains = [
+        next(r for r in s["results"] if r["strategy"] == "tri-serve")["efficiency_gain_pct"]
+        for s in doc["per_seed"]
+    ]
+    spread = agg["tri-serve"]["efficiency_gain_pct"]
+    assert spread["min"] == min(gains) and spread["max"] == max(gains)
+    assert spread["mean"] == pytest.approx(sum(gains) / 2)
+    assert agg["tri-serve"]["seeds"] == 2
+    assert set(agg["default"]["d_p99_ttft_pct"]) == {"mean", "min", "max"}
 
 
-def test_the_best_sweep_setting_is_the_cheapest_within_the_latency_bound() -> None:
-    default = _row("default", 100.0, 10.0)
-    fast_but_costly = _row("static-best", 95.0, 10.0)
-    cheap_and_ok = _row("static-best", 80.0, 10.09)
-    cheapest_but_slow = _row("static-best", 60.0, 10.5)
-    best = pick_best(default, [fast_but_costly, cheap_and_ok, cheapest_but_slow])
-    assert best is cheap_and_ok
+def test_each_idle_hold_is_its_own_block(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.json"
+    argv = ["bench", *TINY, "--strategies", "default", "--idle-hold-s", "0.25,10", "--json"]
+    assert cli.main([*argv, str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "(idle hold 0.25 s)" in text and "(idle hold 10 s)" in text
+    docs = json.loads(out.read_text())
+    assert [d["idle_hold_s"] for d in docs] == [0.25, 10.0]
+    # A longer hold keeps the clock up through more idle time: it costs energy.
+    energy = [d["results"][0]["energy_j"] for d in docs]
+    assert energy[1] > energy[0]
+    assert cli.main(["bench", "--idle-hold-s", "soon"]) == 2
+    assert "--idle-hold-s" in capsys.readouterr().err
+
+
+def _row(name: str, energy_j: float, tokens: float = 1000.0) -> StrategyResult:
+    return StrategyResult(name, energy_j, 10, tokens, 60.0, 0.1, 0.2, 1.0, 10.0, 0.2, 0.0, 0.0)
+
+
+def test_share_of_optimum_divides_each_rows_gain_by_the_optimums() -> None:
+    rows = with_gains([_row("default", 100.0), _row("tri-serve", 90.0), _row("optimum", 80.0)])
+    by = {r.strategy: r for r in rows}
+    # Gains: tri-serve 1/0.9 - 1 = 11.1%, optimum 1/0.8 - 1 = 25%.
+    assert by["tri-serve"].share_of_optimum_pct == pytest.approx(100 * (1 / 0.9 - 1) / 0.25)
+    assert by["optimum"].share_of_optimum_pct == pytest.approx(100.0)
+    assert by["default"].share_of_optimum_pct == pytest.approx(0.0)
+    table = markdown_table("x", rows)
+    assert "share of optimum" in table and "| 44% |" in table
+    alone = with_gains([_row("default", 100.0), _row("tri-serve", 90.0)])
+    assert alone[1].share_of_optimum_pct is None

@@ -1,16 +1,19 @@
-"""ORACLE ONLY: a clock controller that knows the future — the bench's physical limit.
+"""ORACLE ONLY: the per-phase no-loss lookahead — future phases, the controller's own rules.
 
 !!! No production controller can do this. !!!
-`OracleStrategy` reads `Simulation.oracle_view()` (upcoming phases per GPU) and the phase the
-GPU runs right now, which is simulator-internal knowledge. It lives in `triserve.bench`
-because `triserve.control` may not import the simulator. Per tick it:
+This is *not* an optimum: it shares Tri-serve's ridge floor and its per-phase "no loss"
+rule, so it bounds what Tri-serve's own design could reach with perfect phase knowledge.
+The bench's real upper bound is `triserve.bench.optimum`. `LookaheadStrategy` reads
+`Simulation.oracle_view()` (upcoming phases per GPU) and the phase the GPU runs right now,
+which is simulator-internal knowledge. It lives in `triserve.bench` because
+`triserve.control` may not import the simulator. Per tick it:
 
 - idle with no work due before the clock could come back: lowest clock (``stall``);
 - idle with work due: the clock that work needs (pre-warmed exactly in time);
 - busy: the lowest supported clock whose round time is within `max_slowdown` of the round
   time at the boost clock, evaluated on the exact kernels (``ridge`` below boost, else
   ``compute``);
-- thermal: the same predictive governor as Tri-serve's T, since the oracle knows no more
+- thermal: the same predictive governor as Tri-serve's T, since the lookahead knows no more
   about temperature than the physics it is fitted to.
 """
 
@@ -19,19 +22,20 @@ from __future__ import annotations
 import bisect
 
 from triserve.control import ControlSettings, Decision, Reason, TickContext
+from triserve.control.decisions import DeviceLimits
 from triserve.control.thermal import ThermalGovernor
-from triserve.sim import ORACLE_WARNING, Phase, Simulation
+from triserve.sim import ORACLE_WARNING, DeviceProfile, Phase, Simulation
 
 #: Allowed per-phase slowdown relative to the boost clock (well inside a +1% latency SLO).
 MAX_SLOWDOWN = 0.005
-#: How far ahead the oracle looks for upcoming work, in seconds.
+#: How far ahead the lookahead looks for upcoming work, in seconds.
 HORIZON_S = 2.0
 
 
-class OracleStrategy:
+class LookaheadStrategy:
     """ORACLE ONLY — chooses clocks with perfect knowledge of the simulated GPU's phases."""
 
-    name = "oracle"
+    name = "lookahead"
     warning = ORACLE_WARNING
 
     def __init__(self, sim: Simulation, gpu_index: int, settings: ControlSettings) -> None:
@@ -64,7 +68,10 @@ class OracleStrategy:
     def _for_phase(self, ctx: TickContext, phase: Phase) -> Decision:
         clock = self._clock_cache.get(phase)
         if clock is None:
-            clock = self._no_loss_clock(ctx, phase)
+            profile = self.sim.gpus[self.gpu_index].profile
+            # The same floor as Tri-serve: phases change between ticks for the lookahead too.
+            floor_mhz = self.settings.ridge_floor_fraction * ctx.limits.default_max_mhz
+            clock = no_loss_clock_mhz(profile, phase, ctx.limits, floor_mhz)
             if len(self._clock_cache) > 4096:
                 self._clock_cache.clear()
             self._clock_cache[phase] = clock
@@ -72,23 +79,30 @@ class OracleStrategy:
             return Decision(None, Reason.COMPUTE, f"ORACLE: {phase.kind} needs boost")
         return Decision(clock, Reason.RIDGE, f"ORACLE: {phase.kind} no-loss clock {clock} MHz")
 
-    def _no_loss_clock(self, ctx: TickContext, phase: Phase) -> int:
-        profile = self.sim.gpus[self.gpu_index].profile
-        clocks = ctx.limits.clocks_mhz
-        best_s = phase.at(profile, ctx.limits.default_max_mhz).round_s
-        budget_s = best_s * (1.0 + MAX_SLOWDOWN)
-        # The same floor as Tri-serve: phases change between ticks for the oracle too.
-        floor_mhz = self.settings.ridge_floor_fraction * ctx.limits.default_max_mhz
-        lo, hi = bisect.bisect_left(clocks, floor_mhz), len(clocks) - 1
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if phase.at(profile, clocks[mid]).round_s <= budget_s:
-                hi = mid
-            else:
-                lo = mid + 1
-        return clocks[lo]
+
+def no_loss_clock_mhz(
+    profile: DeviceProfile,
+    phase: Phase,
+    limits: DeviceLimits,
+    floor_mhz: float = 0.0,
+    max_slowdown: float = MAX_SLOWDOWN,
+) -> int:
+    """Lowest allowed clock (not below `floor_mhz`) at which `phase` runs its rounds within
+    `max_slowdown` of its round time at the boost clock (ORACLE ONLY: exact kernels)."""
+    clocks = limits.clocks_mhz
+    budget_s = phase.at(profile, limits.default_max_mhz).round_s * (1.0 + max_slowdown)
+    lo, hi = bisect.bisect_left(clocks, floor_mhz), len(clocks) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if phase.at(profile, clocks[mid]).round_s <= budget_s:
+            hi = mid
+        else:
+            lo = mid + 1
+    return clocks[lo]
 
 
-def oracle_factory(sim: Simulation, gpu_index: int, settings: ControlSettings) -> OracleStrategy:
-    """`StrategySpec.factory` for the oracle row (ORACLE ONLY)."""
-    return OracleStrategy(sim, gpu_index, settings)
+def lookahead_factory(
+    sim: Simulation, gpu_index: int, settings: ControlSettings
+) -> LookaheadStrategy:
+    """`StrategySpec.factory` for the lookahead row (ORACLE ONLY)."""
+    return LookaheadStrategy(sim, gpu_index, settings)

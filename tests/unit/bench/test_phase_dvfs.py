@@ -1,0 +1,84 @@
+"""The phase-aware DVFS baseline: decode clocks down, prefill at boost, back off on TBT."""
+
+from __future__ import annotations
+
+from triserve.bench.runner import StrategySpec, run_strategy
+from triserve.control import (
+    ControlSettings,
+    DeviceLimits,
+    PhaseDvfsStrategy,
+    StageSignals,
+    StrategyKind,
+    TickContext,
+)
+from triserve.sim import Simulation
+from triserve.telemetry import Histogram, ServingSnapshot, StageObservation
+
+from .scenarios import short_reference
+
+BOUNDS_S = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, float("inf"))
+BUSY = StageSignals(True, False, False, False, 0.0, 4)
+
+
+class _DecodeStage:
+    """A decode stage whose inter-token latency the test dictates."""
+
+    def __init__(self) -> None:
+        self.counts = [0.0] * len(BOUNDS_S)
+        self.sum_s = 0.0
+        self.total = 0.0
+
+    def observe(self, now_s: float, latency_s: float, n: int = 40) -> StageObservation:
+        i = next(k for k, b in enumerate(BOUNDS_S) if latency_s <= b)
+        for k in range(i, len(BOUNDS_S)):
+            self.counts[k] += n
+        self.sum_s += latency_s * n
+        self.total += n
+        hist = Histogram(BOUNDS_S, tuple(self.counts), self.sum_s, self.total)
+        snap = ServingSnapshot(now_s, 4, 0, 0.0, self.total, 0.0, inter_token=hist)
+        return StageObservation("talker", serving=snap)
+
+
+def test_decode_clock_walks_down_then_backs_off_when_tbt_inflates() -> None:
+    sim = Simulation(short_reference())
+    limits = DeviceLimits.from_backend(sim.backend, 1)
+    sample = sim.backend.sample(1)  # idle: no tensor activity, so a busy tick is decode
+    strategy = PhaseDvfsStrategy(max_increase_pct=1.0)
+    stage = _DecodeStage()
+
+    def run(start_s: float, end_s: float, tbt_s: float) -> None:
+        now = start_s
+        while now < end_s:
+            obs = [stage.observe(now, tbt_s)]
+            decision = strategy.decide(TickContext(now, 0.25, sample, obs, BUSY, limits))
+            assert decision.target_sm_clock_mhz == strategy.decode_mhz
+            now += 0.25
+
+    run(0.0, 40.0, 0.02)  # 20 s learning at default, then 20 s of unchanged latency
+    lowered = strategy.decode_mhz
+    assert lowered is not None and lowered < limits.default_max_mhz
+    run(40.0, 50.0, 0.035)  # the lower clock now costs inter-token latency
+    backed_off = strategy.decode_mhz
+    assert backed_off is None or backed_off > lowered
+    assert strategy.prefill_mhz is None  # no TTFT evidence: prefill is never lowered
+
+
+def test_on_the_reference_pipeline_decode_runs_low_and_prefill_at_boost() -> None:
+    made: list[PhaseDvfsStrategy] = []
+
+    def factory(sim: Simulation, gpu: int, settings: ControlSettings) -> PhaseDvfsStrategy:
+        made.append(PhaseDvfsStrategy(settings.max_latency_increase_pct))
+        return made[-1]
+
+    spec = StrategySpec(
+        "phase-dvfs", ControlSettings(strategy=StrategyKind.PHASE_DVFS), factory=factory
+    )
+    scenario = short_reference(duration_s=120.0)
+    run_strategy(scenario, spec, seed=0)
+    boost_mhz = Simulation(scenario).backend.default_max_sm_clock_mhz(0)
+    assert len(made) == 2
+    for strategy in made:
+        # Memory-bound decode keeps its inter-token latency at a much lower clock ...
+        assert strategy.decode_mhz is not None and strategy.decode_mhz < 0.8 * boost_mhz
+        # ... while compute-bound prefill is left at boost.
+        assert strategy.prefill_mhz is None

@@ -1,0 +1,71 @@
+"""The offline searches: per-GPU static-best, the hindsight optimum and their shared rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from triserve.bench import catalog
+from triserve.bench.cli import _Inline
+from triserve.bench.optimum import dimensions, search_optimum
+from triserve.bench.results import StrategyResult
+from triserve.bench.runner import run_strategy
+from triserve.bench.search import Bounds
+
+from .scenarios import short_reference, split_scenario
+
+
+def test_static_best_gives_each_gpu_its_own_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog, "STATIC_FRACTIONS", (0.4, 0.7, 1.0))
+    scenario = split_scenario()
+    default = run_strategy(scenario, catalog.spec_for("default"), 0)
+    outcome = catalog.search_row("static-best", scenario, 0, _Inline(), default)
+    chosen = dict(outcome.plan)
+    # GPU0's memory-bound decode loses nothing at 0.4 x boost; GPU1's compute-bound pass
+    # sits on every request's critical path, so any lower clock breaks the p99 bound.
+    assert chosen == {0: 0.4, 1: 1.0}
+    assert "GPU0: 0.40, GPU1: 1.00" in outcome.run.result.setting
+    best = outcome.run.result
+    assert best.tokens_per_j > default.result.tokens_per_j
+    assert Bounds().violations(default.result, best) == ()
+    assert outcome.evaluations <= catalog.SWEEP_MAX_EVALS
+
+
+def test_the_optimum_saves_energy_within_its_latency_rule_on_its_seed() -> None:
+    scenario = short_reference(duration_s=60.0)
+    default = run_strategy(scenario, catalog.spec_for("default"), 0)
+    outcome = search_optimum(scenario, 0, _Inline(), default, passes=1, max_evals=12)
+    best, base = outcome.run.result, default.result
+    assert outcome.evaluations <= 12
+    assert best.tokens_per_j >= base.tokens_per_j
+    assert best.energy_j <= base.energy_j * 1.005  # the same work, never more energy
+    assert Bounds().violations(base, best) == ()
+    assert best.strategy == "optimum" and best.setting.startswith("HINDSIGHT")
+    # Replaying the chosen plan reproduces the measured row (the search is not luck).
+    again = run_strategy(scenario, outcome.spec, 0).result
+    assert again.energy_j == pytest.approx(best.energy_j)
+
+
+def test_the_optimum_searches_each_gpu_and_phase_kind_the_scenario_runs() -> None:
+    dims = dimensions(short_reference())
+    assert dims == [
+        (0, "prefill"),
+        (0, "decode"),
+        (0, "idle"),
+        (1, "prefill"),
+        (1, "decode"),
+        (1, "oneshot"),
+        (1, "idle"),
+    ]
+
+
+def _row(p99_e2e_s: float, p99_ttft_s: float, rps: float) -> StrategyResult:
+    return StrategyResult("x", 1.0, 10, 1.0, 60.0, 0.1, p99_ttft_s, 1.0, p99_e2e_s, rps, 0, 0)
+
+
+def test_the_rule_names_each_constraint_a_candidate_breaks() -> None:
+    default = _row(10.0, 1.0, 1.0)
+    rule = Bounds()
+    assert rule.violations(default, _row(10.09, 1.009, 0.996)) == ()
+    assert rule.violations(default, _row(10.2, 1.0, 1.0)) == ("p99 e2e",)
+    assert rule.violations(default, _row(10.0, 1.02, 1.0)) == ("p99 TTFT",)
+    assert rule.violations(default, _row(10.0, 1.0, 0.99)) == ("throughput",)
