@@ -23,8 +23,10 @@ test: $(STAMP)
 	$(BIN)/lint-imports
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest --cov --cov-report=term:skip-covered -q
 
+# Every bundled scenario, 5 seeds, every row (long: hours on 2 cores; see README for subsets).
 bench: $(STAMP)
-	$(BIN)/triserve bench --scenario examples/scenarios/reference.yaml
+	$(BIN)/triserve bench --scenario reference --scenario hot --scenario a100 --scenario l40s \
+		--scenario bursty --seeds 5 --json out/bench.json
 
 # Performance figures against their targets (reported, not asserted): simulator speed,
 # controller decision cost, agent tick CPU/RSS, operator aggregation CPU/RSS.
