@@ -186,6 +186,10 @@ class FakeDriver:
             "nvmlDeviceGetCurrentClocksEventReasons": lambda h: 0,
             "nvmlDeviceGetUtilizationRates": lambda h: SimpleNamespace(gpu=60, memory=30),
             "nvmlGpmQueryDeviceSupport": lambda h: SimpleNamespace(isSupportedDevice=0),
+            "nvmlDeviceGetMigMode": lambda h: (
+                pynvml.NVML_DEVICE_MIG_DISABLE,
+                pynvml.NVML_DEVICE_MIG_DISABLE,
+            ),
             "nvmlDeviceSetGpuLockedClocks": lock,
             "nvmlDeviceResetGpuLockedClocks": reset,
             "nvmlDeviceSetPowerManagementLimit": set_power,
