@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from triserve.control.decisions import Reason, TickContext
-from triserve.control.phases import PhaseView, busy_fraction
+from triserve.control.phases import DECODE, PhaseView, busy_fraction
 from triserve.control.search import RidgeSearch
 from triserve.control.settings import IntensitySource
 
@@ -85,8 +85,13 @@ class IntensityEstimator:
     ) -> AChoice:
         if not phases.key:
             return Reason.DEFAULT, None, "busy, but no serving metrics say which phase: PMU", ""
+        # The search measures token rates, so its key is the decoding stages; a one-shot
+        # stage sharing the GPU (a vocoder) only adds load to what it measures.
+        key = tuple(pair for pair in phases.key if pair[1] == DECODE)
+        if not key:
+            return Reason.COMPUTE, None, f"{phases.label}: no token rate to search on: boost", ""
         start = ctx.limits.snap_up(estimate * self.margin) if estimate is not None else None
-        clock = self.search.clock(ctx.now_s, phases.key, ctx.stages, ctx.limits, start)
+        clock = self.search.clock(ctx.now_s, key, ctx.stages, ctx.limits, start)
         message = self.search.message + (f" ({why})" if why else "")
         if clock is None:
             return Reason.COMPUTE, None, message, "search"

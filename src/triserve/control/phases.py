@@ -103,13 +103,17 @@ def _classify(last: ServingSnapshot | None, snap: ServingSnapshot) -> str | None
     """The phase of one stage over the window between two scrapes (None: no work)."""
     if snap.running <= 0 and snap.waiting <= 0:
         return None
+    if snap.generation_tokens_total <= 0:
+        # A stage that never counts tokens (a vocoder such as code2wav): one-shot passes.
+        return ONESHOT
     if last is None or snap.timestamp_s <= last.timestamp_s:
         return PREFILL if snap.waiting > 0 else DECODE
     d_prompt = max(snap.prompt_tokens_total - last.prompt_tokens_total, 0.0)
     d_gen = max(snap.generation_tokens_total - last.generation_tokens_total, 0.0)
-    if d_prompt + d_gen <= 0:
-        # Work but no tokens: a stage that does not generate (a vocoder), or a stall.
-        return ONESHOT if snap.running > 0 else PREFILL
-    if snap.waiting > 0 or d_prompt / (d_prompt + d_gen) > PREFILL_TOKEN_SHARE:
+    if snap.waiting > 0 or (
+        d_prompt + d_gen > 0 and d_prompt / (d_prompt + d_gen) > PREFILL_TOKEN_SHARE
+    ):
         return PREFILL
+    # Running requests and only generation tokens (or none this window: a decode batch that
+    # waits for streamed input) is decode.
     return DECODE

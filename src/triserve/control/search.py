@@ -2,13 +2,15 @@
 
 Used by component A when no offline profile names a phase's ridge clock. For each phase
 key (`triserve.control.phases.PhaseView.key`) the search alternates short *reference*
-windows at the boost clock with *trial* windows at a candidate clock and compares the work
+windows at the boost clock with *trial* windows at a candidate clock (R T R T R …, each trial
+judged against the mean of the references on either side) and compares the work
 rate the serving engines report in each: generation tokens per second per running sequence,
 i.e. the inverse of the mean inter-token latency over the window (from the engines'
 `inter_token_latency` histograms, scraped by the agent). Paired, adjacent windows cancel
 slow changes of load. A candidate is accepted when its rate is within the policy's
-`maxThroughputLossPercent` of the reference (allowing one standard error of noise); the
-search then steps further down, and at the first loss steps back up and settles. A settled
+`maxThroughputLossPercent` of the reference. The
+search steps down from boost (or from a counter estimate) and, after the first loss, bisects
+between the highest rejected and the lowest accepted clock, then settles on the latter. A settled
 key is re-checked every `recheck_s` with one more paired comparison, so a change of model,
 batch size or device is followed. Reference windows are at the PMU's own clock, so the
 latency guard takes them as its default-clock reference too.
@@ -25,12 +27,13 @@ from triserve.control.decisions import DeviceLimits
 from triserve.telemetry import Histogram, ServingSnapshot, StageObservation
 
 #: Seconds of each reference or trial window.
-WINDOW_S = 2.0
-#: Supported-clock steps per move while nothing was rejected yet, and after.
+WINDOW_S = 3.0
+#: Supported-clock steps per move down while nothing was rejected yet.
 COARSE_STEPS = 8
+#: The bisection stops when the rejected and accepted clocks are this many steps apart.
 FINE_STEPS = 2
 #: Seconds a settled key holds its clock before it is checked again.
-RECHECK_S = 60.0
+RECHECK_S = 120.0
 #: Inter-token observations a window needs to count.
 MIN_TOKENS = 20.0
 
@@ -59,6 +62,12 @@ class _Window:
         mean = hist.sum_s / hist.count
         self.sum_sq += hist.count * mean * mean
 
+    def merged(self, other: _Window) -> _Window:
+        """Both windows' observations together."""
+        return _Window(
+            self.sum_s + other.sum_s, self.count + other.count, self.sum_sq + other.sum_sq
+        )
+
     @property
     def mean_s(self) -> float:
         return self.sum_s / self.count if self.count > 0 else math.nan
@@ -82,12 +91,18 @@ class KeyState:
     window_start_s: float = 0.0
     reference: _Window = field(default_factory=_Window)
     trial: _Window = field(default_factory=_Window)
-    fine: bool = False
     recheck_s: float = 0.0
     trials: int = 0
     rejects: int = 0
     #: The first scrape of a window straddles the switch of clocks: it is not counted.
     fresh: bool = True
+    #: Re-checks of the settled clock that failed in a row (two move it up: noise guard).
+    failed_rechecks: int = 0
+    #: The highest clock rejected since the search (re)started: the bisection's lower end.
+    rejected_mhz: int | None = None
+    #: The reference window before the pending trial, and the trial awaiting judgement.
+    previous: _Window | None = None
+    pending: _Window | None = None
 
 
 class RidgeSearch:
@@ -118,6 +133,10 @@ class RidgeSearch:
         st = self.keys.get(key)
         if st is None:
             first = start_mhz if start_mhz is not None else limits.step(top, -COARSE_STEPS)
+            related = [v for k, v in self.keys.items() if v.trials and set(key) & set(k)]
+            if related:
+                # A mix that shares a phase with a searched key starts from its clock.
+                first = max(first, max(k.ok_mhz for k in related))
             st = self.keys[key] = KeyState(ok_mhz=top, candidate_mhz=min(first, top))
             st.window_start_s = now_s
         if key != self._key:
@@ -163,57 +182,82 @@ class RidgeSearch:
 
     def _end_window(self, st: KeyState, now_s: float, limits: DeviceLimits) -> None:
         st.fresh = True
-        if st.mode is Mode.REFERENCE:
-            if st.reference.count >= MIN_TOKENS:
-                st.mode = Mode.TRIAL
-                st.trial = _Window()
-            else:
-                st.reference = _Window()
-            st.window_start_s = now_s
-            return
-        ref, trial = st.reference, st.trial
         st.window_start_s = now_s
-        if trial.count < MIN_TOKENS:
-            st.trial = _Window()
+        if st.mode is Mode.TRIAL:
+            if st.trial.count < MIN_TOKENS:
+                st.trial = _Window()
+                return
+            # Judge the trial once the next reference window is in: against the mean of the
+            # references before and after it, so a steady change of load cancels out.
+            st.pending = st.trial
+            st.mode = Mode.REFERENCE
+            st.reference = _Window()
             return
+        if st.reference.count < MIN_TOKENS:
+            st.reference = _Window()
+            return
+        if st.pending is not None and st.previous is not None:
+            pending, st.pending = st.pending, None
+            self._judge(st, now_s, limits, st.previous.merged(st.reference), pending)
+            if st.mode is Mode.SETTLED:
+                return
+        st.previous = st.reference
+        st.mode = Mode.TRIAL
+        st.trial = _Window()
+
+    def _judge(
+        self, st: KeyState, now_s: float, limits: DeviceLimits, ref: _Window, trial: _Window
+    ) -> None:
+        """Accept or reject the candidate, then bisect between the highest rejected clock and
+        the lowest accepted one until they are `FINE_STEPS` apart, and settle."""
         st.trials += 1
-        noise = math.hypot(ref.stderr_s, trial.stderr_s)
-        ok = trial.mean_s <= ref.mean_s * (1.0 + self.max_loss) + noise
+        # No allowance for noise: the windows differ by more than their standard errors
+        # (batch composition changes between them), so a loss measured inside the bound is
+        # the test, and noise can only make the search settle higher (safer) than needed.
+        ok = trial.mean_s <= ref.mean_s * (1.0 + self.max_loss)
         top = limits.default_max_mhz
+        rechecking = st.candidate_mhz >= st.ok_mhz
         if ok:
+            st.failed_rechecks = 0
             st.ok_mhz = min(st.ok_mhz, st.candidate_mhz)
-            nxt = limits.step(st.ok_mhz, -(FINE_STEPS if st.fine else COARSE_STEPS))
+        else:
+            st.rejects += 1
+            if rechecking:
+                # A re-check failed at the settled clock. One failure may be a change of load
+                # between the windows; two in a row move the clock up.
+                st.failed_rechecks += 1
+                if st.failed_rechecks >= 2:
+                    st.ok_mhz = min(limits.step(st.ok_mhz, FINE_STEPS), top)
+                    st.failed_rechecks = 0
+                self._settle(st, now_s, soon=st.failed_rechecks > 0)
+                return
+            st.rejected_mhz = max(st.rejected_mhz or 0, st.candidate_mhz)
+        lo = st.rejected_mhz
+        if lo is None:
+            nxt = limits.step(st.ok_mhz, -COARSE_STEPS)
             if nxt >= st.ok_mhz:
                 self._settle(st, now_s)
                 return
-            st.candidate_mhz = nxt
         else:
-            st.rejects += 1
-            if st.candidate_mhz >= st.ok_mhz:
-                # A re-check failed at the settled clock: move it up.
-                st.ok_mhz = min(limits.step(st.ok_mhz, FINE_STEPS), top)
-            if not st.fine:
-                st.fine = True
-                st.candidate_mhz = limits.step(st.candidate_mhz, COARSE_STEPS - FINE_STEPS)
-                if st.candidate_mhz >= st.ok_mhz:
-                    self._settle(st, now_s)
-                    return
-            else:
+            if limits.step(lo, FINE_STEPS) >= st.ok_mhz:
                 self._settle(st, now_s)
                 return
-        st.mode = Mode.REFERENCE
-        st.reference = _Window()
+            nxt = limits.snap_up((lo + st.ok_mhz) / 2.0)
+            if nxt <= lo:
+                nxt = limits.step(lo, 1)
+        st.candidate_mhz = nxt
 
-    def _settle(self, st: KeyState, now_s: float) -> None:
+    def _settle(self, st: KeyState, now_s: float, soon: bool = False) -> None:
         st.mode = Mode.SETTLED
-        st.recheck_s = now_s + self.recheck_s
+        st.pending = st.previous = None
+        st.rejected_mhz = None
+        st.recheck_s = now_s + (WINDOW_S * 4 if soon else self.recheck_s)
 
     def widen(self, limits: DeviceLimits) -> None:
         """The latency guard tripped: move every key's clock up and search again later."""
         for st in self.keys.values():
             st.ok_mhz = min(limits.step(st.ok_mhz, 2 * FINE_STEPS), limits.default_max_mhz)
             st.candidate_mhz = st.ok_mhz
-            st.fine = True
 
     def _itl_delta(self, stages: Sequence[StageObservation]) -> Histogram | None:
         """Inter-token latency observed since the previous scrape, summed over stages."""

@@ -96,7 +96,7 @@ def test_settings_follow_the_policy_spec() -> None:
     s = ControlSettings.from_policy(spec)
     assert s.strategy is StrategyKind.TRI_SERVE
     assert not s.actuate and not s.stalls_enabled and s.intensity_enabled
-    assert s.intensity_source is IntensitySource.PHASE
+    assert s.intensity_source is IntensitySource.SEARCH  # "Phase" is an alias of Search
     assert s.thermal_headroom_c == 5.0
     assert (s.clock_min_mhz, s.clock_max_mhz) == (600, 1800)
     assert s.max_latency_increase_pct == 2.0 and s.control_interval_s == 0.1
