@@ -24,6 +24,7 @@ from triserve.api.annotations import (
     PIPELINE_ANNOTATION,
     ROLE_LABELS,
     STAGE_ANNOTATION,
+    AnnotationError,
     parse_metrics_annotation,
     stage_from_role,
 )
@@ -90,10 +91,10 @@ def parse_gpus_annotation(value: str) -> tuple[str, ...]:
     """Parse a comma-separated list of GPU indices or UUIDs (``"0,1"`` or ``"GPU-…"``)."""
     ids = tuple(part.strip() for part in value.split(",") if part.strip())
     if not ids:
-        raise ValueError("no GPU listed")
+        raise AnnotationError("no GPU listed")
     bad = [gpu for gpu in ids if not _GPU_ID_RE.match(gpu)]
     if bad:
-        raise ValueError(f"{', '.join(bad)} is neither a GPU index nor a GPU-/MIG- UUID")
+        raise AnnotationError(f"{', '.join(bad)} is neither a GPU index nor a GPU-/MIG- UUID")
     return ids
 
 
@@ -103,7 +104,7 @@ def _parse_bool(value: str) -> bool:
         return True
     if lowered in {"false", "no", "0", "off", ""}:
         return False
-    raise ValueError(f"{value!r} is not true or false")
+    raise AnnotationError(f"{value!r} is not true or false")
 
 
 def resolve_stage(
@@ -114,7 +115,7 @@ def resolve_stage(
     if raw is not None:
         stage = raw.strip().lower()
         if not _NAME_RE.match(stage):
-            raise ValueError(
+            raise AnnotationError(
                 f"{STAGE_ANNOTATION}={raw!r} is not a valid stage name (lowercase letters, "
                 f"digits and '-', e.g. {', '.join(sorted(KNOWN_STAGES)[:3])})"
             )
