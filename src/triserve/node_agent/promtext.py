@@ -20,6 +20,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+#: A sample line: name, optional label block (quoted values may hold `}` and `\"`), rest.
+_SERIES_RE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[^"}]|"(?:[^"\\]|\\.)*")*)\})?(.*)')
 #: A metric name at the start of a sample line.
 _NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 #: One label pair; values may hold escaped quotes, backslashes and newlines.
@@ -87,35 +89,10 @@ def _parse_labels(text: str) -> dict[str, str] | None:
 
 def _split_series(line: str) -> tuple[str, str, str] | None:
     """(name, label text, rest) of a sample line, or None when it is not one."""
-    match = _NAME_RE.match(line)
+    match = _SERIES_RE.match(line)
     if match is None:
         return None
-    name, pos = match.group(0), match.end()
-    if pos < len(line) and line[pos] == "{":
-        end = _label_block_end(line, pos + 1)
-        if end < 0:
-            return None
-        return name, line[pos + 1 : end], line[end + 1 :]
-    return name, "", line[pos:]
-
-
-def _label_block_end(line: str, start: int) -> int:
-    """Index of the ``}`` closing a label block, skipping quoted values; -1 if none."""
-    quoted = False
-    i = start
-    while i < len(line):
-        ch = line[i]
-        if quoted:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif ch == "}":
-            return i
-        i += 1
-    return -1
+    return match.group(1), match.group(2) or "", match.group(3)
 
 
 def read_samples(text: str, wanted: Wanted) -> ReadResult:

@@ -44,7 +44,7 @@ class ScrapeLimits:
     """Bounds on one scrape of one target."""
 
     deadline_s: float = 0.4  # the whole request, headers to last byte
-    max_body_bytes: int = 4 * 1024 * 1024  # dcgm-exporter on 8 GPUs is ~100 KB
+    max_body_bytes: int = 1024 * 1024  # dcgm-exporter on 8 GPUs is ~100 KB
 
 
 async def fetch_bounded(client: httpx.AsyncClient, url: str, limits: ScrapeLimits) -> str:

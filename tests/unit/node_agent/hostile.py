@@ -2,13 +2,14 @@
 
 Paths: `/good` (a vLLM exposition), `/inf` (running requests = +Inf), `/trickle` (one byte
 every 0.3 s, forever), `/huge` (an endless body), `/empty` (200 with no body) and
-`/dcgm-other` (another node's dcgm-exporter series).
+`/dcgm-other` (another node's dcgm-exporter series), `/bulky` (a valid ~0.9 MB exposition).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator
 
 GOOD = (
@@ -22,7 +23,15 @@ OTHER_NODE_DCGM = (
     'DCGM_FI_PROF_DRAM_ACTIVE{gpu="0",UUID="GPU-other",Hostname="node-2"} 0.9\n'
     'DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{gpu="0",UUID="GPU-other",Hostname="node-2"} 0.9\n'
 )
-BODIES = {"/good": GOOD, "/inf": INF, "/empty": "", "/dcgm-other": OTHER_NODE_DCGM}
+#: A valid but bulky exposition (~0.9 MB, under the default cap) whose parse takes real CPU time.
+BULKY = "".join(f'vllm:num_requests_running{{engine="0",shard="{i}"}} 1\n' for i in range(18000))
+BODIES = {
+    "/good": GOOD,
+    "/inf": INF,
+    "/empty": "",
+    "/dcgm-other": OTHER_NODE_DCGM,
+    "/bulky": BULKY,
+}
 
 
 async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -55,12 +64,27 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 
 @contextlib.asynccontextmanager
 async def hostile_server() -> AsyncIterator[str]:
-    """Serve the paths above; yields the base URL."""
-    server = await asyncio.start_server(_answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    """Serve the paths above from a thread of its own (its work never runs on the caller's
+    event loop, so tick measurements see only the agent's side); yields the base URL."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder: dict[str, asyncio.Server] = {}
+
+    async def start() -> None:
+        holder["server"] = await asyncio.start_server(_answer, "127.0.0.1", 0)
+        started.set()
+
+    def serve() -> None:
+        loop.run_until_complete(start())
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, name="hostile-pods", daemon=True)
+    thread.start()
+    await asyncio.to_thread(started.wait, 5.0)
+    port = holder["server"].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), timeout=1.0)
+        loop.call_soon_threadsafe(holder["server"].close)
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join, 2.0)

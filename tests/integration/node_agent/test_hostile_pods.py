@@ -1,0 +1,83 @@
+"""A hostile pod on the node does not slow the control tick.
+
+The agent ticks on the event loop while its scrapers read pods that trickle bytes, send an
+endless body, send +Inf, and send a valid ~0.9 MB exposition that takes real CPU to parse. The
+test counts the ticks that ran while each scrape round was in flight and the largest gap
+between two ticks, and requires that ticks kept coming during every round (a blocked loop
+runs none). The figures are printed; nothing is asserted about wall time.
+
+    .venv/bin/pytest tests/integration/node_agent/test_hostile_pods.py -s -q
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.unit.node_agent.conftest import policy
+from tests.unit.node_agent.hostile import hostile_server
+from triserve.node_agent.agent import NodeAgent
+from triserve.node_agent.safety import StateFile
+from triserve.node_agent.scraping import ScrapeLimits, Scrapers
+from triserve.node_agent.simnode import open_simulation
+from triserve.node_agent.stages import ServingPod
+
+TICK_S = 0.01
+ROUNDS = 3
+
+
+async def _tick_while(agent: NodeAgent, done: asyncio.Event, gaps: list[float]) -> int:
+    sim_now, ticks, last = 0.0, 0, time.perf_counter()
+    while not done.is_set():
+        sim_now += TICK_S
+        agent.tick(sim_now)
+        ticks += 1
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+        await asyncio.sleep(TICK_S)
+    return ticks
+
+
+async def test_hostile_pods_leave_the_tick_running(tmp_path: Path) -> None:
+    sim = open_simulation("reference", seed=0)
+    agent = NodeAgent(sim.backend, "node-1", StateFile(tmp_path / "state.json"))
+    agent.set_policy(policy())
+    limits = ScrapeLimits(deadline_s=0.5, max_body_bytes=1024 * 1024)
+    ticks_per_round: list[int] = []
+    gaps: list[float] = []
+    async with hostile_server() as base, httpx.AsyncClient() as client:
+        port = int(base.rsplit(":", 1)[1])
+        paths = ("/trickle", "/huge", "/inf", "/bulky", "/good")
+        agent.set_pods(
+            [
+                ServingPod(
+                    "omni",
+                    f"p{i}",
+                    "thinker",
+                    metrics_port=port,
+                    metrics_path=path,
+                    pod_ip="127.0.0.1",
+                )
+                for i, path in enumerate(paths)
+            ]
+        )
+        scrapers = Scrapers(agent, client, limits=limits)
+        for _ in range(ROUNDS):
+            done = asyncio.Event()
+            ticker = asyncio.create_task(_tick_while(agent, done, gaps))
+            await scrapers.scrape_once()
+            done.set()
+            ticks_per_round.append(await ticker)
+    assert agent.serving[("omni", "p4")].running == 2  # the good pod
+    assert agent.serving[("omni", "p3")].running == 18000  # the bulky one parsed, off the loop
+    assert ("omni", "p2") not in agent.serving  # +Inf rejected
+    assert agent.errors["scrape"] == 3 * ROUNDS  # trickle, huge (cut at 1 MiB), +Inf
+    assert min(ticks_per_round) >= 5, f"the tick starved during a scrape round: {ticks_per_round}"
+    print(
+        f"\nticks per scrape round {ticks_per_round} (tick every {TICK_S * 1000:.0f} ms, round "
+        f"≈ {limits.deadline_s} s); largest gap between ticks {max(gaps) * 1000:.1f} ms"
+    )
