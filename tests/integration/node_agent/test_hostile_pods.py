@@ -17,13 +17,14 @@ from pathlib import Path
 
 import httpx
 
-from tests.unit.node_agent.conftest import policy
-from tests.unit.node_agent.hostile import hostile_server
-from triserve.node_agent.agent import NodeAgent
+from triserve.api.models import EnergyPolicySpec
+from triserve.node_agent.agent import NodeAgent, PolicyRef
 from triserve.node_agent.safety import StateFile
 from triserve.node_agent.scraping import ScrapeLimits, Scrapers
-from triserve.node_agent.simnode import open_simulation
 from triserve.node_agent.stages import ServingPod
+from triserve.simnode import open_simulation
+
+from ...unit.node_agent.hostile import hostile_server
 
 TICK_S = 0.01
 ROUNDS = 3
@@ -45,7 +46,7 @@ async def _tick_while(agent: NodeAgent, done: asyncio.Event, gaps: list[float]) 
 async def test_hostile_pods_leave_the_tick_running(tmp_path: Path) -> None:
     sim = open_simulation("reference", seed=0)
     agent = NodeAgent(sim.backend, "node-1", StateFile(tmp_path / "state.json"))
-    agent.set_policy(policy())
+    agent.set_policy(PolicyRef("p1", EnergyPolicySpec.model_validate({}), 1))
     limits = ScrapeLimits(deadline_s=0.5, max_body_bytes=1024 * 1024)
     ticks_per_round: list[int] = []
     gaps: list[float] = []
