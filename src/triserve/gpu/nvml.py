@@ -136,9 +136,10 @@ class NvmlBackend:
         name = self._call(f"GPU {index}: name", pynvml.nvmlDeviceGetName, h)
         pci = self._call(f"GPU {index}: PCI info", pynvml.nvmlDeviceGetPciInfo, h)
         bus = pci.busId
+        get_mig_mode = getattr(pynvml, "nvmlDeviceGetMigMode", None)
         try:
-            current, _pending = pynvml.nvmlDeviceGetMigMode(h)
-            mig = current == pynvml.NVML_DEVICE_MIG_ENABLE
+            current, _pending = get_mig_mode(h) if get_mig_mode else (0, 0)
+            mig = current == getattr(pynvml, "NVML_DEVICE_MIG_ENABLE", 1)
         except pynvml.NVMLError:
             mig = False  # GPUs and drivers without MIG answer NOT_SUPPORTED
         return GpuIdentity(

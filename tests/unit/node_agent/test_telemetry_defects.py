@@ -119,10 +119,16 @@ def test_2_stale_serving_data_hands_every_gpu_back_to_the_pmu_and_says_so(
     sim: Simulation, make_agent: Callable[..., tuple[NodeAgent, SimNode]]
 ) -> None:
     agent, node = make_agent(policy())
-    run(sim, node, 40.0)
-    assert any(sim.backend.locked_sm_clocks_mhz(i) for i in agent.gpus), "needs a lock first"
+    locked_before = False
+    for until_s in range(5, 121, 5):
+        run(sim, node, float(until_s))
+        locked_before = any(sim.backend.locked_sm_clocks_mhz(i) for i in agent.gpus)
+        if locked_before:
+            break
+    assert locked_before, "the controller never locked a clock on the reference scenario"
+    now_s = sim.now_s
     # Scrapes stop (the scraper died); the tick keeps going.
-    sim.run_until(50.0, on_tick=agent.tick, tick_s=0.05)
+    sim.run_until(now_s + 10.0, on_tick=agent.tick, tick_s=0.05)
     for index, gpu in agent.gpus.items():
         assert gpu.last_decision is not None
         assert gpu.last_decision.target_sm_clock_mhz is None
@@ -182,15 +188,13 @@ def test_5_a_gpu_in_mig_mode_is_observed_never_locked(
 ) -> None:
     agent, node = make_agent(policy())
     uuid = sim.backend.identity(0).uuid
-    pod0 = next(p for p in node.pods)
-    agent.set_dcgm(
-        parse_dcgm(
-            f'DCGM_FI_PROF_GR_ENGINE_ACTIVE{{gpu="0",UUID="{uuid}",GPU_I_PROFILE="1g.10gb",GPU_I_ID="7",'
-            f'Hostname="sim-node-0",pod="{pod0.name}",namespace="{pod0.namespace}",container="c"}} 0.5\n',
-            0.0,
-            "sim-node-0",
-        )
+    # The simulated dcgm-exporter, with GPU 0 split into MIG instances as a real one shows it.
+    exposition = sim.dcgm_exposition
+    mig_line = (
+        f'DCGM_FI_PROF_GR_ENGINE_ACTIVE{{gpu="0",UUID="{uuid}",GPU_I_PROFILE="1g.10gb",GPU_I_ID="7",'
+        f'Hostname="sim-node-0"}} 0.5\n'
     )
+    sim.dcgm_exposition = lambda hostname=None: exposition(hostname) + mig_line  # type: ignore[method-assign]
     run(sim, node, 30.0)
     gpu = agent.gpus[0]
     assert gpu.state.value == "Observed" and "MIG mode" in gpu.message
