@@ -22,7 +22,7 @@ from triserve.simnode.demo import estimated_improvement
 from triserve.simnode.node import driver_for
 
 #: Percentage points the agent's estimated improvement may differ from the measured one.
-TOLERANCE_PP = 5.0
+TOLERANCE_PP = 3.0
 #: Simulated seconds: long enough for a few probes per GPU at the default interval.
 DURATION_S = 300.0
 
@@ -68,7 +68,7 @@ def test_estimated_saving_matches_the_paired_replay_under_the_pmu_default(
     measured_pct = 100.0 * (controlled.tokens_per_joule / default.tokens_per_joule - 1.0)
 
     summary = f"agent estimates {estimated_pct:+.1f}%, replay measures {measured_pct:+.1f}%"
-    assert measured_pct > 10.0, summary  # the scenario does save energy
+    assert measured_pct > 3.0, summary  # the scenario does save energy
     assert estimated_pct <= measured_pct + TOLERANCE_PP, "over-claims the saving: " + summary
     assert abs(estimated_pct - measured_pct) <= TOLERANCE_PP, summary
     assert all("baseline probes" in r.efficiency.method for r in reports)
