@@ -98,13 +98,17 @@ class ScenarioRun:
     searches: dict[str, SearchOutcome]
 
     def notes(self) -> list[str]:
-        """One line per search: its cost and the constraints that bound it."""
+        """One line per search: its cost, the constraints that bound it, its TTFT-strict best."""
         out = []
+        base = next(r for r in self.results if r.strategy == "default")
         for name, s in self.searches.items():
             bound = ", ".join(f"{k} ({v} cheaper plans broke it)" for k, v in s.binding.items())
+            strict = s.strict.result
+            gain = 100.0 * (strict.tokens_per_j / base.tokens_per_j - 1.0)
             out.append(
                 f"{name} search: {s.evaluations} simulations, {s.wall_s:.0f} s wall; "
-                f"bound by: {bound or 'nothing (grid exhausted)'}."
+                f"bound by: {bound or 'nothing (grid exhausted)'}; best plan that also keeps "
+                f"p99 TTFT within +1%: {gain:+.1f}% ({strict.setting or 'default'})."
             )
         return out
 
@@ -186,6 +190,7 @@ def run_block(
                         "simulations": s.evaluations,
                         "wall_s": round(s.wall_s, 1),
                         "binding": s.binding,
+                        "ttft_strict": s.strict.result.to_dict(),
                     }
                     for n, s in run.searches.items()
                 },

@@ -6,13 +6,15 @@
 (``sim.oracle_view()``, to pre-warm exactly in time). It follows a *plan*: one clock per GPU
 and phase kind (``prefill``, ``decode``, ``oneshot``, ``idle``), each a fraction of the GPU's
 boost clock (1.0 = hand the clock to the PMU) or ``no-loss`` (per phase, the lowest clock
-whose round time is within 0.5% of boost on the exact kernels, with no floor).
+whose round time is within 0.5% of boost on the exact kernels, not below 0.35 x boost: a
+phase that starts between ticks runs at the lock until the next tick).
 
 `search_optimum` finds the plan offline, by coordinate descent (`triserve.bench.search`) on
-the very seed it is reported on: the least energy per token with p99 end-to-end latency and
-p99 TTFT within +1% of the ``default`` row and throughput within -0.5%. Unlike the
-`lookahead` row it shares neither Tri-serve's ridge floor nor its per-phase no-loss rule,
-and it may trade latency for energy wherever the end-to-end tail allows. It acts on the
+the very seed it is reported on: the least energy per token with p99 end-to-end latency
+within +1% of the ``default`` row and throughput within -0.5% (p99 TTFT is reported, and the
+best plan that also keeps it within +1% is printed beside it). Unlike the `lookahead` row
+it is not bound to Tri-serve's per-phase no-loss rule: it may trade latency for energy in
+any phase kind wherever the end-to-end tail allows. It acts on the
 bench's control tick like every row, so a phase that starts between ticks runs one tick at
 the previous lock: the optimum over tick-granular per-phase-kind clocks, not over all
 conceivable controllers. The search starts from default and from the lookahead-like plan
@@ -37,12 +39,14 @@ KINDS: tuple[str, ...] = ("prefill", "decode", "oneshot", "idle")
 #: The level that asks for each phase's exact no-loss clock.
 NO_LOSS = "no-loss"
 #: Clock levels per busy kind: fractions of the boost clock, and the per-phase no-loss clock.
-BUSY_LEVELS: tuple[float | str, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, NO_LOSS)
+BUSY_LEVELS: tuple[float | str, ...] = (0.35, 0.45, 0.55, 0.65, 0.8, 0.9, 1.0, NO_LOSS)
+#: Lowest no-loss clock, as a fraction of boost (Tri-serve's default ridge floor).
+NO_LOSS_FLOOR = 0.35
 #: Clock levels while idle (0.0 = the lowest supported clock; 1.0 = the PMU's own idle).
 IDLE_LEVELS: tuple[float | str, ...] = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)
 #: Passes of coordinate descent, and the most simulations one search may run.
 PASSES = 3
-MAX_EVALS = 120
+MAX_EVALS = 100
 
 
 class OptimumStrategy:
@@ -79,7 +83,8 @@ class OptimumStrategy:
             clock = self._no_loss.get(phase)
             if clock is None:
                 profile = self.sim.gpus[self.gpu_index].profile
-                clock = no_loss_clock_mhz(profile, phase, limits)
+                floor_mhz = NO_LOSS_FLOOR * limits.default_max_mhz
+                clock = no_loss_clock_mhz(profile, phase, limits, floor_mhz)
                 if len(self._no_loss) > 4096:
                     self._no_loss.clear()
                 self._no_loss[phase] = clock

@@ -20,10 +20,10 @@ def test_static_best_gives_each_gpu_its_own_clock(monkeypatch: pytest.MonkeyPatc
     default = run_strategy(scenario, catalog.spec_for("default"), 0)
     outcome = catalog.search_row("static-best", scenario, 0, _Inline(), default)
     chosen = dict(outcome.plan)
-    # GPU0's memory-bound decode loses nothing at 0.4 x boost; GPU1's compute-bound pass
+    # GPU0's memory-bound decode loses little at a lower clock; GPU1's compute-bound pass
     # sits on every request's critical path, so any lower clock breaks the p99 bound.
-    assert chosen == {0: 0.4, 1: 1.0}
-    assert "GPU0: 0.40, GPU1: 1.00" in outcome.run.result.setting
+    assert chosen[1] == 1.0 and chosen[0] < 1.0
+    assert "GPU1: 1.00" in outcome.run.result.setting
     best = outcome.run.result
     assert best.tokens_per_j > default.result.tokens_per_j
     assert Bounds().violations(default.result, best) == ()
@@ -39,6 +39,9 @@ def test_the_optimum_saves_energy_within_its_latency_rule_on_its_seed() -> None:
     assert best.tokens_per_j >= base.tokens_per_j
     assert best.energy_j <= base.energy_j * 1.005  # the same work, never more energy
     assert Bounds().violations(base, best) == ()
+    strict = outcome.strict.result  # the best plan that kept p99 TTFT too
+    assert Bounds(p99_ttft_pct=1.0).violations(base, strict) == ()
+    assert strict.tokens_per_j >= base.tokens_per_j
     assert best.strategy == "optimum" and best.setting.startswith("HINDSIGHT")
     # Replaying the chosen plan reproduces the measured row (the search is not luck).
     again = run_strategy(scenario, outcome.spec, 0).result
@@ -65,7 +68,9 @@ def _row(p99_e2e_s: float, p99_ttft_s: float, rps: float) -> StrategyResult:
 def test_the_rule_names_each_constraint_a_candidate_breaks() -> None:
     default = _row(10.0, 1.0, 1.0)
     rule = Bounds()
-    assert rule.violations(default, _row(10.09, 1.009, 0.996)) == ()
+    assert rule.violations(default, _row(10.09, 1.5, 0.996)) == ()  # TTFT is not in the rule
     assert rule.violations(default, _row(10.2, 1.0, 1.0)) == ("p99 e2e",)
-    assert rule.violations(default, _row(10.0, 1.02, 1.0)) == ("p99 TTFT",)
     assert rule.violations(default, _row(10.0, 1.0, 0.99)) == ("throughput",)
+    strict = Bounds(p99_ttft_pct=1.0)
+    assert strict.violations(default, _row(10.09, 1.009, 0.996)) == ()
+    assert strict.violations(default, _row(10.0, 1.02, 1.0)) == ("p99 TTFT",)
