@@ -9,7 +9,7 @@ import pytest
 
 from triserve.control import ControlLoop, ControlSettings, Decision, Strategy
 from triserve.gpu.backend import GpuBackend, GpuSample
-from triserve.sim import Phase, Scenario, Simulation, load_scenario
+from triserve.sim import Phase, Scenario, Simulation, load_scenario, with_overrides
 from triserve.simnode import AgentRun, run_agent
 
 
@@ -18,6 +18,20 @@ def short(name: str, duration_s: float, **update: object) -> Scenario:
     return load_scenario(name).model_copy(
         update={"duration_s": duration_s, "warmup_s": 0.0, **update}
     )
+
+
+def ideal(scenario: Scenario) -> Scenario:
+    """`scenario` in the roofline-exact world the ridge estimator was designed for.
+
+    ``counters: ideal`` (SM activity = compute share, DRAM activity up to 1, exact per-read
+    averages) and no clock-sensitive decode share. Only for tests of control logic given
+    exact counters, never for claims about savings (docs/calibration.md).
+    """
+    update: dict[str, object] = {"telemetry.counters": "ideal"}
+    for i, st in enumerate(scenario.pipeline.stages):
+        if st.decode is not None:
+            update[f"pipeline.stages.{i}.decode.clock_sensitive_share"] = 0.0
+    return with_overrides(scenario, update)
 
 
 @dataclass
@@ -89,3 +103,9 @@ def drive(
 def reference_30s() -> Scenario:
     """The reference scenario, 30 s, no warm-up."""
     return short("reference", 30.0)
+
+
+@pytest.fixture
+def reference_30s_ideal() -> Scenario:
+    """The reference scenario, 30 s, no warm-up, with ideal counters (see `ideal`)."""
+    return ideal(short("reference", 30.0))
