@@ -21,8 +21,8 @@ from kubernetes import client
 from triserve.api.status import GpuState
 from triserve.node_agent.podresources import api_pb2, api_pb2_grpc
 from triserve.node_agent.runtime import AgentOptions, AgentRuntime
-from triserve.sim import Simulation
-from triserve.simnode.node import driver_for, open_simulation
+from triserve.sim import Simulation, load_scenario, with_overrides
+from triserve.simnode.node import driver_for
 
 CRDS = Path(__file__).resolve().parents[3] / "crds"
 NODE = "node-1"
@@ -118,7 +118,9 @@ async def cluster() -> AsyncIterator[tuple[kmock.KubernetesEmulator, str]]:
 async def test_agent_discovers_maps_controls_reports_and_follows_its_node_label(
     tmp_path: Path,
 ) -> None:
-    sim = open_simulation("reference")
+    # Ideal counters: this test is about discovery, mapping and the lock/report path, so it
+    # needs the agent to lock early; realistic counters lock less (docs/calibration.md).
+    sim = Simulation(with_overrides(load_scenario("reference"), {"telemetry.counters": "ideal"}))
     socket_path = tmp_path / "kubelet.sock"
     grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     api_pb2_grpc.add_PodResourcesListerServicer_to_server(PodResources(sim), grpc_server)
