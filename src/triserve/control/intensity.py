@@ -29,12 +29,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from triserve.control.decisions import Reason, TickContext
-from triserve.control.phases import DECODE, PhaseView, busy_fraction
+from triserve.control.phases import DECODE, DRAM_SATURATION, PhaseView, busy_fraction
 from triserve.control.search import RidgeSearch
 from triserve.control.settings import IntensitySource
 
-#: DRAM activity a saturated memory interface reads (DCGM documents a practical peak ~0.8).
-DRAM_SATURATION = 0.8
 #: Below this busy fraction of the sample period the pipe counters are not trusted.
 MIN_BUSY = 0.2
 

@@ -17,6 +17,7 @@ GPU: the unit a ridge profile or the online ridge search remembers a clock for.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,6 +33,11 @@ IDLE_BUSY_FRACTION = 0.05
 COMPUTE_TENSOR_ACTIVITY = 0.2
 #: A prompt-token share of the tokens in a scrape window above which a stage is in prefill.
 PREFILL_TOKEN_SHARE = 0.3
+
+#: DRAM activity a saturated memory interface reads (DCGM documents a practical peak ~0.8).
+DRAM_SATURATION = 0.8
+#: Share of `DRAM_SATURATION` per busy second above which a phase counts as memory-bound.
+MEMORY_BOUND_DRAM_SHARE = 0.5
 
 PREFILL = "prefill"
 DECODE = "decode"
@@ -67,6 +73,35 @@ def busy_fraction(sample: GpuSample) -> float:
     return min(max(sample.utilization_gpu_pct / 100.0, 0.0), 1.0)
 
 
+class ActivityClass(enum.IntEnum):
+    """What a GPU did over one sample period, from its own counters."""
+
+    IDLE = 0
+    MEMORY_BOUND = 1
+    COMPUTE_BOUND = 2
+    OTHER = 3
+
+
+def classify_activity(sample: GpuSample) -> ActivityClass:
+    """Idle, memory- or compute-bound over `sample`'s period (the one classification).
+
+    Compute-bound: the tensor pipe busy for `COMPUTE_TENSOR_ACTIVITY` of the busy time;
+    memory-bound: otherwise, with DRAM at least half saturated. SM activity is not used: it
+    reads near 1 for memory-bound kernels too. Without pipe counters a busy GPU is OTHER.
+    """
+    busy = busy_fraction(sample)
+    if busy < IDLE_BUSY_FRACTION:
+        return ActivityClass.IDLE
+    act = sample.activity
+    if act is None:
+        return ActivityClass.OTHER
+    if act.tensor_active / busy >= COMPUTE_TENSOR_ACTIVITY:
+        return ActivityClass.COMPUTE_BOUND
+    if act.dram_active / busy >= MEMORY_BOUND_DRAM_SHARE * DRAM_SATURATION:
+        return ActivityClass.MEMORY_BOUND
+    return ActivityClass.OTHER
+
+
 class PhaseTracker:
     """Turns each tick's sample and stage observations into a `PhaseView` (one per GPU)."""
 
@@ -81,12 +116,8 @@ class PhaseTracker:
             phase = self._stage_phase(obs)
             if phase is not None:
                 pairs.append((obs.stage, phase))
-        act = sample.activity
-        busy = busy_fraction(sample)
-        compute_now = False
-        if act is not None and busy >= IDLE_BUSY_FRACTION:
-            compute_now = act.tensor_active / busy >= COMPUTE_TENSOR_ACTIVITY
-        return PhaseView(tuple(sorted(pairs)), compute_now, act is not None)
+        compute_now = classify_activity(sample) is ActivityClass.COMPUTE_BOUND
+        return PhaseView(tuple(sorted(pairs)), compute_now, sample.activity is not None)
 
     def _stage_phase(self, obs: StageObservation) -> str | None:
         snap = obs.serving

@@ -12,13 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from triserve.control.decisions import StageSignals
+from triserve.control.phases import IDLE_BUSY_FRACTION, busy_fraction
 from triserve.gpu.backend import GpuSample
 from triserve.telemetry import ServingSnapshot, StageObservation
 
-#: Below this utilisation (percent of the sample period with a kernel) the GPU is idle.
-IDLE_UTILIZATION_PCT = 3.0
-#: Below this SM activity fraction the GPU is idle (when activity counters exist).
-IDLE_SM_ACTIVE = 0.03
 #: Seconds a hand-off is expected to take to reach the downstream stage after the upstream
 #: finishes a request; within this window the downstream GPU pre-warms its clock.
 HANDOFF_PREWARM_S = 0.6
@@ -31,7 +28,7 @@ class _StageRates:
     last: ServingSnapshot | None = None
     prefill_share: float | None = None
     upstream_finished: float = -1.0
-    upstream_progress_s: float = -1e9
+    upstream_progress_s: float | None = None
 
 
 class SignalTracker:
@@ -44,8 +41,8 @@ class SignalTracker:
         self, now_s: float, sample: GpuSample, stages: Sequence[StageObservation]
     ) -> StageSignals:
         """Signals for this tick; call once per tick with the GPU's stages."""
-        gpu_active = sample.utilization_gpu_pct >= IDLE_UTILIZATION_PCT
-        if sample.activity is not None and sample.activity.sm_active >= IDLE_SM_ACTIVE:
+        gpu_active = busy_fraction(sample) >= IDLE_BUSY_FRACTION
+        if sample.activity is not None and sample.activity.sm_active >= IDLE_BUSY_FRACTION:
             gpu_active = True
         has_work = False
         upstream_active = False
@@ -67,7 +64,8 @@ class SignalTracker:
                     shares.append(rates.prefill_share)
             if self._upstream(now_s, rates, obs):
                 upstream_active = True
-            if now_s - rates.upstream_progress_s <= HANDOFF_PREWARM_S:
+            progress_s = rates.upstream_progress_s
+            if progress_s is not None and now_s - progress_s <= HANDOFF_PREWARM_S:
                 imminent = True
         busy = gpu_active or has_work
         share = max(shares) if shares else None

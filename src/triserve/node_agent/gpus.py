@@ -16,12 +16,12 @@ taken. A probe only raises clocks, so it can only shorten latency; it costs a li
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass, field
 
 from triserve.api.status import GpuState
 from triserve.control import ControlLoop, Decision, Reason, TickResult
+from triserve.control.phases import ActivityClass, classify_activity
 from triserve.gpu.backend import GpuIdentity, GpuSample
 from triserve.node_agent.gpumap import Placement
 from triserve.telemetry import StageObservation
@@ -29,8 +29,9 @@ from triserve.telemetry import StageObservation
 #: How the baseline (PMU-default) tokens per joule are estimated; published in reports.
 BASELINE_METHOD = (
     "counterfactual from the agent's own samples: every tick is binned by what the GPU did, "
-    "read from that tick's own counters (idle; memory-bound, DRAM at least as busy as the "
-    "SMs; compute-bound; other) and the running requests of its serving engines (log2 "
+    "read from that tick's own counters (idle; compute-bound, tensor pipe busy; "
+    "memory-bound, DRAM at least half saturated; other) and the running requests of its "
+    "serving engines (log2 "
     "buckets); ticks under a triserve clock lock are re-priced at the mean power this GPU "
     "drew in the same bin at settled PMU-default clocks, learned only after 2 or more ticks "
     "at default, when the bin is the same as the tick before and the tick does not lock; "
@@ -42,44 +43,8 @@ BASELINE_METHOD = (
 )
 
 
-class ActivityClass(enum.IntEnum):
-    """What a GPU was doing over one sample period, from its counters (baseline bins)."""
-
-    IDLE = 0
-    MEMORY_BOUND = 1
-    COMPUTE_BOUND = 2
-    OTHER = 3
-
-
 #: Load buckets of the baseline model: running requests 0, 1, 2-3, 4-7, … 64+.
 LOAD_BUCKETS = 8
-#: Below this busy fraction of the sample period the GPU counts as idle.
-IDLE_BUSY = 0.05
-#: Activity (as a share of the busy time) above which a unit counts as saturated enough
-#: to call the sample memory- or compute-bound.
-BOUND_ACTIVITY = 0.5
-
-
-def classify(sample: GpuSample) -> ActivityClass:
-    """What the GPU did over `sample`'s period, from utilisation and activity counters.
-
-    Memory-bound means DRAM at least as busy as the SMs: true at a clock at or above the
-    ridge, and so also at the (higher) default clock; without activity counters a busy GPU
-    is `ActivityClass.OTHER`.
-    """
-    busy = sample.utilization_gpu_pct / 100.0
-    if busy < IDLE_BUSY:
-        return ActivityClass.IDLE
-    act = sample.activity
-    if act is None:
-        return ActivityClass.OTHER
-    # The counters average over the whole period; compare them over the busy part.
-    sm, dram = act.sm_active / busy, act.dram_active / busy
-    if dram >= BOUND_ACTIVITY and dram >= sm:
-        return ActivityClass.MEMORY_BOUND
-    if sm >= BOUND_ACTIVITY:
-        return ActivityClass.COMPUTE_BOUND
-    return ActivityClass.OTHER
 
 
 def baseline_bin(sample: GpuSample, running: int) -> int:
@@ -87,7 +52,7 @@ def baseline_bin(sample: GpuSample, running: int) -> int:
 
     Idle has a single bucket: an idle GPU draws the same whatever the (stale) scrape says.
     """
-    activity = classify(sample)
+    activity = classify_activity(sample)
     if activity is ActivityClass.IDLE:
         bucket = 0
     else:

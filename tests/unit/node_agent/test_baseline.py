@@ -9,6 +9,8 @@ import pytest
 
 from triserve.api.status import GpuState
 from triserve.control import ControlLoop, ControlSettings, Decision, Reason, TickContext
+from triserve.control.phases import ActivityClass
+from triserve.control.phases import classify_activity as classify
 from triserve.gpu.backend import (
     Activity,
     ClockEventReason,
@@ -17,44 +19,41 @@ from triserve.gpu.backend import (
     PowerLimitConstraints,
     ThermalThresholds,
 )
-from triserve.node_agent.gpus import (
-    LOAD_BUCKETS,
-    ActivityClass,
-    GpuRuntime,
-    ProbeSettings,
-    baseline_bin,
-    classify,
-)
+from triserve.node_agent.gpus import LOAD_BUCKETS, GpuRuntime, ProbeSettings, baseline_bin
 
 TICK_S = 0.05
 
 
-def sample(util_pct: float, sm: float, dram: float, activity: bool = True) -> GpuSample:
-    """A sample with only what the classification reads filled in."""
+def sample(util_pct: float, tensor: float, dram: float, activity: bool = True) -> GpuSample:
+    """A sample with only what the classification reads filled in (SM activity reads near 1
+    whenever kernels run, as real SM_ACTIVE does, so it cannot tell the phases apart)."""
+    sm = 0.95 * util_pct / 100.0
     return GpuSample(
         timestamp_s=0.0, sm_clock_mhz=1980, mem_clock_mhz=2619, power_mw=300_000,
         energy_mj=0, temperature_c=40.0, utilization_gpu_pct=util_pct,
         clock_event_reasons=ClockEventReason.NONE,
-        activity=Activity(tensor_active=0.1, dram_active=dram, sm_active=sm) if activity else None,
+        activity=(
+            Activity(tensor_active=tensor, dram_active=dram, sm_active=sm) if activity else None
+        ),
     )  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("util", "sm", "dram", "expected"),
+    ("util", "tensor", "dram", "expected"),
     [
         (0.0, 0.0, 0.0, ActivityClass.IDLE),
         (3.0, 0.02, 0.03, ActivityClass.IDLE),
-        (100.0, 0.11, 1.0, ActivityClass.MEMORY_BOUND),  # decode at the boost clock
-        (93.0, 0.26, 0.93, ActivityClass.MEMORY_BOUND),  # the same decode at a ridge lock
-        (40.0, 0.04, 0.38, ActivityClass.MEMORY_BOUND),  # busy 40% of the period
-        (100.0, 0.91, 0.19, ActivityClass.COMPUTE_BOUND),  # prefill
-        (100.0, 0.30, 0.20, ActivityClass.OTHER),  # neither unit busy
+        (100.0, 0.01, 0.80, ActivityClass.MEMORY_BOUND),  # decode at the boost clock
+        (93.0, 0.02, 0.72, ActivityClass.MEMORY_BOUND),  # the same decode at a ridge lock
+        (40.0, 0.004, 0.30, ActivityClass.MEMORY_BOUND),  # busy 40% of the period
+        (100.0, 0.55, 0.19, ActivityClass.COMPUTE_BOUND),  # prefill
+        (100.0, 0.10, 0.20, ActivityClass.OTHER),  # neither unit busy
     ],
 )
 def test_samples_are_binned_by_what_the_gpu_was_doing(
-    util: float, sm: float, dram: float, expected: ActivityClass
+    util: float, tensor: float, dram: float, expected: ActivityClass
 ) -> None:
-    assert classify(sample(util, sm, dram)) is expected
+    assert classify(sample(util, tensor, dram)) is expected
 
 
 def test_without_activity_counters_a_busy_gpu_is_other_and_an_idle_one_idle() -> None:
@@ -63,7 +62,7 @@ def test_without_activity_counters_a_busy_gpu_is_other_and_an_idle_one_idle() ->
 
 
 def test_load_buckets_split_busy_bins_but_not_idle() -> None:
-    decode = sample(100.0, 0.1, 1.0)
+    decode = sample(100.0, 0.01, 0.8)
     buckets = {baseline_bin(decode, running) for running in (0, 1, 2, 3, 4, 7, 8, 500)}
     assert buckets == {ActivityClass.MEMORY_BOUND * LOAD_BUCKETS + b for b in (0, 1, 2, 3, 4, 7)}
     assert baseline_bin(decode, 500) == ActivityClass.MEMORY_BOUND * LOAD_BUCKETS + 7
@@ -72,10 +71,10 @@ def test_load_buckets_split_busy_bins_but_not_idle() -> None:
 
 
 # ---- a scripted GPU under a real ControlLoop ----------------------------------------------
-PHASES = {  # activity (util %, sm, dram), power at default and under a lock (W)
+PHASES = {  # activity (util %, tensor, dram), power at default and under a lock (W)
     "idle": ((0.0, 0.0, 0.0), 78.0, 74.0),
-    "decode": ((100.0, 0.12, 1.0), 260.0, 190.0),
-    "prefill": ((100.0, 0.95, 0.15), 700.0, 700.0),
+    "decode": ((100.0, 0.01, 0.8), 260.0, 190.0),
+    "prefill": ((100.0, 0.55, 0.15), 700.0, 700.0),
 }
 
 
@@ -98,12 +97,12 @@ class ScriptedGpu:
         self.activity = counters
 
     def sample(self, index: int) -> GpuSample:
-        util, sm, dram = self.activity
+        util, tensor, dram = self.activity
         return GpuSample(
             timestamp_s=self.now_s, sm_clock_mhz=1980, mem_clock_mhz=2619, power_mw=0,
             energy_mj=round(self.energy_j * 1000), temperature_c=40.0,
             utilization_gpu_pct=util, clock_event_reasons=ClockEventReason.NONE,
-            activity=Activity(tensor_active=0.1, dram_active=dram, sm_active=sm),
+            activity=Activity(tensor_active=tensor, dram_active=dram, sm_active=0.95 * util / 100),
         )  # fmt: skip
 
     def supported_sm_clocks_mhz(self, index: int) -> tuple[int, ...]:
