@@ -28,7 +28,7 @@ def _usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch to a subcommand's `main(argv)`; unknown or unbuilt commands exit non-zero."""
+    """Dispatch to a subcommand's `main(argv)`; an unknown command exits 2."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in {"-h", "--help"}:
         print(_usage())
@@ -42,14 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"triserve: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name = SUBCOMMANDS[name][0]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        print(f"triserve {name}: not built yet ({module_name} is missing)", file=sys.stderr)
-        return 3
+    module = importlib.import_module(SUBCOMMANDS[name][0])
     result: int = module.main(rest)
     return result
 

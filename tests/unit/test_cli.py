@@ -17,11 +17,3 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
 def test_unknown_command_exits_non_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
-
-
-def test_unbuilt_subcommand_says_so_and_exits_non_zero(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setitem(cli.SUBCOMMANDS, "later", ("triserve.not_yet_written", "future"))
-    assert cli.main(["later"]) == 3
-    assert "not built yet" in capsys.readouterr().err

@@ -55,7 +55,8 @@ class ControlSettings:
     """How one GPU's control loop behaves.
 
     Clock limits of 0 mean the device's own limit; `stall_clock_mhz` 0 lets the controller
-    choose (the lowest allowed clock that still restores within one tick);
+    choose (the lowest allowed clock: the stall parks there with the lock released, so the PMU
+    boosts as soon as work arrives);
     `ridge_margin_pct` is the safety margin added above an estimated ridge clock;
     `ridge_floor_fraction` is the lowest ridge lock as a fraction of the boost clock (a phase
     that starts between ticks runs at the lock until the next tick, so a very deep lock makes

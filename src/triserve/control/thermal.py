@@ -105,7 +105,7 @@ class ThermalGovernor:
             predicted_c = self.model.predict_c(temp_c, power_w, HORIZON_S)
             sustainable_w = self.model.sustainable_power_w(limit_c)
         else:
-            # Until the model fits, extrapolate the measured trend conservatively.
+            # Until the model fits there is no prediction: act only on the temperature reached.
             predicted_c = temp_c
             sustainable_w = power_w
         if temp_c >= limit_c or (predicted_c > limit_c and power_w > sustainable_w):

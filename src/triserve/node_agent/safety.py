@@ -10,7 +10,7 @@
   Any content that is not exactly what this module writes reads as "restore every GPU".
 - `restore_stale`: the start-up restore of whatever the file lists.
 - `GuardedBackend`: wraps the real `GpuBackend`; records to the state file before any setter
-  and refuses clocks outside the device's supported range, the policy's limits and the
+  and clamps clocks into the device's supported range, the policy's limits and the
   cluster's guard rails (`GuardRails`), whatever the controller asks for.
 - `Watchdog`: a thread that resets every GPU to defaults if the control tick stalls.
 
