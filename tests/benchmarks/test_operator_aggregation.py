@@ -4,14 +4,14 @@ Runs once even under the default `--benchmark-disable` and prints the figures ag
 targets (under 200 ms CPU per status update, under 300 MB RSS) without asserting them, since
 timings flake on a loaded machine; what it asserts is that an unchanged fleet is not
 rewritten. `make perf` prints the figures; so does
-`python -m triserve.operator.bench_aggregation`, without pytest.
+`python -m tests.benchmarks.aggregation_fleet`, without pytest.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from triserve.operator.bench_aggregation import measure
+from tests.benchmarks.aggregation_fleet import measure
 
 
 def test_status_update_for_1000_nodes_x_8_gpus_is_cheap(benchmark: Any) -> None:

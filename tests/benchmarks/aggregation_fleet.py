@@ -1,4 +1,4 @@
-"""Measure a status update on a large fleet: `python -m triserve.operator.bench_aggregation`.
+"""Measure a status update on a large fleet: `python -m tests.benchmarks.aggregation_fleet`.
 
 Builds a synthetic cluster of 1,000 GPU nodes with 8 GPUs each, all labelled for one policy
 and all reporting, then times what the status timer does for that policy on every tick:
@@ -148,7 +148,7 @@ def measure(nodes: int = 1000, gpus: int = 8, repeats: int = 5) -> Figures:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the figures for `--nodes` x `--gpus`."""
-    p = argparse.ArgumentParser(prog="python -m triserve.operator.bench_aggregation")
+    p = argparse.ArgumentParser(prog="python -m tests.benchmarks.aggregation_fleet")
     p.add_argument("--nodes", type=int, default=1000)
     p.add_argument("--gpus", type=int, default=8)
     args = p.parse_args(argv)
