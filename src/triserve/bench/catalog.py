@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Executor
+from dataclasses import replace
 from functools import partial
 
 from triserve.bench.lookahead import lookahead_factory
@@ -22,12 +23,16 @@ from triserve.bench.search import Plan, SearchOutcome, coordinate_search
 from triserve.control import (
     ControlSettings,
     DefaultStrategy,
+    IntensitySource,
     PowerCapStrategy,
     StaticClockStrategy,
     Strategy,
     StrategyKind,
+    TriServeStrategy,
 )
+from triserve.control.profiling import sweep
 from triserve.sim import Scenario, Simulation
+from triserve.telemetry import ServingSnapshot
 
 STRATEGIES: tuple[str, ...] = (
     "default",
@@ -39,6 +44,9 @@ STRATEGIES: tuple[str, ...] = (
     "tri-serve-D",
     "tri-serve-A",
     "tri-serve-T",
+    "tri-serve-profile",
+    "tri-serve-search",
+    "tri-serve-counters",
     "lookahead",
     "optimum",
 )
@@ -51,6 +59,58 @@ POWER_FRACTIONS: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.85, 1.0)
 #: Passes and simulation budget of the static-best and power-cap-best searches.
 SWEEP_PASSES = 3
 SWEEP_MAX_EVALS = 40
+
+
+#: Tri-serve rows that pin component A to one ridge source.
+_SOURCES = {
+    "tri-serve-profile": IntensitySource.PROFILE,
+    "tri-serve-search": IntensitySource.SEARCH,
+    "tri-serve-counters": IntensitySource.COUNTERS,
+}
+#: The profile row measures its ridges on another seed of the same scenario: offline, as a
+#: user would with `triserve profile`, never on the traffic it is then scored on.
+PROFILE_SEED_OFFSET = 10_000
+
+
+_PROFILES: dict[tuple[str, int], tuple[tuple[str, str, int], ...]] = {}
+
+
+def _measured_profile(scenario: Scenario, seed: int) -> tuple[tuple[str, str, int], ...]:
+    """`triserve profile --sim` for every token-generating stage of `scenario` (cached)."""
+    key = (scenario.model_dump_json(), seed)
+    if key not in _PROFILES:
+        _PROFILES[key] = _profile_stages(scenario, seed)
+    return _PROFILES[key]
+
+
+def _profile_stages(scenario: Scenario, seed: int) -> tuple[tuple[str, str, int], ...]:
+    entries: list[tuple[str, str, int]] = []
+    for placement in Simulation(scenario, seed=seed).placements:
+        if placement.kind != "autoregressive":
+            continue
+        sim = Simulation(scenario, seed=seed)
+
+        def wait(seconds: float, sim: Simulation = sim) -> None:
+            sim.run_until(sim.now_s + seconds)
+
+        def read(sim: Simulation = sim, stage: str = placement.stage) -> ServingSnapshot:
+            return sim.serving_snapshot(stage)
+
+        wait(min(scenario.warmup_s, 60.0))
+        prof = sweep(
+            sim.backend,
+            placement.gpu_index,
+            placement.stage,
+            read,
+            wait,
+        )
+        entries += [(placement.stage, phase, mhz) for phase, mhz in prof.ridges_mhz.items()]
+    return tuple(entries)
+
+
+def _profiled(sim: Simulation, gpu_index: int, settings: ControlSettings) -> Strategy:
+    profile = _measured_profile(sim.scenario, sim.seed + PROFILE_SEED_OFFSET)
+    return TriServeStrategy(replace(settings, ridge_profile=profile))
 
 
 def _per_gpu(
@@ -114,6 +174,16 @@ def spec_for(name: str, settings: ControlSettings | None = None) -> StrategySpec
         )
     if name == "tri-serve":
         return StrategySpec(name, tri)
+    if name in _SOURCES:
+        source = _SOURCES[name]
+        if source is IntensitySource.PROFILE:
+            return StrategySpec(
+                name,
+                replace(tri, intensity_source=source),
+                "A from a ridge profile measured offline (seed + 10000)",
+                _profiled,
+            )
+        return StrategySpec(name, replace(tri, intensity_source=source), f"A from {source}")
     if name.startswith("tri-serve-") and name[-1] in "DAT":
         return StrategySpec(name, tri.only(name[-1]), f"{name[-1]} only")
     if name == "lookahead":
