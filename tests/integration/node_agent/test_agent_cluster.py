@@ -96,7 +96,7 @@ def policy(name: str, mode: str) -> dict[str, Any]:
             "spec": {"mode": mode, "podSelector": {"matchLabels": {"app": "omni"}}}}  # fmt: skip
 
 
-async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
+async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         result = check()
