@@ -224,7 +224,7 @@ def run_block(
         )
         rows_by_seed.append(run.results)
         if plots is not None and seed == seeds[0]:
-            _plot(scenario.name, run.results, run.outputs, plots)
+            _plot(scenario, run.results, run.outputs, plots)
     rows = aggregate(rows_by_seed)
     if len(seeds) > 1:
         print(aggregate_table(title, rows))
@@ -241,15 +241,21 @@ def run_block(
 
 
 def _plot(
-    scenario: str, results: list[StrategyResult], outputs: dict[str, RunOutput], out: Path
+    scenario: Scenario,
+    results: list[StrategyResult],
+    outputs: dict[str, RunOutput],
+    out: Path,
 ) -> None:
-    from triserve.bench.plots import plot_energy_latency, plot_timelines
+    from triserve.bench.plots import plot_energy_latency, plot_timelines, shared_limits
 
     out.mkdir(parents=True, exist_ok=True)
-    plot_energy_latency(scenario, results, out)
-    for name, run in outputs.items():
-        if run.timelines:
-            plot_timelines(scenario, name, run.timelines, out)
+    measured = (scenario.warmup_s, scenario.duration_s)
+    plot_energy_latency(scenario.name, results, out, measured)
+    traced = {n: run.timelines for n, run in outputs.items() if run.timelines}
+    limits = shared_limits(traced.values())
+    window = (scenario.warmup_s, min(scenario.warmup_s + TIMELINE_S, scenario.duration_s))
+    for name, timelines in traced.items():
+        plot_timelines(scenario.name, name, timelines, out, limits, window)
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
