@@ -282,10 +282,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     reports: list[NodeEnergyReportStatus] = []
     live = Live(console=console, auto_refresh=False) if console.is_terminal else None
     last_print_wall_s = [time.monotonic()]
-    last_step: list[tuple[NodeAgent, float]] = []
+    # The last view while the policy still governed (after the run the GPUs are released).
+    last_view: list[tuple[float, Table]] = []
 
     def on_step(agent: NodeAgent, now_s: float) -> None:
-        last_step[:] = [(agent, now_s)]
+        due = not last_view or now_s - last_view[0][0] >= 1.0
+        if live is None and agent.policy is not None and due:
+            last_view[:] = [(now_s, gpu_table(agent, now_s, duration_s))]
         if live is not None:
             live.update(gpu_table(agent, now_s, duration_s), refresh=True)
         elif time.monotonic() - last_print_wall_s[0] >= PLAIN_TABLE_EVERY_S:
@@ -316,8 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             asyncio.run(_run(runtime, console))
         wall_s = time.monotonic() - started
-    if live is None and last_step:
-        console.print(gpu_table(*last_step[0], duration_s))  # the final state, in a log too
+    if last_view:
+        console.print(last_view[0][1])  # the final governed state, in a log too
     controlled = sim.report()
     console.print(f"agent run: {wall_s:.1f} s wall; replaying under the PMU default …")
     baseline_sim = Simulation(sim.scenario, seed=args.seed)
