@@ -1,19 +1,25 @@
-# triserve developer commands. Both `demo` and `test` create the local virtualenv on first use.
+# triserve developer commands. Both `demo` and `test` create the local virtualenv on first use:
+# `demo` installs only the package and its runtime dependencies; `test` adds the dev tools.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+RUNTIME := $(VENV)/.installed-runtime
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test bench perf crds clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python tools/install_binaries.py --dest $(BIN)
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/triserve demo
 
 test: $(STAMP)

@@ -1,6 +1,6 @@
 """triserve: GPU energy policy for multimodal inference serving on Kubernetes.
 
-The package is layered (see DESIGN.md §2): `api`, `sim`, `gpu` and `control` are pure
+The package is layered (docs/architecture.md): `api`, `sim`, `gpu` and `control` are pure
 libraries; `node_agent` and `operator` are the two processes, which share only `api`.
 """
 

@@ -24,29 +24,59 @@ from typing import Any
 
 import yaml
 
+from triserve import cliargs
 from triserve.control.profiling import RidgeProfile, sweep
 from triserve.gpu.backend import GpuError
 
 
+def _at_least_two(text: str) -> int:
+    value = cliargs.positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be 2 or more, got {text}")
+    return value
+
+
+def _loss_pct(text: str) -> float:
+    value = cliargs.non_negative_float(text)
+    if value >= 100:
+        raise argparse.ArgumentTypeError(f"must be under 100, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command's flags."""
-    p = argparse.ArgumentParser(
-        prog="triserve profile",
-        description="Measure a serving stage's ridge clocks (lowest clock that keeps its "
-        "decode and prefill speed) on one GPU, for Profile-sourced policies.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = cliargs.parser(
+        "triserve profile",
+        "Measure a serving stage's ridge clocks (the lowest clocks that keep its decode and\n"
+        "prefill speed) on one GPU, and print the arithmeticIntensity.profile entries for an\n"
+        "EnergyPolicy. Run it on the node while the stage serves representative traffic\n"
+        "(--nvml), or on a simulated node (--sim SCENARIO).",
     )
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--sim", metavar="SCENARIO", help="profile on a simulated node")
+    where.add_argument(
+        "--sim", "--scenario", dest="sim", metavar="SCENARIO", help="profile on a simulated node"
+    )
     where.add_argument("--nvml", action="store_true", help="profile a real GPU through NVML")
     p.add_argument("--stage", required=True, help="stage name, e.g. thinker")
-    p.add_argument("--gpu", type=int, default=None, help="GPU index (sim: the stage's GPU)")
-    p.add_argument("--metrics-url", help="the stage's serving /metrics URL (with --nvml)")
+    p.add_argument(
+        "--gpu",
+        type=int,
+        default=None,
+        help="GPU index (default with --sim: the stage's GPU; with --nvml: 0)",
+    )
+    p.add_argument("--metrics-url", help="the stage's serving /metrics URL (required with --nvml)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (with --sim)")
-    p.add_argument("--window-s", type=float, default=10.0, help="seconds per window")
-    p.add_argument("--points", type=int, default=12, help="clocks to test")
-    p.add_argument("--max-loss-pct", type=float, default=0.5, help="allowed slowdown, percent")
-    p.add_argument("--output", type=Path, default=None, help="write the YAML here")
+    p.add_argument(
+        "--window-s", type=cliargs.positive_float, default=10.0, help="seconds per window"
+    )
+    p.add_argument("--points", type=_at_least_two, default=12, help="clocks to test")
+    p.add_argument(
+        "--max-loss-pct",
+        type=_loss_pct,
+        default=0.5,
+        help="allowed slowdown in percent, 0 to under 100",
+    )
+    p.add_argument("--output", type=Path, default=None, help="also write the YAML to this file")
     return p
 
 
@@ -128,15 +158,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.nvml and not args.metrics_url:
         parser.error("--nvml needs --metrics-url (the stage's serving /metrics)")
-    if args.window_s <= 0 or args.points < 2 or not 0 <= args.max_loss_pct < 100:
-        parser.error("--window-s must be positive, --points at least 2, --max-loss-pct 0-100")
-    if args.output is not None and not args.output.parent.is_dir():
-        parser.error(f"--output: directory {args.output.parent} does not exist")
+    try:
+        if args.output is not None:
+            cliargs.writable_file(args.output, "--output")
+    except cliargs.UserError as exc:
+        return cliargs.fail("triserve profile", str(exc))
     try:
         profile = _sim_profile(args) if args.sim else _nvml_profile(args)
-    except (KeyError, ValueError) as exc:
-        print(f"triserve profile: {exc}", file=sys.stderr)
-        return 2
+    except KeyError as exc:  # an unknown stage: its message is the key error's argument
+        return cliargs.fail("triserve profile", f"--stage: {exc.args[0] if exc.args else exc}")
+    except ValueError as exc:
+        return cliargs.fail("triserve profile", " ".join(str(exc).split()))
     except GpuError as exc:
         print(f"triserve profile: GPU: {exc}", file=sys.stderr)
         return 2

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from triserve import cliargs
 from triserve.bench.catalog import SEARCHED, STRATEGIES, search_row, spec_for
 from triserve.bench.results import StrategyResult, markdown_table, with_gains, write_json
 from triserve.bench.runner import RunOutput, run_strategy
@@ -40,12 +40,16 @@ class _Inline(Executor):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="triserve bench",
-        description="Run scenarios x strategies on the simulated GPUs and compare energy.",
+    p = cliargs.parser(
+        "triserve bench",
+        "Run scenarios x strategies on the simulated GPUs, each strategy driving the\n"
+        "production node agent on the same seed and arrivals, and compare energy, tokens per\n"
+        "joule and latency (as a table, optionally JSON and PNG plots).",
     )
     p.add_argument(
         "--scenario",
+        "--sim",
+        dest="scenario",
         action="append",
         default=None,
         help="bundled scenario name (reference, bursty, hot, a100, l40s, …) or a YAML path; "
@@ -54,12 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strategies",
         default=",".join(STRATEGIES),
-        help=f"comma-separated subset of: {', '.join(STRATEGIES)}",
+        help="comma-separated rows to run, from: %(default)s (default: all of them)",
     )
     p.add_argument("--seed", type=int, default=0, help="first simulation seed (same for every row)")
     p.add_argument(
         "--seeds",
-        type=int,
+        type=cliargs.positive_int,
         default=1,
         help="run seeds SEED..SEED+N-1 and add each row's mean and range over them",
     )
@@ -67,13 +71,35 @@ def _parser() -> argparse.ArgumentParser:
         "--idle-hold-s",
         default=None,
         help="comma-separated PMU boost holds in seconds (e.g. 0.25,1.5,10): one block each, "
-        "overriding the scenario's pmu.idle_hold_s",
+        "overriding the scenario's pmu.idle_hold_s (default: the scenario's)",
     )
-    p.add_argument("--duration-s", type=float, default=None, help="override scenario duration")
-    p.add_argument("--warmup-s", type=float, default=None, help="override scenario warm-up")
-    p.add_argument("--json", type=Path, default=None, help="write results as JSON to FILE")
-    p.add_argument("--plots", type=Path, default=None, help="write PNG plots into DIR")
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    p.add_argument(
+        "--duration-s",
+        "--duration",
+        dest="duration_s",
+        type=cliargs.positive_float,
+        default=None,
+        help="simulated seconds per run (default: the scenario's duration_s)",
+    )
+    p.add_argument(
+        "--warmup-s",
+        type=cliargs.non_negative_float,
+        default=None,
+        help="seconds before measuring (default: the scenario's warmup_s)",
+    )
+    p.add_argument("--json", type=Path, default=None, help="write results as JSON to this file")
+    p.add_argument("--plots", type=Path, default=None, help="write PNG plots into this folder")
+    p.add_argument(
+        "--jobs",
+        type=cliargs.positive_int,
+        default=min(2, os.cpu_count() or 1),
+        help="worker processes",
+    )
+    p.add_argument(
+        "--scenario-schema",
+        action="store_true",
+        help="print the scenario file format (fields, defaults, GPU profiles) and exit",
+    )
     return p
 
 
@@ -198,7 +224,7 @@ def run_block(
         )
         rows_by_seed.append(run.results)
         if plots is not None and seed == seeds[0]:
-            _plot(scenario.name, run.results, run.outputs, plots)
+            _plot(scenario, run.results, run.outputs, plots)
     rows = aggregate(rows_by_seed)
     if len(seeds) > 1:
         print(aggregate_table(title, rows))
@@ -215,46 +241,69 @@ def run_block(
 
 
 def _plot(
-    scenario: str, results: list[StrategyResult], outputs: dict[str, RunOutput], out: Path
+    scenario: Scenario,
+    results: list[StrategyResult],
+    outputs: dict[str, RunOutput],
+    out: Path,
 ) -> None:
-    from triserve.bench.plots import plot_energy_latency, plot_timelines
+    from triserve.bench.plots import plot_energy_latency, plot_timelines, shared_limits
 
     out.mkdir(parents=True, exist_ok=True)
-    plot_energy_latency(scenario, results, out)
-    for name, run in outputs.items():
-        if run.timelines:
-            plot_timelines(scenario, name, run.timelines, out)
+    measured = (scenario.warmup_s, scenario.duration_s)
+    plot_energy_latency(scenario.name, results, out, measured)
+    traced = {n: run.timelines for n, run in outputs.items() if run.timelines}
+    limits = shared_limits(traced.values())
+    window = (scenario.warmup_s, min(scenario.warmup_s + TIMELINE_S, scenario.duration_s))
+    for name, timelines in traced.items():
+        plot_timelines(scenario.name, name, timelines, out, limits, window)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse unwritable outputs before hours of simulation, not after."""
+    if args.json is not None:
+        cliargs.writable_file(args.json, "--json")
+    if args.plots is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise cliargs.UserError(
+                "--plots needs matplotlib: pip install 'triserve[bench]'"
+            ) from None
+        cliargs.writable_dir(args.plots, "--plots")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``triserve bench``; returns the process exit code."""
     args = _parser().parse_args(list(argv) if argv is not None else None)
+    if args.scenario_schema:
+        from triserve.bench.scenario_doc import scenario_reference
+
+        print(scenario_reference(), end="")
+        return 0
     try:
         names = _selected(args.strategies)
         holds = _holds(args.idle_hold_s)
         scenarios = [load_scenario(s) for s in (args.scenario or ["reference"])]
-    except (ValueError, ScenarioError) as exc:
-        print(f"triserve bench: {exc}", file=sys.stderr)
-        return 2
-    if args.seeds < 1:
-        print("triserve bench: --seeds must be 1 or more", file=sys.stderr)
-        return 2
+        _check_outputs(args)
+    except (ValueError, ScenarioError, cliargs.UserError) as exc:
+        return cliargs.fail("triserve bench", " ".join(str(exc).split()))
     overrides = {
         k: v
         for k, v in (("duration_s", args.duration_s), ("warmup_s", args.warmup_s))
         if v is not None
     }
     scenarios = [s.model_copy(update=overrides) for s in scenarios]
-    bad = [s.name for s in scenarios if s.duration_s <= s.warmup_s]
+    bad = [
+        f"{s.name}: {s.duration_s:g} s <= {s.warmup_s:g} s"
+        for s in scenarios
+        if s.duration_s <= s.warmup_s
+    ]
     if bad:
-        print(f"triserve bench: duration must exceed warm-up ({', '.join(bad)})", file=sys.stderr)
-        return 2
-    if args.plots is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            print("triserve bench: --plots needs matplotlib; pip install 'triserve[bench]'")
-            return 2
+        return cliargs.fail(
+            "triserve bench",
+            f"--duration-s must exceed the warm-up ({'; '.join(bad)}); raise --duration-s "
+            "or lower --warmup-s",
+        )
     seeds = list(range(args.seed, args.seed + args.seeds))
     pool: Executor = ProcessPoolExecutor(args.jobs) if args.jobs > 1 else _Inline()
     docs = []

@@ -251,8 +251,8 @@ class NvmlBackend:
         """Absolute thresholds; T.Limit offsets (newer drivers) are added to the current temp.
 
         A T.Limit value is the margin below the limit (limit = current + offset), so
-        ``shutdown -8`` style values in calibration.md are offsets of the threshold relative
-        to the GPU-max limit; both styles end up absolute here.
+        ``shutdown -8`` style values (as newer drivers print them) are offsets of the threshold
+        relative to the GPU-max limit; both styles end up absolute here.
         """
         h = self._h(index)
         try:

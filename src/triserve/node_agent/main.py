@@ -1,4 +1,4 @@
-"""`triserve agent`: the node agent's command line.
+"""`triserve agent`: run the node agent, which governs the clocks of one node's GPUs.
 
 In a cluster (the DaemonSet) the node name comes from `NODE_NAME` (downward API), read once
 here and passed down; the policy is the one the node's `triserve.io/policy` label names.
@@ -23,6 +23,7 @@ from typing import Any
 
 from kubernetes.config import ConfigException
 
+from triserve import cliargs
 from triserve.api.errors import PolicyError, load_policy_file
 from triserve.gpu.backend import GpuError
 from triserve.node_agent.agent import PolicyRef
@@ -36,14 +37,34 @@ log = logging.getLogger("triserve.agent")
 
 def build_parser(prog: str = "triserve agent") -> argparse.ArgumentParser:
     """The agent's flags."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p = cliargs.parser(
+        prog,
+        "Run the triserve node agent: find the serving pods on this node, govern its GPUs'\n"
+        "clocks under the node's EnergyPolicy, export metrics and write the NodeEnergyReport.\n"
+        "In a cluster it runs as the chart's DaemonSet; --standalone --policy FILE runs it\n"
+        "without one, and --sim SCENARIO on a simulated node.",
+    )
     p.add_argument("--standalone", action="store_true", help="no cluster: policy from --policy")
     p.add_argument("--policy", type=Path, help="EnergyPolicy manifest (YAML), with --standalone")
-    p.add_argument("--sim", metavar="SCENARIO", help="simulated node: 'reference' or a YAML path")
-    p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
-    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second")
-    p.add_argument("--duration", type=float, help="stop after S (simulated) seconds")
-    p.add_argument("--metrics-port", type=int, default=9402, help="exporter port (9402)")
+    p.add_argument(
+        "--sim",
+        "--scenario",
+        dest="sim",
+        metavar="SCENARIO",
+        help="simulated node: a bundled scenario name ('reference') or a YAML path",
+    )
+    p.add_argument("--seed", type=int, default=0, help="simulation seed")
+    p.add_argument(
+        "--speed", type=cliargs.positive_float, default=1.0, help="simulated s per wall s"
+    )
+    p.add_argument(
+        "--duration-s",
+        "--duration",
+        dest="duration",
+        type=cliargs.positive_float,
+        help="stop after this many (simulated) seconds (default: run until stopped)",
+    )
+    p.add_argument("--metrics-port", type=cliargs.port, default=9402, help="exporter port")
     p.add_argument(
         "--metrics-host",
         default=None,
@@ -65,11 +86,11 @@ def build_parser(prog: str = "triserve agent") -> argparse.ArgumentParser:
     )
     dcgm.add_argument(
         "--dcgm-host-port",
-        type=int,
+        type=cliargs.port,
         metavar="PORT",
         help="scrape dcgm-exporter at http://$HOST_IP:PORT/metrics (hostPort/hostNetwork)",
     )
-    p.add_argument("--dcgm-port", type=int, default=9400, help="port for --dcgm-discover (9400)")
+    p.add_argument("--dcgm-port", type=cliargs.port, default=9400, help="port for --dcgm-discover")
     p.add_argument(
         "--dcgm-hostname",
         action="append",
@@ -83,11 +104,20 @@ def build_parser(prog: str = "triserve agent") -> argparse.ArgumentParser:
     )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config)")
     p.add_argument("--node-name", default=None, help="node name (default: $NODE_NAME)")
-    p.add_argument("--scrape-interval", type=float, default=0.5, help="seconds (0.5)")
-    p.add_argument("--report-interval", type=float, help="seconds (default: the policy's)")
+    p.add_argument(
+        "--scrape-interval",
+        type=cliargs.positive_float,
+        default=0.5,
+        help="seconds between scrapes of the serving pods",
+    )
+    p.add_argument(
+        "--report-interval",
+        type=cliargs.positive_float,
+        help="seconds between NodeEnergyReports (default: the policy's)",
+    )
     p.add_argument(
         "--baseline-probe-interval",
-        type=float,
+        type=cliargs.non_negative_float,
         default=ProbeSettings().interval_s,
         metavar="S",
         help="at most one baseline probe (a few ticks at PMU default clocks, to measure the "
@@ -96,7 +126,7 @@ def build_parser(prog: str = "triserve agent") -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--min-sm-clock-fraction",
-        type=float,
+        type=cliargs.fraction,
         default=float(os.environ.get("TRISERVE_MIN_SM_CLOCK_FRACTION", "0")),
         metavar="F",
         help="guard rail: never lock the SM clock below F x the GPU's default boost clock, "
@@ -104,7 +134,7 @@ def build_parser(prog: str = "triserve agent") -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--min-power-limit-fraction",
-        type=float,
+        type=cliargs.fraction,
         default=float(os.environ.get("TRISERVE_MIN_POWER_LIMIT_FRACTION", "0")),
         metavar="F",
         help="guard rail: never set a power limit below F x the GPU's default limit "
@@ -112,13 +142,18 @@ def build_parser(prog: str = "triserve agent") -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--shutdown-retry",
-        type=float,
+        type=cliargs.non_negative_float,
         default=10.0,
         metavar="S",
         help="on shutdown, keep retrying restores that do not read back at defaults for up "
         "to S seconds (10; keep it under the pod's termination grace period)",
     )
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING …")
+    p.add_argument(
+        "--log-level",
+        type=cliargs.log_level,
+        default="INFO",
+        help=f"one of {', '.join(cliargs.LOG_LEVELS)}",
+    )
     return p
 
 
@@ -200,22 +235,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `triserve agent`; exit 2 on a bad policy file or flags."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    cliargs.setup_logging(args.log_level)
     if args.standalone and args.policy is None:
         parser.error("--standalone needs --policy FILE (an EnergyPolicy manifest)")
     if args.policy is not None and not args.standalone:
         parser.error("--policy is for --standalone runs; in a cluster the node label decides")
-    if args.speed <= 0:
-        parser.error("--speed must be positive")
     if args.dcgm_host_port and not os.environ.get("HOST_IP"):
         parser.error("--dcgm-host-port needs HOST_IP (status.hostIP from the downward API)")
-    if args.baseline_probe_interval < 0:
-        parser.error("--baseline-probe-interval must be 0 (no probes) or positive seconds")
     try:
         options = options_from_args(args)
+        # The state file lists the locks to undo after a crash: a start that cannot write it
+        # must fail now, not at the first clock lock.
+        cliargs.writable_dir(args.state_file.parent, "--state-file")
     except PolicyError as exc:
         print(f"triserve agent: invalid policy {exc}", file=sys.stderr)
         return 2
@@ -227,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except (ValueError, OSError, ConfigException) as exc:
+    except (ValueError, OSError, ConfigException, cliargs.UserError) as exc:
         print(f"triserve agent: {exc}", file=sys.stderr)
         return 2
     try:

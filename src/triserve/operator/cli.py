@@ -12,7 +12,9 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+from triserve import cliargs
 from triserve.operator.settings import OperatorSettings
 
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
@@ -21,10 +23,10 @@ DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
 def parser() -> argparse.ArgumentParser:
     """The `triserve operator` argument parser."""
     defaults = OperatorSettings()
-    p = argparse.ArgumentParser(
-        prog="triserve operator",
-        description="Run the triserve operator: place EnergyPolicies on GPU nodes and "
-        "aggregate their NodeEnergyReports into policy status.",
+    p = cliargs.parser(
+        "triserve operator",
+        "Run the triserve operator (kopf): place EnergyPolicies on GPU nodes, label the nodes\n"
+        "for their agents, and aggregate NodeEnergyReports into each policy's status.",
     )
     group = p.add_mutually_exclusive_group()
     group.add_argument(
@@ -40,21 +42,33 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--liveness",
         default=DEFAULT_LIVENESS,
-        help=f"liveness endpoint URL, '' to disable (default {DEFAULT_LIVENESS})",
+        help="liveness endpoint URL, '' to disable",
     )
     p.add_argument(
         "--status-interval",
-        type=float,
+        type=cliargs.positive_float,
         default=defaults.status_interval_s,
-        help="seconds between status updates per policy (default %(default)s)",
+        help="seconds between status updates per policy",
     )
     p.add_argument(
         "--release-timeout",
-        type=float,
+        type=cliargs.positive_float,
         default=defaults.release_timeout_s,
-        help="seconds deletion waits for agents to report Released (default %(default)s)",
+        help="seconds deletion waits for agents to report Released",
     )
-    p.add_argument("--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--log-level",
+        type=cliargs.log_level,
+        default="INFO",
+        help=f"one of {', '.join(cliargs.LOG_LEVELS)}; DEBUG passes --verbose to kopf",
+    )
+    p.add_argument(
+        "--verbose",
+        dest="log_level",
+        action="store_const",
+        const="DEBUG",
+        help="the same as --log-level DEBUG",
+    )
     return p
 
 
@@ -64,8 +78,10 @@ def kopf_args(args: argparse.Namespace) -> list[str]:
     out += ["--peering", args.peering] if args.peering else ["--standalone"]
     if args.liveness:
         out += ["--liveness", args.liveness]
-    if args.verbose:
+    if args.log_level == "DEBUG":
         out.append("--verbose")
+    elif args.log_level in ("WARNING", "ERROR", "CRITICAL"):
+        out.append("--quiet")
     return out
 
 
@@ -76,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         status_interval_s=args.status_interval, release_timeout_s=args.release_timeout
     )
     os.environ.update(settings.to_env())
+    problem = _credentials_problem()
+    if problem is not None:
+        # Checked before kopf starts: its login would log a retrying traceback first.
+        return _no_api(problem)
     import kopf  # imported late: `triserve --help` need not load kopf
     from kopf import cli as kopf_cli
 
@@ -84,11 +104,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             args=kopf_args(args), prog_name="triserve operator", standalone_mode=False
         )
     except kopf.LoginError as exc:
-        print(
-            f"triserve operator: cannot reach the Kubernetes API: {exc}\n"
-            "  In a pod: give it a ServiceAccount (the Helm chart does). Outside: set "
-            "KUBECONFIG or ~/.kube/config to a cluster you may manage.",
-            file=sys.stderr,
-        )
-        return 2
+        return _no_api(str(exc))
     return 0
+
+
+def _credentials_problem() -> str | None:
+    """Why no Kubernetes credentials can be loaded (in-cluster, then kubeconfig), or None."""
+    from kubernetes import config as _config
+    from kubernetes.config import ConfigException
+
+    config: Any = _config  # the client's loaders are untyped
+
+    try:
+        config.load_incluster_config()
+        return None
+    except ConfigException:
+        pass
+    try:
+        config.load_kube_config()
+    except (ConfigException, OSError) as exc:
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None
+
+
+def _no_api(why: str) -> int:
+    print(
+        f"triserve operator: cannot reach the Kubernetes API: {why}\n"
+        "  In a pod: give it a ServiceAccount (the Helm chart does). Outside: set "
+        "KUBECONFIG or ~/.kube/config to a cluster you may manage.",
+        file=sys.stderr,
+    )
+    return 2

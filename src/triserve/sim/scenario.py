@@ -53,14 +53,16 @@ class _Model(BaseModel):
 class GpuSpec(_Model):
     """One GPU of the simulated node."""
 
-    profile: str = "h100-sxm"
+    #: Required: a GPU without a model must not silently become an H100.
+    profile: str
     ambient_c: float | None = None
     thermal_r_scale: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
     def _known_profile(self) -> GpuSpec:
         if self.profile not in PROFILES:
-            raise ValueError(f"unknown profile {self.profile!r}; known: {sorted(PROFILES)}")
+            known = ", ".join(sorted(PROFILES))
+            raise ValueError(f"unknown profile {self.profile!r}; use one of {known}")
         return self
 
 
@@ -184,7 +186,7 @@ class PipelineSpec(_Model):
             if s.upstream != want:
                 raise ValueError(
                     f"stages[{i}] ({s.name}): upstream must be {want!r} (stages form a chain "
-                    "in order), got {s.upstream!r}"
+                    f"in order), got {s.upstream!r}"
                 )
         return self
 
@@ -288,7 +290,14 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     if isinstance(wl, dict) and wl.get("trace"):
         trace = Path(str(wl["trace"]))
         if not trace.is_absolute():
-            wl["trace"] = str((path.parent / trace).resolve())
+            trace = (path.parent / trace).resolve()
+            wl["trace"] = str(trace)
+        if not trace.is_file():
+            # Checked here, not when the workload first reads it (in a bench worker process).
+            raise ScenarioError(
+                f"{path}: workload.trace: file {trace} does not exist; give a CSV path "
+                "relative to the scenario file"
+            )
     data["source_path"] = str(path)
     try:
         return Scenario.model_validate(data)

@@ -24,11 +24,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from triserve.api.models import EnergyPolicySpec
+from triserve import cliargs
+from triserve.api.errors import PolicyError
+from triserve.api.models import EnergyPolicySpec, Strategy
 from triserve.api.status import NodeEnergyReportStatus
+from triserve.control.decisions import Decision, Reason
 from triserve.node_agent.agent import NodeAgent, PolicyRef
 from triserve.node_agent.runtime import AgentOptions, AgentRuntime
-from triserve.sim import SimReport, Simulation
+from triserve.sim import ScenarioError, SimReport, Simulation
 from triserve.simnode.node import driver_for, open_simulation
 
 #: Wall seconds between two printed tables when stdout is not a terminal (CI logs).
@@ -37,35 +40,99 @@ PLAIN_TABLE_EVERY_S = 10.0
 
 def build_parser() -> argparse.ArgumentParser:
     """The demo's flags."""
-    p = argparse.ArgumentParser(prog="triserve demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenario", default="reference", help="scenario name or YAML (reference)")
-    p.add_argument("--policy", type=Path, help="EnergyPolicy manifest (default: TriServe)")
-    p.add_argument("--speed", type=float, default=10.0, help="simulated s per wall s (10)")
-    p.add_argument("--duration", type=float, help="simulated seconds (default: the scenario's)")
-    p.add_argument("--seed", type=int, default=0, help="simulation seed (0)")
-    p.add_argument("--metrics-port", type=int, default=9402, help="/metrics port (0 = any)")
+    p = cliargs.parser(
+        "triserve demo",
+        "Run the triserve node agent on a simulated 2-GPU Qwen-Omni node (no cluster, no GPU):\n"
+        "a live per-GPU view while it runs, then the same traffic replayed under the GPUs'\n"
+        "default power management and both compared.",
+    )
+    p.add_argument(
+        "--scenario", "--sim", default="reference", help="bundled scenario name or a YAML path"
+    )
+    p.add_argument(
+        "--policy", type=Path, help="EnergyPolicy manifest (default: TriServe, all defaults)"
+    )
+    p.add_argument(
+        "--speed", type=cliargs.positive_float, default=10.0, help="simulated s per wall s"
+    )
+    p.add_argument(
+        "--duration-s",
+        "--duration",
+        dest="duration_s",
+        type=cliargs.positive_float,
+        help="simulated seconds, past the scenario's warm-up (default: the scenario's)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="simulation seed")
+    p.add_argument("--metrics-port", type=cliargs.port, default=9402, help="/metrics port (0: any)")
+    p.add_argument("--log-level", type=cliargs.log_level, default="WARNING", help="log level")
     return p
 
 
+#: The legend printed under the live table: what each decision reason means.
+REASON_LEGEND = (
+    "reason: stall = the GPU waits on its upstream stage (target PMU = parked: clock lowered, "
+    "then the lock released so the GPU boosts the moment work returns); ridge (source) = a "
+    "memory-bound phase at its ridge clock, from the policy's profile, the online search or "
+    "activity counters; compute = a compute-bound phase at boost; thermal = a sustainable "
+    "clock ahead of thermal slowdown; slo-guard = the latency guard handed the clock back; "
+    "default = the GPU's own power management (PMU) decides."
+)
+
+
+def strategy_label(policy: PolicyRef) -> str:
+    """The strategy in use as the demo names it, e.g. ``TriServe`` or ``StaticClock 1500 MHz``."""
+    spec = policy.spec
+    label = spec.strategy.value
+    if spec.strategy is Strategy.STATIC_CLOCK and spec.static_clock is not None:
+        label += f" {spec.static_clock.sm_clock_mhz} MHz"
+    elif spec.strategy is Strategy.POWER_CAP and spec.power_cap is not None:
+        label += f" {spec.power_cap.watts} W"
+    return f"{label} (Observe)" if spec.mode.value == "Observe" else label
+
+
+def _reason(policy: PolicyRef | None, decision: Decision) -> str:
+    if policy is not None and policy.spec.strategy in (Strategy.STATIC_CLOCK, Strategy.POWER_CAP):
+        # These strategies' decisions carry no Tri-serve reason; name the setting instead.
+        return strategy_label(policy).removesuffix(" (Observe)")
+    if decision.reason is Reason.STALL and decision.target_sm_clock_mhz is None:
+        return "stall, parked"
+    source = f" ({decision.source})" if decision.source else ""
+    return f"{decision.reason.value}{source}"
+
+
 def gpu_table(agent: NodeAgent, now_s: float, duration_s: float) -> Table:
-    """The live view: one row per GPU."""
-    policy = agent.policy.name if agent.policy else "-"
-    table = Table(title=f"triserve demo — node {agent.node_name}, policy {policy}, "
-                  f"t={now_s:5.0f}/{duration_s:.0f} s (simulated)")  # fmt: skip
-    for col in ("GPU", "stages", "state", "target MHz", "SM MHz", "W", "°C", "reason", "J"):
-        table.add_column(col, justify="right" if col[0].isupper() or col == "°C" else "left")
+    """The live view: one row per GPU, and the legend of the reasons."""
+    policy = agent.policy
+    table = Table(
+        title=f"triserve demo: node {agent.node_name}, policy {policy.name if policy else '-'}, "
+        f"t={now_s:5.0f}/{duration_s:.0f} s (simulated)",
+        caption=REASON_LEGEND
+        if policy is None or policy.spec.strategy is Strategy.TRI_SERVE
+        else f"reason: the {strategy_label(policy)} policy sets every clock; PMU = default.",
+        caption_justify="left",
+    )
     with agent.lock:
-        for gpu in agent.gpus.values():
+        gpus = list(agent.gpus.values())
+        stages = [",".join(sorted({p.pod.stage for p in g.placements})) or "-" for g in gpus]
+        table.add_column("GPU", justify="right")
+        # Stage names never wrap or get cut: they are what a reader looks for first.
+        table.add_column("stages", no_wrap=True, min_width=max(len(s) for s in [*stages, "-"]))
+        table.add_column("state")
+        for col in ("target MHz", "SM MHz", "W", "°C"):
+            table.add_column(col, justify="right")
+        table.add_column("reason", no_wrap=True)
+        table.add_column("J", justify="right")
+        for gpu, names in zip(gpus, stages, strict=True):
             sample, decision = gpu.last_sample, gpu.last_decision
             table.add_row(
                 str(gpu.index),
-                ",".join(sorted({p.pod.stage for p in gpu.placements})) or "-",
+                names,
                 gpu.state.value,
                 str(decision.target_sm_clock_mhz or "PMU") if decision else "-",
                 str(sample.sm_clock_mhz) if sample else "-",
                 f"{sample.power_mw / 1000:.0f}" if sample else "-",
                 f"{sample.temperature_c:.1f}" if sample else "-",
-                decision.reason.value if decision else "-",
+                _reason(policy, decision) if decision else "-",
                 f"{gpu.energy_j:,.0f}",
             )
     return table
@@ -74,15 +141,19 @@ def gpu_table(agent: NodeAgent, now_s: float, duration_s: float) -> Table:
 def _pct(new: float | None, old: float | None) -> str:
     if new is None or old is None or old == 0:
         return "n/a"
-    return f"{100.0 * (new / old - 1.0):+.1f}%"
+    change = round(100.0 * (new / old - 1.0), 1)
+    return f"{change + 0.0:+.1f}%"  # + 0.0 turns -0.0 into 0.0
 
 
-def summary_table(controlled: SimReport, baseline: SimReport, estimate: str) -> Table:
+def summary_table(controlled: SimReport, baseline: SimReport, estimate: str, label: str) -> Table:
     """Side-by-side comparison of the two runs (simulator measurements)."""
-    table = Table(title="Same traffic, same seed: triserve vs PMU default (measured after warm-up)")
+    table = Table(
+        title=f"Same traffic, same seed: {label} vs the PMU default "
+        f"(measured after the {controlled.warmup_s:.0f} s warm-up)"
+    )
     table.add_column("metric")
     table.add_column("PMU default", justify="right")
-    table.add_column("triserve", justify="right")
+    table.add_column(label, justify="right")
     table.add_column("change", justify="right")
 
     def row(name: str, base: float | None, ctrl: float | None, fmt: str) -> None:
@@ -106,12 +177,42 @@ def summary_table(controlled: SimReport, baseline: SimReport, estimate: str) -> 
         ".1f",
     )
     row("thermal throttling (s)", baseline.throttle_s, controlled.throttle_s, ".1f")
-    measured = _pct(controlled.tokens_per_joule, baseline.tokens_per_joule)
-    table.caption = (
-        f"tokens per joule, agent's own estimate without the replay: {estimate}; "
-        f"measured by the replay: {measured}"
-    )
+    table.caption = f"The agent's own estimate of tokens per joule, without the replay: {estimate}"
     return table
+
+
+def _change(new: float | None, old: float | None, more: str, less: str) -> str:
+    if new is None or old is None or old == 0:
+        return "not measurable"
+    pct = 100.0 * (new / old - 1.0)
+    return f"{abs(pct):.1f}% {more if pct >= 0 else less}"
+
+
+def _energy_only(controlled: SimReport, baseline: SimReport) -> str:
+    """What the energy change alone does to tokens per joule, in words."""
+    if controlled.energy_j <= 0 or baseline.energy_j <= 0:
+        return "no energy was measured"
+    cut = 1.0 - controlled.energy_j / baseline.energy_j
+    gain = 1.0 / (1.0 - cut) - 1.0
+    return f"a {100 * cut:.1f}% energy cut alone would show as a {100 * gain:+.1f}% efficiency gain"
+
+
+def plain_summary(controlled: SimReport, baseline: SimReport, label: str) -> list[str]:
+    """The result in words: the energy cut and the efficiency gain are different numbers."""
+    tokens = _pct(controlled.generated_tokens, baseline.generated_tokens)
+    return [
+        f"Energy: {label} used {_change(controlled.energy_j, baseline.energy_j, 'more', 'less')}"
+        f" energy than the PMU default ({controlled.energy_j:,.0f} J vs "
+        f"{baseline.energy_j:,.0f} J) for the same arriving requests.",
+        f"Efficiency: "
+        f"{_change(controlled.tokens_per_joule, baseline.tokens_per_joule, 'more', 'fewer')}"
+        f" tokens per joule ({controlled.tokens_per_joule:.4f} vs "
+        f"{baseline.tokens_per_joule:.4f}). Not the same number as the energy cut: tokens per "
+        f"joule divides the tokens generated in the window ({tokens}) by the energy, so "
+        f"{_energy_only(controlled, baseline)}.",
+        f"Latency: end-to-end p99 {_pct(controlled.e2e_p99_s, baseline.e2e_p99_s)}, "
+        f"time to first token p99 {_pct(controlled.ttft_p99_s, baseline.ttft_p99_s)}.",
+    ]
 
 
 def estimated_improvement(reports: Sequence[NodeEnergyReportStatus]) -> tuple[float, float] | None:
@@ -136,30 +237,58 @@ def _estimate(reports: Sequence[NodeEnergyReportStatus]) -> str:
     return f"{tpj:.4f} vs {base_tpj:.4f} at default ({_pct(tpj, base_tpj)})"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the demo; returns 0."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    console = Console()
+def _prepare(args: argparse.Namespace) -> tuple[PolicyRef, Simulation, float]:
+    """The policy, simulation and duration; raises `cliargs.UserError` naming the flag."""
+    policy = PolicyRef("demo-triserve", EnergyPolicySpec.model_validate({}), 1)
     if args.policy is not None:
         from triserve.node_agent.main import load_policy
 
-        policy = load_policy(args.policy)
-    else:
-        policy = PolicyRef("demo-triserve", EnergyPolicySpec.model_validate({}), 1)
-    sim = open_simulation(args.scenario, seed=args.seed)
-    duration_s = args.duration if args.duration is not None else sim.scenario.duration_s
+        try:
+            policy = load_policy(args.policy)
+        except PolicyError as exc:
+            raise cliargs.UserError(f"--policy: {' '.join(str(exc).split())}") from None
+    try:
+        sim = open_simulation(args.scenario, seed=args.seed)
+    except ScenarioError as exc:
+        first = str(exc).strip().splitlines()
+        more = f" ({'; '.join(s.strip() for s in first[1:])})" if len(first) > 1 else ""
+        raise cliargs.UserError(f"--scenario: {first[0]}{more}") from None
+    duration_s: float = sim.scenario.duration_s if args.duration_s is None else args.duration_s
+    if duration_s <= sim.scenario.warmup_s:
+        raise cliargs.UserError(
+            f"--duration-s: {duration_s:g} s ends inside the scenario's "
+            f"{sim.scenario.warmup_s:g} s warm-up, where nothing is measured; give more than "
+            f"{sim.scenario.warmup_s:g}"
+        )
+    return policy, sim, duration_s
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo; returns 0, or 2 on a user error (one line on stderr)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        policy, sim, duration_s = _prepare(args)
+    except cliargs.UserError as exc:
+        return cliargs.fail("triserve demo", str(exc))
+    # A log is read later and often in 80 columns: give the tables room so nothing is cut.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
+    label = strategy_label(policy)
     console.print(
         f"[bold]triserve demo[/]: scenario {sim.scenario.name!r} "
         f"({len(sim.placements)} stages on {len(sim.gpus)} GPUs), {duration_s:.0f} simulated s "
-        f"at {args.speed:g}x; policy {policy.name} ({policy.spec.mode.value}, "
-        f"{policy.spec.strategy.value})"
+        f"at {args.speed:g}x; policy {policy.name} ({label})"
     )
     reports: list[NodeEnergyReportStatus] = []
     live = Live(console=console, auto_refresh=False) if console.is_terminal else None
     last_print_wall_s = [time.monotonic()]
+    # The last view while the policy still governed (after the run the GPUs are released).
+    last_view: list[tuple[float, Table]] = []
 
     def on_step(agent: NodeAgent, now_s: float) -> None:
+        due = not last_view or now_s - last_view[0][0] >= 1.0
+        if live is None and agent.policy is not None and due:
+            last_view[:] = [(now_s, gpu_table(agent, now_s, duration_s))]
         if live is not None:
             live.update(gpu_table(agent, now_s, duration_s), refresh=True)
         elif time.monotonic() - last_print_wall_s[0] >= PLAIN_TABLE_EVERY_S:
@@ -190,11 +319,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             asyncio.run(_run(runtime, console))
         wall_s = time.monotonic() - started
+    if last_view:
+        console.print(last_view[0][1])  # the final governed state, in a log too
     controlled = sim.report()
     console.print(f"agent run: {wall_s:.1f} s wall; replaying under the PMU default …")
     baseline_sim = Simulation(sim.scenario, seed=args.seed)
     baseline_sim.run_until(sim.now_s)
-    console.print(summary_table(controlled, baseline_sim.report(), _estimate(reports)))
+    baseline = baseline_sim.report()
+    console.print(summary_table(controlled, baseline, _estimate(reports), label))
+    for line in plain_summary(controlled, baseline, label):
+        console.print(line, highlight=False)
     sys.stdout.flush()
     return 0
 
