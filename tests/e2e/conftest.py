@@ -8,7 +8,6 @@ k3d, k3s, test, …); anything else is refused, so production is never touched.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ def _established(crd: Any) -> bool:
 
 
 @pytest.fixture(scope="session")
-def kube() -> Iterator[Any]:
+def kube() -> Any:
     """A kubernetes ApiClient for a verified test context, with triserve's CRDs installed."""
     from kubernetes import client, config
 
@@ -80,4 +79,4 @@ def kube() -> Iterator[Any]:
         while not _established(extensions.read_custom_resource_definition(name)):
             assert time.monotonic() < deadline, f"CRD {name} not Established after 60 s"
             time.sleep(0.5)
-    yield api
+    return api

@@ -87,8 +87,10 @@ def no_loss_clock_mhz(
     floor_mhz: float = 0.0,
     max_slowdown: float = MAX_SLOWDOWN,
 ) -> int:
-    """Lowest allowed clock (not below `floor_mhz`) at which `phase` runs its rounds within
-    `max_slowdown` of its round time at the boost clock (ORACLE ONLY: exact kernels)."""
+    """Lowest allowed clock at which `phase` keeps within `max_slowdown` of boost speed.
+
+    Not below `floor_mhz`; evaluated on the exact kernels (ORACLE ONLY).
+    """
     clocks = limits.clocks_mhz
     budget_s = phase.at(profile, limits.default_max_mhz).round_s * (1.0 + max_slowdown)
     lo, hi = bisect.bisect_left(clocks, floor_mhz), len(clocks) - 1

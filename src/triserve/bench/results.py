@@ -58,9 +58,12 @@ class StrategyResult:
 
 
 def with_gains(results: Sequence[StrategyResult]) -> list[StrategyResult]:
-    """Fill `efficiency_gain_pct` relative to the ``default`` row (0 when it is absent) and
+    """Fill each row's gain over ``default`` and its share of the ``optimum`` row's gain.
+
+    `efficiency_gain_pct` is relative to the ``default`` row (0 when it is absent) and
     `share_of_optimum_pct` relative to the ``optimum`` row (None when it is absent or
-    gained nothing)."""
+    gained nothing).
+    """
     base = next((r for r in results if r.strategy == "default"), None)
     if base is None or base.tokens_per_j <= 0:
         return list(results)

@@ -123,23 +123,21 @@ def coordinate_search(
         r = cache[p].result
         return not rule.violations(base, r) and r.tokens_per_j > cache[than].result.tokens_per_j
 
-    current = default_plan
-    run_all(list(starts))
-    for p in starts:
-        if p in cache and better(p, current):
-            current = p
+    def best_of(plans: Sequence[Plan], current: Plan) -> Plan:
+        run_all(plans)
+        for p in plans:
+            if p in cache and better(p, current):
+                current = p
+        return current
+
+    current = best_of(list(starts), default_plan)
     dims = [k for k, _ in default_plan]
     for _ in range(passes):
-        moved = False
+        before = current
         for dim in dims:
-            if evals >= max_evals:
-                break
-            trial = [_with(current, dim, lv) for lv in levels[dim]]
-            run_all(trial)
-            for p in trial:
-                if p in cache and better(p, current):
-                    current, moved = p, True
-        if not moved or evals >= max_evals:
+            if evals < max_evals:
+                current = best_of([_with(current, dim, lv) for lv in levels[dim]], current)
+        if current == before or evals >= max_evals:
             break
     best = cache[current].result
     strict_rule = replace(rule, p99_ttft_pct=STRICT_TTFT_PCT)

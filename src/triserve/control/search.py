@@ -208,8 +208,11 @@ class RidgeSearch:
     def _judge(
         self, st: KeyState, now_s: float, limits: DeviceLimits, ref: _Window, trial: _Window
     ) -> None:
-        """Accept or reject the candidate, then bisect between the highest rejected clock and
-        the lowest accepted one until they are `FINE_STEPS` apart, and settle."""
+        """Accept or reject the candidate, then pick the next one or settle.
+
+        After the first loss the search bisects between the highest rejected clock and the
+        lowest accepted one until they are `FINE_STEPS` apart, and settles on the latter.
+        """
         st.trials += 1
         # No allowance for noise: the windows differ by more than their standard errors
         # (batch composition changes between them), so a loss measured inside the bound is

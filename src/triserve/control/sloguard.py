@@ -103,8 +103,10 @@ class SloGuard:
         return self.until_s is not None and now_s < self.until_s
 
     def update(self, now_s: float, stages: Sequence[StageObservation], at_default: bool) -> bool:
-        """Feed one tick (`at_default`: the period since the last tick ran at the PMU
-        default); return True when the guard trips on this tick."""
+        """Feed one tick; return True when the guard trips on this tick.
+
+        `at_default` says whether the period since the last tick ran at the PMU default.
+        """
         fresh: list[str] = []
         for obs in stages:
             stage = obs.stage

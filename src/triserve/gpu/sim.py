@@ -192,8 +192,10 @@ class SimBackend:
         return self._gpu(index).reasons
 
     def _since_last(self, index: int, key: str) -> tuple[tuple[float, ...] | None, int]:
-        """Counter averages since the previous read under `key` (None on the first), and
-        how many reads under `key` came before."""
+        """Counter averages since the previous read under `key`, and the count of reads.
+
+        The averages are None on the first read; the count is of reads under `key` before.
+        """
         gpu = self._gpu(index)
         now = (gpu.now_s, tuple(gpu.integrals_s))
         prev = self._windows.get((key, index))

@@ -156,8 +156,10 @@ class NodeAgent:
         log.warning("%s error: %s", kind, message)
 
     def startup(self) -> list[int]:
-        """Restore every GPU the state file says an earlier agent left locked; the indices
-        verified at defaults. Those that did not verify are retried on later ticks."""
+        """Restore every GPU the state file says an earlier agent left locked.
+
+        Returns the indices verified at defaults; the others are retried on later ticks.
+        """
         result = restore_stale(self.backend.inner, self.state_file)
         if result.restored:
             log.warning(
@@ -528,8 +530,10 @@ class NodeAgent:
         return self.restore_all(reason)
 
     def restore_all(self, reason: str) -> list[int]:
-        """Reset every GPU this agent may hold, read back, and retry until verified or
-        `shutdown_retry_s` passed; the indices still not at defaults."""
+        """Reset every GPU this agent may hold, read back, and retry until verified.
+
+        Retries stop after `shutdown_retry_s`; returns the indices still not at defaults.
+        """
         plan = RetryPlan(first_s=0.1, max_s=2.0)
         waited_s = 0.0
         failed = self._restore_held(reason)

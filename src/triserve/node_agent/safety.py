@@ -367,8 +367,9 @@ class GuardedBackend:
         self.inner.reset_power_limit(index)
 
     def restore(self, index: int) -> str | None:
-        """Reset clocks and power limit, read back, and drop the GPU from the record if both
-        are at defaults; None when verified, else what is still wrong (never raises GpuError).
+        """Reset clocks and power limit, read back, and drop the record once both verify.
+
+        Returns None when verified, else what is still wrong (never raises GpuError).
 
         Controllers reset and re-lock many times a minute; the file only changes when a GPU
         enters or leaves triserve's hands, so the tick does not wait on fsync.

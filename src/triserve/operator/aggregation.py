@@ -112,6 +112,7 @@ class Aggregate:
         degraded_nodes: reporting nodes in phase Degraded.
         restore_failed_nodes: nodes, labelled or not, whose agent reports that restoring the
             GPUs it held for the policy has not verified (phase RestoreFailed).
+
     """
 
     targeted: int = 0

@@ -46,7 +46,7 @@ def by_node(index: Any) -> dict[str, aggregation.ReportView]:
     return {r.node: r for r in values(index, aggregation.ReportView)}
 
 
-def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Placer:
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Placer:  # noqa: C901
     """Declare every handler on `registry`; returns the placer (tests inspect it)."""
     labeller = NodeLabeller()
     placer = Placer(settings, labeller)

@@ -150,6 +150,7 @@ class Plan:
         claims: policy name → nodes it wins, sorted.
         matching: policy name → GPU nodes its selector matches, sorted (won or lost).
         lost: policy name → {winning policy → nodes lost to it}.
+
     """
 
     desired: dict[str, str | None] = dataclasses.field(default_factory=dict)

@@ -84,7 +84,7 @@ class Placer:
         return {name: value for name, (value, _) in self._pending.items()}
 
     def effective_labels(self, nodes: Iterable[NodeView]) -> dict[str, str | None]:
-        """node → policy label, counting writes not yet seen in the cache."""
+        """Node → policy label, counting writes not yet seen in the cache."""
         in_flight = self._in_flight()
         return {n.name: in_flight.get(n.name, n.policy) for n in nodes}
 

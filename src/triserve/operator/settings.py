@@ -33,6 +33,7 @@ class OperatorSettings:
             younger than this many of the policy's `reportIntervalSeconds`.
         max_event_nodes: how many node names an event or message lists before "+N more".
         login: kopf login function; None uses the service account, then the kubeconfig.
+
     """
 
     status_interval_s: float = 10.0

@@ -127,8 +127,10 @@ def _mix64(x: int) -> int:
 
 
 def stream_id(*key: object) -> int:
-    """A stable 64-bit id for a noise stream (seed, GPU, source, counter), same in every
-    process (unlike ``hash`` of a string)."""
+    """A stable 64-bit id for a noise stream (seed, GPU, source, counter).
+
+    The same in every process, unlike ``hash`` of a string.
+    """
     return _mix64(zlib.crc32(":".join(str(k) for k in key).encode()))
 
 

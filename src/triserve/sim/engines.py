@@ -133,6 +133,7 @@ class ArEngine(_Engine):
         self.metrics.waiting = len(self.waiting)
 
     def prefill_kernel(self, job: Job) -> Kernel:
+        """The kernel of `job`'s whole prefill."""
         p = self.prefill
         flops = p.flops_per_token * job.prompt_tokens
         return Kernel(
@@ -146,6 +147,7 @@ class ArEngine(_Engine):
         )
 
     def decode_kernel(self, batch: int) -> Kernel:
+        """The kernel of one decode step of `batch` sequences."""
         d = self.decode
         # Weight-streaming GEMVs spread over every SM at any batch, but the attention
         # kernels of one to three sequences launch fewer blocks than there are SMs.
@@ -278,6 +280,7 @@ class OneshotEngine(_Engine):
         self.metrics.waiting = len(self.queue)
 
     def start_batch(self) -> None:
+        """Take queued chunks into the next one-shot pass."""
         while self.queue and len(self.batch) < self.spec.max_batch:
             self.batch.append(self.queue.popleft())
         self.progress_frac = 0.0
@@ -285,6 +288,7 @@ class OneshotEngine(_Engine):
         self.metrics.waiting = len(self.queue)
 
     def kernel(self) -> Kernel:
+        """The kernel of the current one-shot pass."""
         w = self.work
         tokens = sum(i.tokens for i in self.batch)
         flops = w.fixed_flops + w.flops_per_token * max(tokens, 1.0)
@@ -299,6 +303,7 @@ class OneshotEngine(_Engine):
         )
 
     def finish_batch(self, now_s: float) -> None:
+        """Hand the finished pass's chunks on and complete their requests."""
         for item in self.batch:
             req = item.req
             self.metrics.prompt_tokens_total += item.tokens

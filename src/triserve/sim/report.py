@@ -101,6 +101,7 @@ class GpuReport:
     def from_account(
         cls, index: int, name: str, stages: tuple[str, ...], acc: GpuAccount, max_temp_c: float
     ) -> GpuReport:
+        """A GPU's report from its accumulated account."""
         edges = CLOCK_BANDS_MHZ
         bands = {
             _band_name(lo, edges[i + 1] if i + 1 < len(edges) else None): acc.band_s[i]

@@ -58,11 +58,9 @@ def test_metrics_healthz_and_readyz_are_served(sim: Simulation, make_agent: Make
     server.start()
     try:
         base = f"http://127.0.0.1:{server.port}"
-        try:
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
             urllib.request.urlopen(base + "/readyz")
-            raise AssertionError("ready before the first tick")
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 503
+        assert not_ready.value.code == 503, "ready before the first tick"
         run(sim, node, 2.0)
         assert urllib.request.urlopen(base + "/readyz").status == 200
         assert urllib.request.urlopen(base + "/healthz").status == 200
