@@ -142,6 +142,9 @@ def agent_rate(
 
 def placement(plane: ControlPlane, tmp: Path, nodes: int) -> None:
     """Seconds from applying a policy to every node labelled, and to status counting them."""
+    # The idle runs' policies claim every GPU node: start from a cluster without them.
+    plane.kubectl("delete", "enpol", "--all", "--wait", timeout_s=120)
+    plane.kubectl("delete", "nodes", "--all", timeout_s=300)
     names = [f"scale-{i:04d}" for i in range(nodes)]
     t0 = time.monotonic()
     create_nodes(plane, names, {"scale": "yes"})
