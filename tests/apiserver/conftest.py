@@ -175,7 +175,7 @@ def serving_metrics(speed: float) -> Iterator[tuple[int, list[Any]]]:
 
     Yields (port, stage placements); `/<stage>` serves that stage's vLLM-style exposition.
     """
-    from triserve.node_agent.simnode import open_simulation
+    from triserve.simnode import open_simulation
 
     sim = open_simulation("reference")
     lock = threading.Lock()

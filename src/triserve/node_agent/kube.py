@@ -11,8 +11,8 @@ Each thread lists once, then watches from the list's `resourceVersion` with a se
 `timeoutSeconds` (about five minutes, jittered so a thousand agents do not reconnect in step)
 and bookmarks, so an idle agent re-opens three watches every few minutes and lists again only
 when the server answers 410 Gone (its history no longer reaches our version). This follows the
-API concepts page on efficient detection of changes
-(https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes).
+"Efficient detection of changes" section of the Kubernetes API Concepts page
+(kubernetes.io, docs, "API Concepts").
 A watch that breaks is retried after a jittered exponential back-off; nothing here can stop the
 control tick.
 """
@@ -126,8 +126,11 @@ class ClusterSource:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """Ask the threads to stop; a watch in progress notices at its next event or timeout
-        (the threads are daemons, so they never hold up the agent's exit)."""
+        """Ask the threads to stop.
+
+        A watch in progress notices at its next event or timeout; the threads are daemons, so
+        they never hold up the agent's exit.
+        """
         self._stop.set()
 
     def _run(self, kind: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:

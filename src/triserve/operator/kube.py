@@ -38,7 +38,7 @@ class KubeError(Exception):
 
 
 def _data_to_file(data: str | bytes, directory: Path, name: str) -> str:
-    """kopf gives certificate data base64-encoded or raw; the client wants files."""
+    """Kopf gives certificate data base64-encoded or raw; the client wants files."""
     raw = data.encode() if isinstance(data, str) else data
     with contextlib.suppress(ValueError):
         raw = base64.b64decode(raw, validate=True)
