@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench perf crds clean
+.PHONY: demo test bench perf crds clean k8s apiserver-bench
 
 $(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ $(STAMP): $(RUNTIME)
 demo: $(RUNTIME)
 	$(BIN)/triserve demo
 
-test: $(STAMP)
+# kube-apiserver and etcd for tests/apiserver, built from the Go modules pinned in tools/k8s
+# (cached under .cache/k8s/). Without Go, tests/apiserver is skipped with the reason.
+k8s:
+	@if command -v go >/dev/null 2>&1; then bash tools/k8s/build.sh >/dev/null; \
+	else echo "tests/apiserver will be skipped: Go is not installed (needed to build kube-apiserver)"; fi
+
+test: $(STAMP) k8s
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
@@ -40,8 +46,12 @@ perf: $(STAMP)
 	$(BIN)/python -m triserve.sim.speed
 	$(BIN)/pytest -q -s -p no:cacheprovider --no-cov --benchmark-enable tests/benchmarks
 
+# Requests per idle agent (1 and 20 agents) and 1,000-node placement on a real API server.
+apiserver-bench: $(STAMP) k8s
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m tests.apiserver.bench
+
 crds: $(STAMP)
 	$(BIN)/triserve crds
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("triserve.bench.cli", "run scenarios x strategies on the simulator"),
     "agent": ("triserve.node_agent.main", "run the node agent (in a cluster or --standalone)"),
     "operator": ("triserve.operator.cli", "run the kopf operator"),
+    "release": ("triserve.operator.release", "unlabel nodes, drop policy finalizers (uninstall)"),
     "crds": ("triserve.api.crds", "generate or --check the CRD manifests in crds/"),
     "profile": ("triserve.profiler", "measure a stage's ridge clocks on one GPU (or simulated)"),
 }

@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import datetime
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psutil
@@ -32,6 +32,11 @@ class _NoWrites:
 
     async def patch_node(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         raise AssertionError(f"unexpected label write on {name}")
+
+    async def post_event(
+        self, ref: Mapping[str, Any], reason: str, message: str, *, warning: bool = False
+    ) -> None:
+        """Events are not part of the measured cost."""
 
 
 def fleet(nodes: int, gpus: int, policy: str = "omni") -> tuple[list[Any], list[Any]]:

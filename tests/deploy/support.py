@@ -104,8 +104,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}],
         },
     },
-    "podmonitor-peering": {
-        "operator": {"peering": {"enabled": True}, "logLevel": "debug"},
+    "podmonitor-debug": {
+        "operator": {"logLevel": "debug"},
         "image": {"digest": "sha256:" + "0" * 64},
         "monitoring": {
             "serviceMonitor": {"enabled": False},
@@ -121,14 +121,31 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: What `helm template --api-versions` announces for a cluster running the Prometheus Operator.
+MONITORING_API_VERSIONS = tuple(
+    f"monitoring.coreos.com/v1/{kind}"
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+)
+
+
 def render(
-    tmp_path: Path, values: Mapping[str, Any], *, include_crds: bool = True
+    tmp_path: Path,
+    values: Mapping[str, Any],
+    *,
+    include_crds: bool = True,
+    monitoring_crds: bool = True,
 ) -> list[dict[str, Any]]:
-    """`helm template` the chart with these values; the rendered objects, in order."""
+    """`helm template` the chart with these values; the rendered objects, in order.
+
+    `monitoring_crds` renders as for a cluster with the Prometheus Operator's CRDs.
+    """
     values_file = tmp_path / "values.json"
     values_file.write_text(json.dumps(values))
     argv = [tool("helm"), "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
     argv += ["--values", str(values_file)]
+    if monitoring_crds:
+        for api_version in MONITORING_API_VERSIONS:
+            argv += ["--api-versions", api_version]
     if include_crds:
         argv.append("--include-crds")
     out = run(argv).stdout

@@ -73,10 +73,6 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{- define "triserve.peeringName" -}}
-{{- default (include "triserve.fullname" .) .Values.operator.peering.name }}
-{{- end }}
-
 {{/* The Prometheus job label of agent targets (a ServiceMonitor's job is the Service name). */}}
 {{- define "triserve.agentJob" -}}
 {{- if .Values.monitoring.prometheusRule.agentJob }}

@@ -121,8 +121,9 @@ def _crd(
     status_model: type[BaseModel],
     columns: list[dict[str, Any]],
     description: str,
+    root_rules: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    root = {
+    root: dict[str, Any] = {
         "type": "object",
         "description": description,
         "properties": {
@@ -133,6 +134,8 @@ def _crd(
             "status": openapi_schema(status_model),
         },
     }
+    if root_rules:
+        root["x-kubernetes-validations"] = root_rules
     names: dict[str, Any] = {
         "kind": kind,
         "listKind": f"{kind}List",
@@ -164,6 +167,16 @@ def _crd(
     }
 
 
+#: A policy's name becomes the value of the `triserve.io/policy` node label, and label values
+#: are at most 63 characters: a longer name could never be placed, so the API server refuses it.
+POLICY_NAME_RULE = {
+    "rule": "size(self.metadata.name) <= 63",
+    "message": "metadata.name must be at most 63 characters: it becomes the value of the "
+    "triserve.io/policy node label; choose a shorter name",
+    "reason": "FieldValueInvalid",
+}
+
+
 def _ready_column() -> dict[str, Any]:
     return {
         "name": "Ready",
@@ -185,6 +198,7 @@ def build_crds() -> dict[str, dict[str, Any]]:
         spec_model=EnergyPolicySpec,
         status_model=EnergyPolicyStatus,
         description="GPU energy policy for the serving pods on a set of GPU nodes.",
+        root_rules=[POLICY_NAME_RULE],
         columns=[
             {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
             {"name": "Strategy", "type": "string", "jsonPath": ".spec.strategy"},

@@ -6,7 +6,15 @@ is followed live; a label change switches, a removed label releases), and the po
 `spec.nodeName=<node>`. Selectors are also checked client-side, so a server that ignores
 them (or an emulator) gives the same answer. Every change is handed to the asyncio loop with
 `call_soon_threadsafe`, so the `NodeAgent` is only ever touched from the loop's thread.
-A watch that breaks is re-listed after a back-off; nothing here can stop the control tick.
+
+Each thread lists once, then watches from the list's `resourceVersion` with a server-side
+`timeoutSeconds` (about five minutes, jittered so a thousand agents do not reconnect in step)
+and bookmarks, so an idle agent re-opens three watches every few minutes and lists again only
+when the server answers 410 Gone (its history no longer reaches our version). This follows the
+"Efficient detection of changes" section of the Kubernetes API Concepts page
+(kubernetes.io, docs, "API Concepts").
+A watch that breaks is retried after a jittered exponential back-off; nothing here can stop the
+control tick.
 """
 
 from __future__ import annotations
@@ -14,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from triserve.api.annotations import GROUP, POLICY_LABEL, VERSION
@@ -27,6 +37,25 @@ log = logging.getLogger(__name__)
 
 POLICY_PLURAL = "energypolicies"
 Obj = dict[str, Any]
+
+#: Server-side watch length; each watch draws uniformly from ±10 % of it.
+WATCH_TIMEOUT_S = 300.0
+#: Back-off after a failed list or watch: doubles from the first value up to the cap.
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+#: A watch shorter than this is followed by a back-off pause instead of an immediate re-watch.
+MIN_WATCH_S = 1.0
+#: The client gives up on a silent connection this long after the server should have closed it.
+READ_GRACE_S = 30.0
+
+
+class Gone(Exception):
+    """The server no longer has our resourceVersion (HTTP 410): list again."""
+
+
+def jittered(value_s: float, spread: float = 0.1) -> float:
+    """`value_s` moved by up to ±`spread` of itself, so many agents spread their requests."""
+    return value_s * (1.0 + random.uniform(-spread, spread))
 
 
 def _name(obj: Mapping[str, Any]) -> tuple[str, str]:
@@ -43,10 +72,15 @@ class ClusterSource:
         agent: NodeAgent,
         loop: asyncio.AbstractEventLoop,
         *,
-        watch_timeout_s: float = 5.0,
-        backoff_s: float = 1.0,
+        watch_timeout_s: float = WATCH_TIMEOUT_S,
+        backoff_s: float = BACKOFF_FIRST_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
     ) -> None:
-        """`api_client` is a `kubernetes.client.ApiClient`; `loop` runs the agent."""
+        """`api_client` is a `kubernetes.client.ApiClient`; `loop` runs the agent.
+
+        `watch_timeout_s` is the server-side length of one watch; `backoff_s` the first
+        wait after a failure, doubling up to `backoff_max_s`.
+        """
         from kubernetes import client
 
         self.agent = agent
@@ -56,6 +90,9 @@ class ClusterSource:
         self.custom = client.CustomObjectsApi(api_client)
         self.watch_timeout_s = watch_timeout_s
         self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.lists = 0  #: LIST requests sent (one per kind, plus one per 410 Gone)
+        self.watches = 0  #: WATCH requests sent
         self.node_labels: dict[str, str] | None = None
         self.policies: dict[str, Obj] = {}
         self.pods: dict[tuple[str, str], Obj] = {}
@@ -89,31 +126,95 @@ class ClusterSource:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """Ask the threads to stop (they notice within one watch timeout)."""
+        """Ask the threads to stop.
+
+        A watch in progress notices at its next event or timeout; the threads are daemons, so
+        they never hold up the agent's exit.
+        """
         self._stop.set()
 
     def _run(self, kind: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-        from kubernetes import watch as _watch
-
-        watch: Any = _watch
+        version: str | None = None  # None: list before watching
+        failures = 0
         while not self._stop.is_set():
             try:
-                raw = fn(**kwargs, _preload_content=False)
-                items = json.loads(raw.data).get("items") or []
-                self._post(self._replace, kind, items)
-                stream = watch.Watch().stream(
-                    fn, **kwargs, _request_timeout=(3.0, self.watch_timeout_s)
+                if version is None:
+                    version = self._list(kind, fn, kwargs)
+                started_s = time.monotonic()
+                version = self._watch(kind, fn, kwargs, version)
+                failures = 0
+                if time.monotonic() - started_s < MIN_WATCH_S:
+                    # A server that ends every watch at once must not turn this into a busy loop.
+                    self._stop.wait(jittered(self.backoff_s, 0.5))
+            except Gone:
+                log.info(
+                    "%s watch: resourceVersion %s expired (410 Gone); listing again", kind, version
                 )
-                for event in stream:
-                    if self._stop.is_set():
-                        return
-                    obj = event.get("raw_object")
-                    if isinstance(obj, dict):
-                        self._post(self._event, kind, str(event.get("type")), obj)
+                version = None
             except Exception as exc:  # a broken watch must never end the thread
-                if not _is_timeout(exc):
-                    self._post(self.agent.error, "watch", f"{kind} watch: {exc}")
-                self._stop.wait(self.backoff_s if not _is_timeout(exc) else 0.0)
+                if self._stop.is_set():
+                    return
+                self._post(self.agent.error, "watch", f"{kind} watch: {exc}")
+                wait_s = min(self.backoff_max_s, self.backoff_s * 2.0**failures)
+                failures += 1
+                self._stop.wait(jittered(wait_s, 0.5))
+
+    def _list(self, kind: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> str:
+        """List every object and replace the state; returns the list's resourceVersion."""
+        self.lists += 1
+        raw = fn(**kwargs, _preload_content=False)
+        body = json.loads(raw.data)
+        self._post(self._replace, kind, body.get("items") or [])
+        return str((body.get("metadata") or {}).get("resourceVersion") or "")
+
+    def _watch(
+        self, kind: str, fn: Callable[..., Any], kwargs: dict[str, Any], version: str
+    ) -> str:
+        """One watch from `version` until the server ends it; returns the last version seen."""
+        from kubernetes.client.exceptions import ApiException
+
+        timeout_s = jittered(self.watch_timeout_s)
+        self.watches += 1
+        try:
+            response = fn(
+                **kwargs,
+                watch=True,
+                resource_version=version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=max(1, round(timeout_s)),
+                _preload_content=False,
+                _request_timeout=(10.0, timeout_s + min(READ_GRACE_S, timeout_s)),
+            )
+        except ApiException as exc:
+            if exc.status == 410:
+                raise Gone() from exc
+            raise
+        ended = False  # the server ended the watch: the connection can be reused
+        try:
+            if self._stop.is_set():  # stop() ran while this watch was being opened
+                return version
+            for event in _events(response):
+                if self._stop.is_set():
+                    break
+                obj = event.get("object")
+                if not isinstance(obj, dict):
+                    continue
+                event_type = str(event.get("type"))
+                if event_type == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Gone()
+                    raise RuntimeError(f"watch error: {obj.get('message') or obj}")
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                if event_type != "BOOKMARK":  # a bookmark only moves the version on
+                    self._post(self._event, kind, event_type, obj)
+            else:
+                ended = True
+        finally:
+            if ended:
+                response.release_conn()
+            else:  # stopped or broken: close the socket so the server ends its side too
+                response.close()
+        return version
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         try:
@@ -184,9 +285,14 @@ class ClusterSource:
         return PolicyRef(name=name, spec=spec, generation=generation)
 
 
-def _is_timeout(exc: Exception) -> bool:
-    """A read timeout just ends one watch round; anything else is worth a log line."""
-    return "timed out" in str(exc).lower() or type(exc).__name__ in {
-        "ReadTimeoutError",
-        "ProtocolError",
-    }
+def _events(response: Any) -> Iterator[Obj]:
+    """The JSON watch events of a streamed HTTP response (one JSON object per line)."""
+    pending = b""
+    for chunk in response.stream(amt=None, decode_content=True):
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            if line.strip():
+                yield json.loads(line)
+    if pending.strip():
+        yield json.loads(pending)

@@ -30,6 +30,7 @@ from triserve.node_agent.agent import NodeAgent, PolicyRef
 from triserve.node_agent.dcgmsource import DcgmSource
 from triserve.node_agent.exporter import MetricsServer, build_registry, liveness
 from triserve.node_agent.gpus import ProbeSettings
+from triserve.node_agent.kube import WATCH_TIMEOUT_S
 from triserve.node_agent.podresources import PodResourcesClient
 from triserve.node_agent.reports import ReportWriter, build_status, log_status
 from triserve.node_agent.safety import GuardRails, StateFile, Watchdog
@@ -97,6 +98,7 @@ class AgentOptions:
     watchdog_timeout_s: float = 5.0
     rails: GuardRails = field(default_factory=GuardRails)  # cluster floors on clocks/power
     shutdown_retry_s: float = 10.0  # how long shutdown retries restores that do not verify
+    watch_timeout_s: float = WATCH_TIMEOUT_S  # server-side length of one API watch
     probe: ProbeSettings = field(default_factory=ProbeSettings)  # baseline probes
     metrics_port_fallback: bool = False  # demo: take any free port if the one asked is busy
     on_step: Callable[[NodeAgent, float], None] | None = None
@@ -174,7 +176,9 @@ class AgentRuntime:
             else:
                 from triserve.node_agent.kube import ClusterSource
 
-                source = ClusterSource(opts.api_client, agent, loop)
+                source = ClusterSource(
+                    opts.api_client, agent, loop, watch_timeout_s=opts.watch_timeout_s
+                )
                 source.start()
                 self.writer = ReportWriter(opts.api_client, opts.node_name)
             if opts.node_driver is not None:

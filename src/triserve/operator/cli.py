@@ -2,8 +2,8 @@
 
 Called by `triserve.cli` with the remaining arguments. Operator settings travel to
 `main.py` as `TRISERVE_OPERATOR_*` environment variables (kopf imports `main` in this
-process); kopf's own flags (cluster-wide watching, liveness probe, peering) are passed on
-to `kopf run`.
+process); kopf's own flags (cluster-wide watching, liveness probe) are passed on to
+`kopf run`. There is one operator replica and no kopf peering (`--standalone`).
 """
 
 from __future__ import annotations
@@ -28,16 +28,10 @@ def parser() -> argparse.ArgumentParser:
         "Run the triserve operator (kopf): place EnergyPolicies on GPU nodes, label the nodes\n"
         "for their agents, and aggregate NodeEnergyReports into each policy's status.",
     )
-    group = p.add_mutually_exclusive_group()
-    group.add_argument(
+    p.add_argument(
         "--standalone",
         action="store_true",
-        help="run without peering (a single replica; the default)",
-    )
-    group.add_argument(
-        "--peering",
-        metavar="NAME",
-        help="coordinate with other replicas through a ClusterKopfPeering named NAME",
+        help="run without kopf peering (always the case; accepted for compatibility)",
     )
     p.add_argument(
         "--liveness",
@@ -74,8 +68,7 @@ def parser() -> argparse.ArgumentParser:
 
 def kopf_args(args: argparse.Namespace) -> list[str]:
     """The `kopf run` argument list for parsed `triserve operator` arguments."""
-    out = ["run", "-m", "triserve.operator.main", "--all-namespaces"]
-    out += ["--peering", args.peering] if args.peering else ["--standalone"]
+    out = ["run", "-m", "triserve.operator.main", "--all-namespaces", "--standalone"]
     if args.liveness:
         out += ["--liveness", args.liveness]
     if args.log_level == "DEBUG":

@@ -14,7 +14,6 @@ then waits for the agents to report `Released` (bounded by `release_timeout_s`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -22,8 +21,8 @@ import kopf
 
 from triserve.api.annotations import GROUP, POLICY_FINALIZER, VERSION
 from triserve.operator import aggregation, placement
-from triserve.operator.kube import NodeLabeller
-from triserve.operator.reconciler import Placer, post
+from triserve.operator.kube import KubeClient
+from triserve.operator.reconciler import Placer
 from triserve.operator.settings import OperatorSettings
 
 POLICIES = (GROUP, VERSION, "energypolicies")
@@ -48,8 +47,8 @@ def by_node(index: Any) -> dict[str, aggregation.ReportView]:
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Placer:  # noqa: C901
     """Declare every handler on `registry`; returns the placer (tests inspect it)."""
-    labeller = NodeLabeller()
-    placer = Placer(settings, labeller)
+    kube = KubeClient()
+    placer = Placer(settings, kube)
 
     @kopf.on.startup(registry=registry, id="configure")
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -58,22 +57,30 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Pla
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=GROUP, key="last-handled-configuration"
         )
-        # kopf's own handler logs would otherwise become one Event per timer tick.
-        settings.posting.level = logging.WARNING
+        # kopf would post its log lines as Events with a namespaced involvedObject, which
+        # `kubectl describe` never shows for a cluster-scoped policy; the operator posts its
+        # own events through `KubeClient.post_event` instead.
+        settings.posting.enabled = False
 
     @kopf.on.login(registry=registry, id="login")
     async def login(**kwargs: Any) -> Any:
-        if settings.login is not None:
-            info = settings.login(**kwargs)
-        else:
-            info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        # The kubernetes client's loader: in-cluster ServiceAccount, else $KUBECONFIG or
+        # ~/.kube/config with everything it supports (exec credential plugins included).
+        login_fn = settings.login or kopf.login_via_client
+        try:
+            info = login_fn(**kwargs)
+        except kopf.LoginError as exc:
+            # No credentials at all: answering None makes kopf stop with a LoginError (the CLI
+            # turns that into guidance) instead of retrying every minute forever.
+            kwargs["logger"].error(f"No Kubernetes credentials: {exc}")
+            return None
         if info is not None:
-            await labeller.connect(info)
+            await kube.connect(info)
         return info
 
     @kopf.on.cleanup(registry=registry, id="close")
     async def close(**_: Any) -> None:
-        await labeller.close()
+        await kube.close()
 
     @kopf.index(*NODES, id="triserve_nodes", registry=registry)
     def index_node(**kwargs: Any) -> dict[str, placement.NodeView]:
@@ -123,7 +130,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Pla
         if update.patch:
             kwargs["patch"]["status"] = update.patch
         for notice in update.notices:
-            post(policy.ref(), notice.reason, notice.message, warning=notice.warning)
+            await placer.post(policy.ref(), notice.reason, notice.message, warning=notice.warning)
 
     @kopf.on.delete(*POLICIES, registry=registry, id="release")
     async def release(**kwargs: Any) -> None:
@@ -142,13 +149,15 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Pla
         waiting = placer.release_message(name, reports, labelled)
         ref = placement.policy_view(kwargs["body"]).ref()
         if waiting is None:
-            post(ref, "GpusReleased", "Every agent restored default clocks; removing finalizer.")
+            await placer.post(
+                ref, "GpusReleased", "Every agent restored default clocks; removing finalizer."
+            )
             return
         if runtime.total_seconds() < settings.release_timeout_s:
             raise kopf.TemporaryError(
                 f"Waiting for agents: {waiting}.", delay=settings.release_poll_s
             )
-        post(
+        await placer.post(
             ref,
             "ReleaseTimedOut",
             f"{waiting} within {settings.release_timeout_s:.0f}s; removing the finalizer anyway. "

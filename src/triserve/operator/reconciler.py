@@ -2,9 +2,12 @@
 
 `handlers.py` creates one `Placer` per operator (per kopf registry) and calls it from thin
 kopf handlers, passing the cached views from the kopf indices. The `Placer` owns the only
-mutable state: a lock so that concurrent handlers never race on node labels, and the label
+mutable state: a lock so that concurrent handlers never race on node labels, the label
 writes in flight (`pending`) so that a write is not repeated before the watch stream shows
-it. Decisions come from the pure modules `placement`, `aggregation` and `policy_status`.
+it, and a back-off per node whose label write keeps failing (a node the API server refuses
+to label is retried after 5 s, 10 s, … up to 5 minutes, not on every pass, and only its
+first failure becomes a Warning event). Decisions come from the pure modules `placement`,
+`aggregation` and `policy_status`.
 """
 
 from __future__ import annotations
@@ -15,9 +18,7 @@ import datetime
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol, cast
-
-import kopf
+from typing import Any, Protocol
 
 from triserve.operator import aggregation, placement, policy_status
 from triserve.operator.placement import NodeView, Plan, PolicyView
@@ -25,33 +26,28 @@ from triserve.operator.settings import OperatorSettings
 
 #: How long a label write counts as in flight when the watch stream does not confirm it.
 PENDING_TTL_S = 30.0
+#: Back-off after a failed label write: doubles from the first value up to the cap.
+LABEL_BACKOFF_FIRST_S = 5.0
+LABEL_BACKOFF_MAX_S = 300.0
 #: Staleness window when a policy's spec (and so its report interval) is invalid.
 DEFAULT_REPORT_INTERVAL_S = 30.0
 
 
-class Labeller(Protocol):
-    """What the placer needs from a Kubernetes client (`kube.NodeLabeller` in production)."""
+class Kube(Protocol):
+    """What the placer needs from a Kubernetes client (`kube.KubeClient` in production)."""
 
     async def patch_node(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch one node."""
+
+    async def post_event(
+        self, ref: Mapping[str, Any], reason: str, message: str, *, warning: bool = False
+    ) -> None:
+        """Record an event on an object."""
 
 
 def now_rfc3339() -> str:
     """The current UTC time as Kubernetes writes it (seconds, `Z`)."""
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def post(ref: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
-    """Post a Kubernetes event on a policy (Normal events bypass kopf's log-level filter)."""
-    if warning:
-        kopf.warn(kopf.Body(cast("kopf.RawBody", dict(ref))), reason=reason, message=message)
-    else:
-        kopf.event(
-            kopf.Body(cast("kopf.RawBody", dict(ref))),
-            type="Normal",
-            reason=reason,
-            message=message,
-        )
 
 
 @dataclasses.dataclass(slots=True)
@@ -65,11 +61,33 @@ class StatusUpdate:
 class Placer:
     """Applies placements to node labels and derives policy status; one per operator."""
 
-    def __init__(self, settings: OperatorSettings, labeller: Labeller) -> None:
+    def __init__(self, settings: OperatorSettings, kube: Kube) -> None:
         self.settings = settings
-        self.labeller = labeller
+        self.kube = kube
         self._lock = asyncio.Lock()
         self._pending: dict[str, tuple[str | None, float]] = {}
+        #: node → (consecutive failed label writes, monotonic time of the next try)
+        self._failing: dict[str, tuple[int, float]] = {}
+
+    async def post(
+        self, ref: Mapping[str, Any], reason: str, message: str, *, warning: bool = False
+    ) -> None:
+        """Record an event on a policy (`ref` is `PolicyView.ref()`)."""
+        await self.kube.post_event(ref, reason, message, warning=warning)
+
+    def backing_off(self) -> dict[str, int]:
+        """Nodes whose label writes keep failing → consecutive failures so far."""
+        return {node: count for node, (count, _) in self._failing.items()}
+
+    def _may_try(self, node: str, now_s: float) -> bool:
+        entry = self._failing.get(node)
+        return entry is None or now_s >= entry[1]
+
+    def _failed(self, node: str, now_s: float) -> int:
+        count = self._failing.get(node, (0, 0.0))[0] + 1
+        wait_s = min(LABEL_BACKOFF_MAX_S, LABEL_BACKOFF_FIRST_S * 2.0 ** (count - 1))
+        self._failing[node] = (count, now_s + wait_s)
+        return count
 
     def observe(self, node: NodeView) -> None:
         """The watch stream showed `node`: a write it confirms is no longer in flight."""
@@ -105,21 +123,43 @@ class Placer:
             changes = placement.label_changes(nodes, result, self._in_flight())
             gained: dict[str, list[str]] = {}
             released: dict[str, list[tuple[str, str | None]]] = {}
+            failed: dict[str, list[tuple[str, str]]] = {}
             for change in changes:
-                try:
-                    await self.labeller.patch_node(change.node, placement.label_patch(change.new))
-                except Exception as exc:  # a vanished node or a flaky API: the next pass retries
-                    logger.warning(f"Could not label node {change.node}: {exc}")
+                now_s = time.monotonic()
+                if not self._may_try(change.node, now_s):
                     continue
+                try:
+                    await self.kube.patch_node(change.node, placement.label_patch(change.new))
+                except Exception as exc:  # a vanished node or a flaky API: retried after back-off
+                    if self._failed(change.node, now_s) == 1:
+                        logger.warning(f"Could not label node {change.node}: {exc}")
+                        failed.setdefault(change.new or change.old or "", []).append(
+                            (change.node, str(exc))
+                        )
+                    continue
+                self._failing.pop(change.node, None)
                 self._pending[change.node] = (change.new, time.monotonic())
                 if change.new is not None:
                     gained.setdefault(change.new, []).append(change.node)
                 if change.old is not None:
                     released.setdefault(change.old, []).append((change.node, change.new))
-        self._announce(gained, released, by_name, logger)
+        await self._announce(gained, released, by_name, logger)
+        for name, failures in failed.items():
+            if name in by_name:
+                nodes_text = placement.summarize(
+                    [n for n, _ in failures], self.settings.max_event_nodes
+                )
+                await self.post(
+                    by_name[name].ref(),
+                    "LabelFailed",
+                    f"Could not label {len(failures)} nodes ({nodes_text}): "
+                    f"{failures[0][1][:300]}. Retrying with back-off up to "
+                    f"{LABEL_BACKOFF_MAX_S:.0f}s.",
+                    warning=True,
+                )
         return result
 
-    def _announce(
+    async def _announce(
         self,
         gained: Mapping[str, list[str]],
         released: Mapping[str, list[tuple[str, str | None]]],
@@ -133,7 +173,7 @@ class Placer:
             )
             logger.info(f"Policy {name}: {message}")
             if name in policies:
-                post(policies[name].ref(), "NodesPlaced", message)
+                await self.post(policies[name].ref(), "NodesPlaced", message)
         for name, moves in released.items():
             if name not in policies:
                 logger.info(f"Removed stale labels of missing policy {name}: {len(moves)} nodes.")
@@ -142,7 +182,7 @@ class Placer:
             names = [node for node, _ in moves]
             where = f"now held by policy {', '.join(takers)}" if takers else "label removed"
             message = f"Released {len(moves)} nodes ({where}): {placement.summarize(names, limit)}."
-            post(policies[name].ref(), "NodesReleased", message)
+            await self.post(policies[name].ref(), "NodesReleased", message)
 
     def stale_after_s(self, policy: PolicyView) -> float:
         """Reports older than this stop counting as reporting for `policy`."""

@@ -156,7 +156,7 @@ async def test_agent_discovers_maps_controls_reports_and_follows_its_node_label(
                 speed=20.0, api_client=api,
                 dcgm_url=f"http://127.0.0.1:{port}/dcgm",
                 pod_resources_socket=str(socket_path), scrape_interval_s=0.2,
-                report_interval_s=5.0,
+                report_interval_s=5.0, watch_timeout_s=2.0,
             )  # fmt: skip
             runtime = AgentRuntime(options)
             task = asyncio.create_task(runtime.run())

@@ -46,7 +46,7 @@ def test_status_names_nodes_whose_restore_failed_even_after_their_label_went() -
 
 
 def test_release_message_says_which_nodes_still_hold_locks() -> None:
-    placer = Placer(OperatorSettings(), labeller=None)  # type: ignore[arg-type]
+    placer = Placer(OperatorSettings(), kube=None)  # type: ignore[arg-type]
     views = [report("n1", "RestoreFailed", gpus=[FAILED_GPU]), report("n2", "Released")]
     message = placer.release_message("p", [v for v in views if v], labelled=["n1", "n3"])
     assert message is not None

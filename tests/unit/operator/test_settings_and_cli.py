@@ -23,8 +23,8 @@ def test_cli_runs_the_main_module_cluster_wide() -> None:
     args = kopf_args(parser().parse_args([]))
     assert args[:4] == ["run", "-m", "triserve.operator.main", "--all-namespaces"]
     assert "--standalone" in args and "--liveness" in args
-    peered = kopf_args(parser().parse_args(["--peering", "triserve", "--liveness", ""]))
-    assert "--peering" in peered and "--standalone" not in peered and "--liveness" not in peered
+    quiet = kopf_args(parser().parse_args(["--liveness", ""]))
+    assert "--standalone" in quiet and "--liveness" not in quiet
 
 
 def test_no_cluster_credentials_end_with_guidance_and_exit_2(

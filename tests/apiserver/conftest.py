@@ -1,0 +1,221 @@
+"""Fixtures for the tests against a real kube-apiserver (see controlplane.py).
+
+Every test here is marked `apiserver`. Without Go (to build kube-apiserver and etcd) they are
+skipped with a one-line reason, unless TRISERVE_APISERVER_REQUIRED=1 (set by .ci/run), which
+turns that into a failure. The control plane is shared by the whole session; each module
+installs what it needs under its own release and namespace names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import pytest
+import yaml
+
+from tests.apiserver.controlplane import REQUIRED_ENV, ControlPlane, Unavailable, running
+from tests.deploy.support import tool
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+CRDS = REPO / "crds"
+CHART = REPO / "charts" / "triserve"
+T = TypeVar("T")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test in this directory `apiserver`."""
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.apiserver)
+
+
+@pytest.fixture(scope="session")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """etcd + kube-apiserver for the session, with kubectl and helm on PATH."""
+    for name in ("kubectl", "helm"):
+        os.environ["PATH"] = f"{Path(tool(name)).parent}{os.pathsep}{os.environ['PATH']}"
+    try:
+        with running(tmp_path_factory.mktemp("controlplane")) as control_plane:
+            yield control_plane
+    except Unavailable as exc:
+        if os.environ.get(REQUIRED_ENV) == "1":
+            pytest.fail(f"the real API server suite must run here: {exc}")
+        pytest.skip(f"no real API server: {exc}")
+
+
+def eventually(check: Callable[[], T | None], what: str, timeout_s: float = 60.0) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while True:
+        try:
+            result = check()
+        except AssertionError as exc:
+            result, last = None, exc
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}: {last}")
+        time.sleep(0.3)
+
+
+def get_json(plane: ControlPlane, *args: str) -> Any:
+    """`kubectl get ... -o json` as the admin; None when not found."""
+    result = plane.kubectl("get", *args, "-o", "json", check=False)
+    if result.returncode != 0:
+        if "NotFound" in result.stderr or "not found" in result.stderr:
+            return None
+        raise AssertionError(result.stderr)
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def crds(plane: ControlPlane) -> ControlPlane:
+    """triserve's CRDs applied and Established."""
+    plane.kubectl("apply", "--server-side", "-f", str(CRDS))
+    plane.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    return plane
+
+
+def helm(plane: ControlPlane, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run helm as the admin against the control plane."""
+    result = subprocess.run(
+        ["helm", f"--kubeconfig={plane.admin_kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)}: {result.stderr.strip()}")
+    return result
+
+
+def namespace(plane: ControlPlane, name: str) -> None:
+    """A namespace with its `default` ServiceAccount (no controller-manager creates it here)."""
+    plane.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "default", "namespace": name},
+        },
+    )
+
+
+def gpu_node(name: str, gpus: int = 2) -> dict[str, Any]:
+    """A Node object as a kubelet on a GPU node would register it (no kubelet here)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {"kubernetes.io/hostname": name, "nvidia.com/gpu.present": "true"},
+        },
+    }
+
+
+def set_gpu_capacity(plane: ControlPlane, node: str, gpus: int) -> None:
+    """Patch the node's status as its kubelet would, with nvidia.com/gpu capacity."""
+    patch = {
+        "status": {
+            "capacity": {"nvidia.com/gpu": str(gpus)},
+            "allocatable": {"nvidia.com/gpu": str(gpus)},
+        }
+    }
+    plane.kubectl(
+        "patch", "node", node, "--subresource=status", "--type=merge", "-p", json.dumps(patch)
+    )
+
+
+class Process:
+    """A `triserve` child process with its output in a log file."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log: IO[bytes] = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "triserve.cli", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def log(self) -> str:
+        """Everything it printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, then wait (SIGKILL after `timeout_s`); returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+@contextlib.contextmanager
+def serving_metrics(speed: float) -> Iterator[tuple[int, list[Any]]]:
+    """The reference scenario's serving metrics on 127.0.0.1, advancing in (scaled) real time.
+
+    Yields (port, stage placements); `/<stage>` serves that stage's vLLM-style exposition.
+    """
+    from triserve.simnode import open_simulation
+
+    sim = open_simulation("reference")
+    lock = threading.Lock()
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def advance() -> None:
+        while not stop.wait(0.2):
+            with lock:
+                sim.run_until((time.monotonic() - start) * speed)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            with lock:
+                try:
+                    body, status = sim.serving_exposition(self.path.strip("/")).encode(), 200
+                except KeyError:
+                    body, status = b"no such stage", 404
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threads = [
+        threading.Thread(target=server.serve_forever, daemon=True),
+        threading.Thread(target=advance, daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield int(server.server_address[1]), list(sim.placements)
+    finally:
+        stop.set()
+        server.shutdown()
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """One YAML document."""
+    return dict(yaml.safe_load(path.read_text()))

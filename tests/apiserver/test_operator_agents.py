@@ -1,0 +1,370 @@
+"""The chart's operator and agents as processes against a real API server, with the chart's RBAC.
+
+The chart is installed (its Deployment and DaemonSet never run: there is no kubelet). The
+operator runs as a process with a token of the chart's operator ServiceAccount; each agent runs
+with `--sim reference` and a token of the agent ServiceAccount bound to an agent Pod object on
+its Node, as the DaemonSet's pod would have. Serving pods are Pod objects bound to those nodes
+with stage annotations and `status.podIP` patched to 127.0.0.1, where this test serves the
+reference scenario's serving metrics. Tests run in file order and share that fleet.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.apiserver.conftest import (
+    CHART,
+    Process,
+    eventually,
+    get_json,
+    gpu_node,
+    helm,
+    namespace,
+    serving_metrics,
+    set_gpu_capacity,
+)
+from tests.apiserver.controlplane import ControlPlane
+
+RELEASE, NS = "triserve", "triserve-system"
+AGENT_SA, OPERATOR_SA = "triserve-agent", "triserve-operator"
+NODES = ("gpu-a", "gpu-b")
+POLICY = {
+    "apiVersion": "triserve.io/v1alpha1",
+    "kind": "EnergyPolicy",
+    "metadata": {"name": "omni"},
+    "spec": {"podSelector": {"matchLabels": {"app": "omni"}}, "reportIntervalSeconds": 10},
+}
+
+
+@dataclass
+class Fleet:
+    plane: ControlPlane
+    tmp: Path
+    operator: Process
+    agents: dict[str, Process] = field(default_factory=dict)
+    kubeconfigs: dict[str, Path] = field(default_factory=dict)
+
+    def report(self, node: str) -> Any:
+        return get_json(self.plane, "nodeenergyreport", node)
+
+    def node_policy(self, node: str) -> str | None:
+        labels = get_json(self.plane, "node", node)["metadata"].get("labels") or {}
+        return labels.get("triserve.io/policy")
+
+
+def agent_pod(node: str) -> dict[str, Any]:
+    """The Pod object the DaemonSet would create on `node` (never started: no kubelet)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"agent-{node}", "namespace": NS},
+        "spec": {
+            "nodeName": node,
+            "serviceAccountName": AGENT_SA,
+            "containers": [{"name": "agent", "image": "triserve:test"}],
+        },
+    }
+
+
+def serving_pod(node: str, placement: Any, port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{placement.pod}-{node}",
+            "namespace": "omni",
+            "labels": {"app": "omni"},
+            "annotations": {
+                "triserve.io/stage": placement.stage,
+                "triserve.io/pipeline": placement.pipeline,
+                "triserve.io/metrics": f"{port}/{placement.stage}",
+                "triserve.io/gpus": str(placement.gpu_index),
+            },
+        },
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": placement.container, "image": "vllm:test"}],
+        },
+    }
+
+
+def start_agent(fleet: Fleet, node: str) -> Process:
+    tmp = fleet.tmp
+    return Process(
+        [
+            "agent",
+            "--sim",
+            "reference",
+            "--kubeconfig",
+            str(fleet.kubeconfigs[node]),
+            "--node-name",
+            node,
+            "--metrics-port",
+            "0",
+            "--metrics-host",
+            "127.0.0.1",
+            "--state-file",
+            str(tmp / f"state-{node}.json"),
+            "--pod-resources-socket",
+            str(tmp / "no-kubelet.sock"),
+            "--speed",
+            "10",
+            "--report-interval",
+            "2",
+            "--baseline-probe-interval",
+            "20",
+        ],
+        tmp / f"agent-{node}.log",
+    )
+
+
+@pytest.fixture(scope="module")
+def fleet(crds: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    plane, tmp = crds, tmp_path_factory.mktemp("fleet")
+    helm(plane, "install", RELEASE, str(CHART), "-n", NS, "--create-namespace")
+    namespace(plane, "omni")
+    with serving_metrics(speed=10.0) as (port, placements):
+        for node in NODES:
+            plane.apply(gpu_node(node))
+            set_gpu_capacity(plane, node, 2)
+            plane.apply(agent_pod(node))
+            for placement in placements:
+                pod = serving_pod(node, placement, port)
+                plane.apply(pod)
+                status = {
+                    "status": {
+                        "phase": "Running",
+                        "podIP": "127.0.0.1",
+                        "podIPs": [{"ip": "127.0.0.1"}],
+                    }
+                }
+                plane.kubectl(
+                    "patch",
+                    "pod",
+                    pod["metadata"]["name"],
+                    "-n",
+                    "omni",
+                    "--subresource=status",
+                    "--type=merge",
+                    "-p",
+                    json.dumps(status),
+                )
+        operator_config = plane.service_account_kubeconfig(
+            NS, OPERATOR_SA, tmp / "operator.kubeconfig"
+        )
+        operator = Process(
+            ["operator", "--liveness", "", "--status-interval", "2", "--release-timeout", "90"],
+            tmp / "operator.log",
+            env={"KUBECONFIG": str(operator_config)},
+        )
+        fleet = Fleet(plane, tmp, operator)
+        for node in NODES:
+            fleet.kubeconfigs[node] = plane.service_account_kubeconfig(
+                NS, AGENT_SA, tmp / f"agent-{node}.kubeconfig", bound_pod=f"agent-{node}"
+            )
+            fleet.agents[node] = start_agent(fleet, node)
+        try:
+            yield fleet
+        finally:
+            for agent in fleet.agents.values():
+                agent.stop()
+            operator.stop()
+            for name, process in {"operator": operator, **fleet.agents}.items():
+                print(f"---- {name} log (tail) ----\n{process.log()[-3000:]}")
+            helm(plane, "uninstall", RELEASE, "-n", NS, "--no-hooks", check=False)
+
+
+def enpol_row(plane: ControlPlane, name: str) -> dict[str, str]:
+    """`kubectl get enpol NAME` as column → value."""
+    header, row = plane.kubectl("get", "enpol", name).stdout.strip().splitlines()
+    return dict(zip(header.split(), row.split(), strict=True))
+
+
+def test_an_applied_policy_labels_the_nodes_and_the_agents_report(fleet: Fleet) -> None:
+    plane = fleet.plane
+    plane.kubectl("apply", "-f", "-", stdin=json.dumps(POLICY))
+    for node in NODES:
+        eventually(lambda n=node: fleet.node_policy(n) == "omni", f"{node} labelled", 60)
+    for node in NODES:
+        report = eventually(
+            lambda n=node: (
+                (r := fleet.report(n))
+                and r.get("status", {}).get("phase") == "Managing"
+                and r["status"].get("managedGpus") == 2
+                and r
+            ),
+            f"{node}'s report managing 2 GPUs",
+            90,
+        )
+        owner = report["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["name"]) == ("Node", node)
+        assert report["status"]["policy"] == "omni"
+
+
+def test_kubectl_get_shows_nodes_gpus_saving_and_ready(fleet: Fleet) -> None:
+    seen: list[dict[str, str]] = []
+
+    def ready_with_saving() -> dict[str, str] | None:
+        row = enpol_row(fleet.plane, "omni")
+        seen[:] = [row]
+        wanted = (row["NODES"], row["GPUS"], row["READY"]) == ("2", "4", "True")
+        return row if wanted and row["SAVING"] != "<none>" else None
+
+    try:
+        row = eventually(ready_with_saving, "2 nodes, 4 GPUs, Ready and a saving figure", 180)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last row {seen}") from None
+    float(row["SAVING"])
+
+
+def test_kubectl_describe_shows_the_operators_events(fleet: Fleet) -> None:
+    described = fleet.plane.kubectl("describe", "enpol", "omni").stdout
+    events = described.split("Events:", 1)[1]
+    placed = [line for line in events.splitlines() if "NodesPlaced" in line]
+    assert placed and all("triserve-operator" in line for line in placed)
+    assert "gpu-a" in events and "gpu-b" in events
+
+
+def patch_report_status(kubeconfig: Path, node: str, status: dict[str, Any]) -> str:
+    """Patch a report's status as the agent does (no read first); the error text, '' if none."""
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    try:
+        client.CustomObjectsApi(api).patch_cluster_custom_object_status(
+            "triserve.io", "v1alpha1", "nodeenergyreports", node, {"status": status}
+        )
+    except client.ApiException as exc:
+        return f"{exc.status} {exc.body}"
+    finally:
+        api.close()
+    return ""
+
+
+def test_an_agent_cannot_write_another_nodes_report(fleet: Fleet) -> None:
+    released = {"phase": "Released"}
+    refused = patch_report_status(fleet.kubeconfigs["gpu-a"], "gpu-b", released)
+    assert "an agent on node gpu-a may not write the NodeEnergyReport of node gpu-b" in refused
+    # A token of the agent's ServiceAccount that is not bound to a pod on a node is refused too.
+    unbound = fleet.plane.service_account_kubeconfig(NS, AGENT_SA, fleet.tmp / "unbound.kubeconfig")
+    assert "not bound to a pod on a node" in patch_report_status(unbound, "gpu-b", released)
+    assert fleet.report("gpu-b")["status"]["phase"] != "Released"
+    # Its own report, it may write (what the agent does every report interval).
+    own = fleet.report("gpu-a")["status"]
+    assert patch_report_status(fleet.kubeconfigs["gpu-a"], "gpu-a", {"phase": own["phase"]}) == ""
+
+
+def test_idle_agents_watch_instead_of_listing_again(fleet: Fleet) -> None:
+    # Only the agents list pods. The old agent re-listed every 5 s; a watching one does not.
+    before = fleet.plane.request_counts()
+    time.sleep(15)
+    after = fleet.plane.request_counts()
+    assert after.get(("LIST", "pods"), 0) == before.get(("LIST", "pods"), 0)
+    assert after.get(("LIST", "energypolicies"), 0) == before.get(("LIST", "energypolicies"), 0)
+
+
+REFUSE_LABEL = [
+    {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": "refuse-triserve-label"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["nodes"],
+                        "operations": ["UPDATE"],
+                    }
+                ]
+            },
+            "validations": [
+                {
+                    "expression": "object.metadata.name != 'gpu-refuses' || "
+                    "!has(object.metadata.labels) || "
+                    "!('triserve.io/policy' in object.metadata.labels)",
+                    "message": "gpu-refuses takes no triserve label",
+                }
+            ],
+        },
+    },
+    {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": "refuse-triserve-label"},
+        "spec": {"policyName": "refuse-triserve-label", "validationActions": ["Deny"]},
+    },
+]
+
+
+def test_a_node_that_refuses_its_label_is_retried_with_backoff_and_one_warning(
+    fleet: Fleet,
+) -> None:
+    plane = fleet.plane
+    plane.apply(*REFUSE_LABEL)
+    time.sleep(2)  # the API server loads admission policies asynchronously
+    before = plane.request_counts().get(("PATCH", "nodes"), 0)
+    plane.apply(gpu_node("gpu-refuses"))
+    eventually(
+        lambda: "LabelFailed" in plane.kubectl("describe", "enpol", "omni").stdout,
+        "a LabelFailed warning",
+        30,
+    )
+    time.sleep(20)  # about ten status passes at --status-interval 2
+    attempts = plane.request_counts().get(("PATCH", "nodes"), 0) - before
+    events = plane.kubectl(
+        "get",
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        "involvedObject.name=omni,reason=LabelFailed",
+        "-o",
+        "json",
+    ).stdout
+    assert len(json.loads(events)["items"]) == 1
+    # Back-off of 5 s, 10 s, 20 s: three tries in those ~22 s, not one per pass.
+    assert 1 <= attempts <= 4, f"{attempts} label attempts"
+    plane.kubectl("delete", "node", "gpu-refuses")
+    for obj in REFUSE_LABEL:
+        plane.kubectl("delete", obj["kind"].lower(), obj["metadata"]["name"])
+
+
+def test_agents_and_operator_were_never_refused_by_rbac(fleet: Fleet) -> None:
+    for name, process in {"operator": fleet.operator, **fleet.agents}.items():
+        # How the API server words an RBAC denial, and kopf's name for it.
+        denied = re.findall(r".*(?:cannot \w+ resource|APIForbiddenError).*", process.log())
+        assert not denied, f"{name}: {denied[:3]}"
+
+
+def test_deleting_the_policy_releases_the_gpus_and_drops_the_finalizer(fleet: Fleet) -> None:
+    plane = fleet.plane
+    plane.kubectl("delete", "enpol", "omni", "--wait=false")
+    for node in NODES:
+        eventually(lambda n=node: fleet.node_policy(n) is None, f"{node} unlabelled", 60)
+        eventually(
+            lambda n=node: fleet.report(n)["status"]["phase"] == "Released", f"{node} released", 60
+        )
+    eventually(lambda: get_json(plane, "enpol", "omni") is None, "the policy to go", 60)
+    events = plane.kubectl(
+        "get",
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        "involvedObject.name=omni,reason=GpusReleased",
+    ).stdout
+    assert "Every agent restored default clocks" in events
+
+
+pytestmark = pytest.mark.timeout(600)
