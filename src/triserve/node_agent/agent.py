@@ -388,6 +388,16 @@ class NodeAgent:
         state = GpuState.OBSERVED if observe else GpuState.MANAGED
         verb = "observing" if observe else "managing"
         message = f"{verb} under {policy.name} ({policy.spec.strategy.value})"
+        static = settings.static_clock_mhz
+        if static is not None and static > loop.limits.max_mhz:
+            # The CRD bounds the field by what any GPU might take; this GPU takes less.
+            clamp = (
+                f"staticClock.smClockMHz {static} is above GPU {gpu.index}'s highest clock "
+                f"{loop.limits.max_mhz} MHz: locked at {loop.limits.max_mhz} MHz; "
+                "lower spec.staticClock.smClockMHz"
+            )
+            self.error("policy", clamp)
+            message = f"{message}; {clamp}"
         gpu.attach(loop, state, f"{message}: {observe_only}" if observe_only else message)
         gpu.window.start_s = self.last_tick_s or 0.0
         log.info("GPU %d: %s", gpu.index, gpu.message)

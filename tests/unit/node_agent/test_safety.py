@@ -186,3 +186,17 @@ def test_lost_gpu_restore_failure_is_logged_not_raised(sim: Simulation, make_age
     agent.shutdown()  # must not raise
     assert agent.errors["nvml"] >= 1, "the failed restore of the lost GPU is counted"
     assert sim.backend.locked_sm_clocks_mhz(0) is None, "the healthy GPU is still restored"
+
+
+def test_a_static_clock_above_the_gpus_maximum_is_clamped_and_said(
+    sim: Simulation, make_agent: Make
+) -> None:
+    agent, node = make_agent(policy(strategy="StaticClock", staticClock={"smClockMHz": 4000}))
+    run(sim, node, 2.0)
+    top = max(sim.backend.supported_sm_clocks_mhz(0))
+    assert agent.errors["policy"] >= 1
+    for gpu in agent.gpus.values():
+        assert gpu.state is GpuState.MANAGED
+        assert "staticClock.smClockMHz 4000" in gpu.message and f"{top} MHz" in gpu.message
+        lock = sim.backend.locked_sm_clocks_mhz(gpu.index)
+        assert lock is None or lock[1] <= top
