@@ -26,6 +26,7 @@ from kubernetes.config import ConfigException
 from triserve import cliargs
 from triserve.api.errors import PolicyError, load_policy_file
 from triserve.gpu.backend import GpuError
+from triserve.kubeconfig import api_client
 from triserve.node_agent.agent import PolicyRef
 from triserve.node_agent.gpus import ProbeSettings
 from triserve.node_agent.podresources import DEFAULT_SOCKET
@@ -167,21 +168,6 @@ def load_policy(path: Path) -> PolicyRef:
     )
 
 
-def _api_client(kubeconfig: str | None) -> Any:
-    from kubernetes import client
-    from kubernetes import config as _config
-
-    config: Any = _config
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig)
-    else:
-        try:
-            config.load_incluster_config()
-        except _config.ConfigException:
-            config.load_kube_config()
-    return client.ApiClient()
-
-
 def options_from_args(args: argparse.Namespace) -> AgentOptions:
     """Turn parsed flags into `AgentOptions` (raises PolicyError, ValueError)."""
     node_driver = None
@@ -219,7 +205,7 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
         dcgm_hostnames=frozenset(args.dcgm_hostname),
         pod_resources_socket=args.pod_resources_socket
         or (None if args.standalone else DEFAULT_SOCKET),
-        api_client=None if args.standalone else _api_client(args.kubeconfig),
+        api_client=None if args.standalone else api_client(args.kubeconfig),
         scrape_interval_s=args.scrape_interval,
         report_interval_s=args.report_interval,
         probe=ProbeSettings(interval_s=args.baseline_probe_interval),

@@ -19,25 +19,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from triserve.api.annotations import GROUP, POLICY_FINALIZER, POLICY_LABEL, VERSION
+from triserve.kubeconfig import api_client
 
 POLICY_PLURAL = "energypolicies"
 CONFLICT_RETRIES = 5
-
-
-def _api_client(kubeconfig: str | None) -> Any:
-    """The standard loader: in-cluster ServiceAccount, else the kubeconfig (exec plugins too)."""
-    from kubernetes import client
-    from kubernetes import config as _config
-
-    config: Any = _config  # its loaders are untyped
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig)
-    else:
-        try:
-            config.load_incluster_config()
-        except _config.ConfigException:
-            config.load_kube_config()
-    return client.ApiClient()
 
 
 def unlabel_nodes(api: Any) -> list[str]:
@@ -106,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kubernetes.config import ConfigException
 
     try:
-        api = _api_client(args.kubeconfig)
+        api = api_client(args.kubeconfig)
         nodes = unlabel_nodes(api)
         policies = drop_finalizers(api)
     except ConfigException as exc:
