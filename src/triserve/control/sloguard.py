@@ -54,24 +54,28 @@ def merge(a: Histogram | None, b: Histogram) -> Histogram:
 
 
 class _Series:
-    """Timestamped histogram deltas of one (stage, metric), trimmed to an age."""
+    """Timestamped histogram deltas of one (stage, metric), trimmed to an age.
+
+    Their sum is kept on insert and eviction: the guard reads it on every scrape.
+    """
 
     def __init__(self, max_age_s: float) -> None:
         self.max_age_s = max_age_s
         self.items: deque[tuple[float, Histogram]] = deque()
+        self._total: Histogram | None = None
 
     def add(self, now_s: float, hist: Histogram) -> None:
+        if self._total is not None and self._total.upper_bounds_s != hist.upper_bounds_s:
+            self.items.clear()  # the engine changed its buckets: start over
+            self._total = None
         self.items.append((now_s, hist))
-        while self.items and now_s - self.items[0][0] > self.max_age_s:
-            self.items.popleft()
+        total = merge(self._total, hist)
+        while len(self.items) > 1 and now_s - self.items[0][0] > self.max_age_s:
+            total = total.minus(self.items.popleft()[1])
+        self._total = total
 
     def total(self) -> Histogram | None:
-        out: Histogram | None = None
-        for _, h in self.items:
-            if out is not None and out.upper_bounds_s != h.upper_bounds_s:
-                continue
-            out = merge(out, h)
-        return out
+        return self._total
 
 
 class SloGuard:
