@@ -50,12 +50,11 @@ class PhaseView:
 
     `key` is the sorted (stage, phase) pairs of active stages (empty when none is active);
     `compute_now` is True when the GPU's pipe counters show a compute-bound phase running
-    this tick; `counters` says whether pipe counters were available at all.
+    this tick.
     """
 
     key: tuple[tuple[str, str], ...]
     compute_now: bool
-    counters: bool
 
     @property
     def has_prefill(self) -> bool:
@@ -117,7 +116,7 @@ class PhaseTracker:
             if phase is not None:
                 pairs.append((obs.stage, phase))
         compute_now = classify_activity(sample) is ActivityClass.COMPUTE_BOUND
-        return PhaseView(tuple(sorted(pairs)), compute_now, sample.activity is not None)
+        return PhaseView(tuple(sorted(pairs)), compute_now)
 
     def _stage_phase(self, obs: StageObservation) -> str | None:
         snap = obs.serving

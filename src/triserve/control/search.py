@@ -48,37 +48,23 @@ class Mode(enum.Enum):
 
 @dataclass(slots=True)
 class _Window:
-    """Inter-token latency observations gathered in one window."""
+    """Inter-token latency observations gathered in one window: their sum and count."""
 
     sum_s: float = 0.0
     count: float = 0.0
-    sum_sq: float = 0.0
 
     def add(self, hist: Histogram) -> None:
-        if hist.count <= 0:
-            return
-        self.sum_s += hist.sum_s
-        self.count += hist.count
-        mean = hist.sum_s / hist.count
-        self.sum_sq += hist.count * mean * mean
+        if hist.count > 0:
+            self.sum_s += hist.sum_s
+            self.count += hist.count
 
     def merged(self, other: _Window) -> _Window:
         """Both windows' observations together."""
-        return _Window(
-            self.sum_s + other.sum_s, self.count + other.count, self.sum_sq + other.sum_sq
-        )
+        return _Window(self.sum_s + other.sum_s, self.count + other.count)
 
     @property
     def mean_s(self) -> float:
         return self.sum_s / self.count if self.count > 0 else math.nan
-
-    @property
-    def stderr_s(self) -> float:
-        if self.count <= 1:
-            return math.inf
-        var = max(self.sum_sq / self.count - self.mean_s**2, 0.0)
-        # Per-scrape means understate the spread; floor the error at 0.2 % of the mean.
-        return max(math.sqrt(var / self.count), 0.002 * self.mean_s)
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from triserve.api.models import EnergyPolicySpec
@@ -42,7 +42,6 @@ class AgentRun:
     agent: NodeAgent
     node: SimNode
     ticks: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def default_policy() -> PolicyRef:
