@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.unit.decode_stage import DecodeStage
 from triserve.bench.runner import StrategySpec, run_strategy
 from triserve.control import (
     ControlSettings,
@@ -13,31 +14,10 @@ from triserve.control import (
     TickContext,
 )
 from triserve.sim import Simulation
-from triserve.telemetry import Histogram, ServingSnapshot, StageObservation
 
 from .scenarios import short_reference
 
-BOUNDS_S = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, float("inf"))
 BUSY = StageSignals(True, False, False, False, 0.0, 4)
-
-
-class _DecodeStage:
-    """A decode stage whose inter-token latency the test dictates."""
-
-    def __init__(self) -> None:
-        self.counts = [0.0] * len(BOUNDS_S)
-        self.sum_s = 0.0
-        self.total = 0.0
-
-    def observe(self, now_s: float, latency_s: float, n: int = 40) -> StageObservation:
-        i = next(k for k, b in enumerate(BOUNDS_S) if latency_s <= b)
-        for k in range(i, len(BOUNDS_S)):
-            self.counts[k] += n
-        self.sum_s += latency_s * n
-        self.total += n
-        hist = Histogram(BOUNDS_S, tuple(self.counts), self.sum_s, self.total)
-        snap = ServingSnapshot(now_s, 4, 0, 0.0, self.total, 0.0, inter_token=hist)
-        return StageObservation("talker", serving=snap)
 
 
 def test_decode_clock_walks_down_then_backs_off_when_tbt_inflates() -> None:
@@ -45,7 +25,7 @@ def test_decode_clock_walks_down_then_backs_off_when_tbt_inflates() -> None:
     limits = DeviceLimits.from_backend(sim.backend, 1)
     sample = sim.backend.sample(1)  # idle: no tensor activity, so a busy tick is decode
     strategy = PhaseDvfsStrategy(max_increase_pct=1.0)
-    stage = _DecodeStage()
+    stage = DecodeStage()
 
     def run(start_s: float, end_s: float, tbt_s: float) -> None:
         now = start_s

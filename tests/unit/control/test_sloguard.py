@@ -4,34 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from tests.unit.decode_stage import BOUNDS_S, DecodeStage
 from triserve.control import ControlLoop, ControlSettings, IntensitySource, Reason
 from triserve.control.latency import window_stat
 from triserve.control.sloguard import SloGuard
 from triserve.sim import Scenario, Simulation
-from triserve.telemetry import Histogram, ServingSnapshot, StageObservation
+from triserve.telemetry import Histogram
 
 from .conftest import drive, short
-
-BOUNDS_S = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, float("inf"))
-
-
-class _Stage:
-    """A decode stage whose inter-token latency we dictate (the serving side, not the GPU)."""
-
-    def __init__(self) -> None:
-        self.counts = [0.0] * len(BOUNDS_S)
-        self.sum_s = 0.0
-        self.total = 0.0
-
-    def observe(self, now_s: float, latency_s: float, n: int = 40) -> StageObservation:
-        i = next(k for k, b in enumerate(BOUNDS_S) if latency_s <= b)
-        for k in range(i, len(BOUNDS_S)):
-            self.counts[k] += n
-        self.sum_s += latency_s * n
-        self.total += n
-        hist = Histogram(BOUNDS_S, tuple(self.counts), self.sum_s, self.total)
-        snap = ServingSnapshot(now_s, 4, 0, 0.0, self.total, 0.0, inter_token=hist)
-        return StageObservation("talker", serving=snap)
 
 
 def test_window_stat_gives_mean_and_spread() -> None:
@@ -42,7 +22,7 @@ def test_window_stat_gives_mean_and_spread() -> None:
     assert stat.stderr_s > 0
 
 
-def _feed(guard: SloGuard, stage: _Stage, start_s: float, end_s: float, latency_s: float,
+def _feed(guard: SloGuard, stage: DecodeStage, start_s: float, end_s: float, latency_s: float,
           at_default: bool) -> float | None:  # fmt: skip
     """Feed scrapes every 0.25 s; return when the guard tripped (None: it did not)."""
     now, tripped = start_s, None
@@ -55,7 +35,7 @@ def _feed(guard: SloGuard, stage: _Stage, start_s: float, end_s: float, latency_
 
 def test_the_guard_compares_p99_with_default_windows_and_trips_on_inflation() -> None:
     guard = SloGuard(max_increase_pct=1.0, window_s=2.0, hold_s=3.0, min_count=50)
-    stage = _Stage()
+    stage = DecodeStage()
     assert _feed(guard, stage, 0.0, 3.0, 0.02, at_default=True) is None
     # Controlled at the same latency: no trip.
     assert _feed(guard, stage, 3.0, 8.0, 0.02, at_default=False) is None
@@ -69,7 +49,7 @@ def test_the_guard_compares_p99_with_default_windows_and_trips_on_inflation() ->
 def test_the_guard_needs_no_long_stretch_at_default() -> None:
     """Short default windows (probes) interleaved with control are enough of a reference."""
     guard = SloGuard(max_increase_pct=1.0, window_s=4.0, hold_s=3.0, min_count=50)
-    stage = _Stage()
+    stage = DecodeStage()
     now, tripped = 0.0, None
     while now < 30.0 and tripped is None:
         probe = int(now * 4) % 20 == 0  # one 0.25 s scrape at default every 5 s
