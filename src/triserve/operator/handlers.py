@@ -145,6 +145,13 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Pla
         labelled |= {n.name for n in nodes if n.policy == name}
         labelled &= {n.name for n in nodes}  # a deleted node has no agent left to answer
         await placer.place(nodes, others, logger)
+        # The finalizer stays until no node carries this policy's label: a label write that
+        # failed (and waits out its back-off) must not be left behind on a deleted policy.
+        still = sorted(n for n, p in placer.effective_labels(nodes).items() if p == name)
+        if still:
+            raise kopf.TemporaryError(
+                f"Removing the policy label from {', '.join(still)}.", delay=settings.release_poll_s
+            )
         reports = values(kwargs["triserve_reports"], aggregation.ReportView)
         waiting = placer.release_message(name, reports, labelled)
         ref = placement.policy_view(kwargs["body"]).ref()
