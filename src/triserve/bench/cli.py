@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strategies",
         default=",".join(STRATEGIES),
-        help="comma-separated rows to run, from: %(default)s (default: all of them)",
+        help="comma-separated rows to run, from: %(default)s (default: all of them; "
+        "the default row always runs, as every change is relative to it)",
     )
     p.add_argument("--seed", type=int, default=0, help="first simulation seed (same for every row)")
     p.add_argument(
@@ -125,7 +126,7 @@ class ScenarioRun:
 
     def notes(self) -> list[str]:
         """One line per search: its cost, the constraints that bound it, its TTFT-strict best."""
-        out = []
+        out: list[str] = []
         base = next(r for r in self.results if r.strategy == "default")
         for name, s in self.searches.items():
             bound = ", ".join(f"{k} ({v} cheaper plans broke it)" for k, v in s.binding.items())
@@ -145,8 +146,8 @@ def run_scenario(
     """All selected rows of one scenario on one seed (searched rows found on that seed)."""
     window = (scenario.warmup_s, scenario.warmup_s + TIMELINE_S) if trace else None
     wanted = list(names)
-    if any(n in SEARCHED for n in wanted) and "default" not in wanted:
-        wanted.insert(0, "default")  # the searches select relative to default
+    if "default" not in wanted:
+        wanted.insert(0, "default")  # every change (and every search) is relative to default
     futs: dict[str, Future[RunOutput]] = {
         n: pool.submit(run_strategy, scenario, spec_for(n), seed, window)
         for n in wanted
@@ -168,7 +169,7 @@ def run_scenario(
                 run_strategy(scenario, outcome.spec, seed, window) if trace else outcome.run
             )
     outputs.update({n: f.result() for n, f in futs.items()})
-    ordered = [outputs[n].result for n in wanted if n in names or n == "default"]
+    ordered = [outputs[n].result for n in wanted]
     return ScenarioRun(with_gains(ordered), outputs, searches)
 
 

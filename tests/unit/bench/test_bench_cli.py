@@ -65,6 +65,14 @@ def test_bench_refuses_unknown_strategies_and_scenarios(
     assert "not found" in capsys.readouterr().err
 
 
+def test_a_row_asked_for_alone_is_still_compared_with_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["bench", *TINY, "--strategies", "tri-serve"]) == 0
+    table = capsys.readouterr().out
+    assert "| tri-serve |" in table and "| default |" in table
+
+
 def test_seeds_are_aggregated_into_mean_and_range(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
