@@ -24,8 +24,13 @@ from dataclasses import dataclass, field
 _SERIES_RE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[^"}]|"(?:[^"\\]|\\.)*")*)\})?(.*)')
 #: A metric name at the start of a sample line.
 _NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-#: One label pair; values may hold escaped quotes, backslashes and newlines.
-_LABEL_RE = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\\n]|\\.)*)"\s*(?:,|$)')
+_LABEL_NAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
+_LABEL_VALUE = r'(?:[^"\\\n]|\\.)*'  # may hold escaped quotes, backslashes and newlines
+#: One label pair (name and raw value captured).
+_LABEL_RE = re.compile(rf'\s*({_LABEL_NAME})\s*=\s*"({_LABEL_VALUE})"\s*')
+_PAIR = rf'\s*{_LABEL_NAME}\s*=\s*"{_LABEL_VALUE}"\s*'
+#: A whole label block: pairs separated by commas, an optional trailing comma.
+_LABELS_RE = re.compile(rf"(?:{_PAIR},)*(?:{_PAIR})?\s*")
 #: A sample value as the exposition format writes it (Python's float() is laxer).
 _VALUE_RE = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[Ii]nf(?:inity)?|NaN|nan)")
 _UNESCAPE_RE = re.compile(r"\\(.)")
@@ -74,17 +79,14 @@ def _unescape(value: str) -> str:
 
 
 def _parse_labels(text: str) -> dict[str, str] | None:
-    labels: dict[str, str] = {}
-    pos = 0
-    while pos < len(text):
-        if text[pos:].strip() == "":
-            break
-        match = _LABEL_RE.match(text, pos)
-        if match is None:
-            return None
-        labels[match.group(1)] = _unescape(match.group(2))
-        pos = match.end()
-    return labels
+    """The labels of a block, or None when it is not a well-formed label block."""
+    if not text:
+        return {}
+    if _LABELS_RE.fullmatch(text) is None:
+        return None
+    return {
+        key: _unescape(value) if "\\" in value else value for key, value in _LABEL_RE.findall(text)
+    }
 
 
 def _split_series(line: str) -> tuple[str, str, str] | None:

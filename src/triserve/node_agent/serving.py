@@ -106,6 +106,12 @@ _WANTED = _sample_names(n for engine in ENGINES for n in _family_names(engine))
 _HIST_FAMILIES = frozenset(
     n for engine in ENGINES for n in engine.ttft + engine.inter_token + engine.e2e
 )
+#: A histogram's sample name → (family, part), e.g. ``x_bucket`` → (``x``, ``bucket``).
+_HIST_PARTS: dict[str, tuple[str, str]] = {
+    f"{family}_{part}": (family, part)
+    for family in _HIST_FAMILIES
+    for part in ("bucket", "sum", "count")
+}
 
 
 @dataclass(slots=True)
@@ -124,29 +130,26 @@ class _Group:
 
     def add(self, sample: Sample) -> None:
         name, value = sample.name, sample.value
-        base = _hist_base(name)
-        if base is not None and name.endswith("_bucket"):
+        part = _HIST_PARTS.get(name)
+        if part is None:
+            self.scalars[name] += value
+            return
+        base, kind = part
+        hist = self.hists.get(base)
+        if hist is None:
+            hist = self.hists[base] = _Hist({})
+        if kind == "bucket":
             try:
                 bound = float(sample.labels.get("le", "nan"))
             except ValueError:
                 return
             if math.isnan(bound):
                 return
-            hist = self.hists.setdefault(base, _Hist({}))
             hist.buckets[bound] = hist.buckets.get(bound, 0.0) + value
-        elif base is not None and name.endswith("_sum"):
-            self.hists.setdefault(base, _Hist({})).sum_s += value
-        elif base is not None and name.endswith("_count"):
-            self.hists.setdefault(base, _Hist({})).count += value
+        elif kind == "sum":
+            hist.sum_s += value
         else:
-            self.scalars[name] += value
-
-
-def _hist_base(name: str) -> str | None:
-    for suffix in ("_bucket", "_sum", "_count"):
-        if name.endswith(suffix) and name.removesuffix(suffix) in _HIST_FAMILIES:
-            return name.removesuffix(suffix)
-    return None
+            hist.count += value
 
 
 def _scalar(scalars: Mapping[str, float], names: tuple[str, ...]) -> float | None:
@@ -217,10 +220,18 @@ def parse_serving_scrape(text: str, timestamp_s: float) -> ServingScrape:
             "the scrape is ignored"
         )
     groups: dict[str, _Group] = {}
-    total = _Group()
     for sample in result.samples:
-        groups.setdefault(sample.labels.get(ENGINE_LABEL, ""), _Group()).add(sample)
-        total.add(sample)
+        key = sample.labels.get(ENGINE_LABEL, "")
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = _Group()
+        group.add(sample)
+    if len(groups) == 1:
+        total = next(iter(groups.values()))
+    else:
+        total = _Group()
+        for sample in result.samples:
+            total.add(sample)
     engines = (
         {key: _snapshot(engine, group, timestamp_s) for key, group in sorted(groups.items())}
         if len(groups) > 1 or "" not in groups

@@ -10,7 +10,8 @@ Bucket bounds are vLLM's (v1 engine) for TTFT, inter-token and end-to-end latenc
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from triserve.gpu.sim import DcgmValues
@@ -101,7 +102,10 @@ class StageMetrics:
         )
 
 
-def _labels(pairs: Iterable[tuple[str, str]]) -> str:
+@functools.lru_cache(maxsize=4096)
+def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
+    """A label block; memoised, as every scrape repeats the same few (bucket bounds too)."""
+
     def esc(v: str) -> str:
         return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -116,7 +120,7 @@ def _fmt(v: float) -> str:
 
 def render_vllm(snap: ServingSnapshot, model_name: str, engine: str = "0") -> str:
     """vLLM-format exposition of one stage (names as in vLLM's /metrics)."""
-    base = [("model_name", model_name), ("engine", engine)]
+    base = (("model_name", model_name), ("engine", engine))
     lab = _labels(base)
     out = [
         "# HELP vllm:num_requests_running Number of requests in model execution batches.",
@@ -133,7 +137,7 @@ def render_vllm(snap: ServingSnapshot, model_name: str, engine: str = "0") -> st
         f"vllm:generation_tokens_total{lab} {_fmt(snap.generation_tokens_total)}",
         "# HELP vllm:request_success_total Count of successfully processed requests.",
         "# TYPE vllm:request_success_total counter",
-        f"vllm:request_success_total{_labels([*base, ('finished_reason', 'stop')])} "
+        f"vllm:request_success_total{_labels((*base, ('finished_reason', 'stop')))} "
         f"{_fmt(snap.requests_finished_total)}",
     ]
     hists = (
@@ -146,7 +150,7 @@ def render_vllm(snap: ServingSnapshot, model_name: str, engine: str = "0") -> st
             continue
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
         for bound, cum in zip(h.upper_bounds_s, h.cumulative_counts, strict=True):
-            out.append(f"{name}_bucket{_labels([*base, ('le', _fmt(bound))])} {_fmt(cum)}")
+            out.append(f"{name}_bucket{_labels((*base, ('le', _fmt(bound))))} {_fmt(cum)}")
         out.append(f"{name}_sum{lab} {_fmt(h.sum_s)}")
         out.append(f"{name}_count{lab} {_fmt(h.count)}")
     return "\n".join(out) + "\n"
