@@ -207,9 +207,12 @@ class AgentRuntime:
                         supervise("scrapers", scrapers.run, agent.error), name="scrapers"
                     )
                 )
-                await self._drive()
-                if podres is not None:
-                    await podres.close()
+                try:
+                    await self._drive()
+                finally:
+                    scrapers.close()
+                    if podres is not None:
+                        await podres.close()
         finally:
             for task in tasks:
                 task.cancel()

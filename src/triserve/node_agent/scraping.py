@@ -9,8 +9,10 @@ setters; the tick only ever reads the latest, each stamped with the time it was 
 Every target is untrusted and bounded (`ScrapeLimits`): one total deadline for the whole
 request and body (a pod trickling bytes is cut off), a body-size cap enforced while
 streaming (a huge body is abandoned, never buffered), no compression (no zip bombs), and
-the parse runs in a worker thread so the event loop — and the control tick — never waits on
-it. A failed or rejected scrape is counted (`triserve_agent_errors_total{kind}`: `scrape`,
+the parse runs off the event loop (`OffLoopParser`): a small body in a worker thread, a
+large one in a worker process, so the control tick never waits on it — a thread parsing a
+megabyte would still hold the interpreter lock for most of the loop's time slices. A
+failed or rejected scrape is counted (`triserve_agent_errors_total{kind}`: `scrape`,
 `scrape-foreign` for another node's DCGM data) and skipped; the previous snapshot stays
 and ages. A round that fails as a whole is counted (`scrape-task`) and the next one runs:
 `supervise` restarts the task itself if it ever ends.
@@ -20,9 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import httpx
 
@@ -37,6 +44,10 @@ log = logging.getLogger(__name__)
 
 #: Returns the current time on the backend's clock (monotonic seconds, or simulated time).
 Clock = Callable[[], float]
+T = TypeVar("T")
+
+#: Bodies longer than this (characters) are parsed in the worker process, not a thread.
+PROCESS_PARSE_ABOVE = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +83,45 @@ async def fetch_bounded(client: httpx.AsyncClient, url: str, limits: ScrapeLimit
     return b"".join(chunks).decode("utf-8", errors="replace")
 
 
+class OffLoopParser:
+    """Runs parse functions away from the event loop.
+
+    A body up to `process_above` characters (a healthy pod's scrape, or dcgm-exporter on a
+    few GPUs) is parsed in a worker thread: a few milliseconds of interpreter lock. Larger
+    bodies go to one long-lived worker process, started on first need, which has an
+    interpreter of its own; the event loop only waits for the pickled result. A worker that
+    dies (killed for memory, say) fails that parse as a `ScrapeError` and is replaced on the
+    next large body.
+    """
+
+    def __init__(self, process_above: int = PROCESS_PARSE_ABOVE) -> None:
+        self.process_above = process_above
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def parse(self, size: int, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """`fn(*args, **kwargs)` off the loop; `size` (the body's length) picks the worker."""
+        if size <= self.process_above:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        if self._pool is None:
+            # spawn, not fork: the agent runs threads, and a forked child would inherit their locks.
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, partial(fn, *args, **kwargs)
+            )
+        except BrokenProcessPool:
+            self.close()
+            raise ScrapeError(f"the parse worker died on a {size}-character body") from None
+
+    def close(self) -> None:
+        """Stop the worker process, if one was started."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
 class Scrapers:
-    """Runs the serving, dcgm and pod-resources scrapes for one agent."""
+    """Runs the serving, dcgm and pod-resources scrapes for one agent (`close` when done)."""
 
     def __init__(
         self,
@@ -102,6 +150,11 @@ class Scrapers:
         self.scrape_serving = scrape_serving
         self._podres_next_s = 0.0
         self.rounds = 0
+        self.parser = OffLoopParser()
+
+    def close(self) -> None:
+        """Release the parse worker process, if one was started."""
+        self.parser.close()
 
     async def run(self) -> None:
         """Scrape forever (cancel the task to stop); a failed round is counted, not fatal."""
@@ -139,7 +192,7 @@ class Scrapers:
         where = f"pod {key[0]}/{key[1]} at {url}"
         try:
             text = await fetch_bounded(self.client, url, self.limits)
-            scrape = await asyncio.to_thread(parse_serving_scrape, text, self.clock())
+            scrape = await self.parser.parse(len(text), parse_serving_scrape, text, self.clock())
         except ScrapeError as exc:
             self.agent.error("scrape", f"{where}: {exc}")
             return
@@ -151,7 +204,8 @@ class Scrapers:
             return
         try:
             text = await fetch_bounded(self.client, target.url, self.limits)
-            snapshot = await asyncio.to_thread(
+            snapshot = await self.parser.parse(
+                len(text),
                 parse_dcgm,
                 text,
                 self.clock(),
