@@ -29,7 +29,7 @@ from triserve.control.decisions import (
 )
 from triserve.control.loop import ControlLoop, LoopStats, TickResult
 from triserve.control.settings import ControlSettings, IntensitySource, StrategyKind
-from triserve.control.triserve import TriServeStrategy
+from triserve.control.tristrategy import TriServeStrategy
 
 __all__ = [
     "ControlLoop",

@@ -19,7 +19,7 @@ from __future__ import annotations
 from triserve.control.decisions import Decision, DeviceLimits, Reason, Strategy, TickContext
 from triserve.control.latency import LatencyTracker, WindowStat
 from triserve.control.settings import ControlSettings, StrategyKind
-from triserve.control.triserve import TriServeStrategy
+from triserve.control.tristrategy import TriServeStrategy
 
 
 class DefaultStrategy:

@@ -21,7 +21,7 @@ docs/controller.md). So the ridge comes from one of three sources, chosen by the
 ``Auto`` takes the profile where it names every active phase, else the search (started at
 the counter estimate when there is one). A phase whose pipe counters or serving metrics say
 compute-bound (prefill, encoders) gets the boost clock at once. Used by
-`triserve.control.triserve.TriServeStrategy`.
+`triserve.control.tristrategy.TriServeStrategy`.
 """
 
 from __future__ import annotations

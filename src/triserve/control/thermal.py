@@ -6,7 +6,7 @@ from (power, temperature) samples taken about a second apart, so it needs no dat
 `ThermalGovernor` predicts where the temperature goes at the present power and, when it would
 reach ``slowdown - headroom`` within the horizon, lowers a clock ceiling to the sustainable
 power; it lifts the ceiling again once the prediction leaves room. Called by
-`triserve.control.triserve.TriServeStrategy` every tick.
+`triserve.control.tristrategy.TriServeStrategy` every tick.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from triserve.control import ControlSettings, IntensitySource, Reason
 from triserve.control.profiling import sweep
-from triserve.control.triserve import TriServeStrategy
+from triserve.control.tristrategy import TriServeStrategy
 from triserve.sim import Phase, Simulation
 
 from .conftest import drive, short
