@@ -219,6 +219,26 @@ class SloSpec(ApiModel):
     )
 
 
+class MigMode(enum.StrEnum):
+    """What the node agent may do with a GPU in MIG mode (its SM clocks are shared)."""
+
+    OBSERVE = "Observe"
+    GOVERN_WHEN_EXCLUSIVE = "GovernWhenExclusive"
+
+
+class MigSpec(ApiModel):
+    """GPUs in MIG mode: every instance shares the physical GPU's SM clocks."""
+
+    mode: MigMode = Field(
+        default=MigMode.OBSERVE,
+        description=(
+            "Observe: never set clocks on a GPU in MIG mode. GovernWhenExclusive: govern it "
+            "while dcgm-exporter shows a pod on every MIG instance and every such pod is one "
+            "this policy selects; otherwise observe it."
+        ),
+    )
+
+
 class EnergyPolicySpec(ApiModel):
     """What the user asks for: which nodes and pods, and how to manage their GPU clocks."""
 
@@ -253,6 +273,7 @@ class EnergyPolicySpec(ApiModel):
         default_factory=ClockLimits, description="Bounds on every clock triserve sets."
     )
     slo: SloSpec = Field(default_factory=SloSpec, description="Service-level guard rails.")
+    mig: MigSpec = Field(default_factory=MigSpec, description="GPUs in MIG mode.")
     control_interval_ms: int = Field(
         default=50, ge=10, le=10_000, description="Control tick per GPU, in milliseconds."
     )

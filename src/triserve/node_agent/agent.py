@@ -23,7 +23,8 @@ Telemetry scope (docs/telemetry.md): only pods the policy selects are scraped
 namespace and pipeline, a data-parallel server's engines are attributed to its GPUs in
 device order, every stage observation carries `max_input_age_s` so a loop falls back to the
 PMU default on stale data, dcgm-exporter activity older than that is dropped, and a GPU in
-MIG mode is observed, never governed: its clocks are shared by every MIG instance.
+MIG mode is observed, not governed (its clocks are shared by every MIG instance), unless the
+policy opts in with `mig.mode: GovernWhenExclusive` and every instance runs its pods.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from triserve.api.models import EnergyPolicySpec, PolicyMode
+from triserve.api.models import EnergyPolicySpec, MigMode, PolicyMode
 from triserve.api.selectors import matches
 from triserve.api.status import GpuState
 from triserve.control import ControlLoop, ControlSettings
@@ -365,14 +366,35 @@ class NodeAgent:
         self._serving_dirty = True
 
     def _mig_reason(self, gpu: GpuRuntime) -> str | None:
-        """Why the GPU may only be observed (MIG mode), or None."""
+        """Why a GPU in MIG mode may only be observed, or None (not MIG, or governable).
+
+        Clocks are per physical GPU and shared by every MIG instance. Only a policy with
+        ``mig.mode: GovernWhenExclusive`` may govern one, and only while dcgm-exporter shows a
+        pod on every instance and each of those pods is one the policy selects.
+        """
         entry = self.dcgm.for_gpu(gpu.index, gpu.identity.uuid) if self.dcgm else None
         if not gpu.identity.mig_enabled and (entry is None or not entry.mig):
             return None
-        return (
-            "MIG mode: SM clocks are per physical GPU and shared by every MIG instance, "
-            "so the GPU is observed, not governed"
-        )
+        shared = "MIG mode: SM clocks are per physical GPU and shared by every MIG instance"
+        if self.policy is None or self.policy.spec.mig.mode is not MigMode.GOVERN_WHEN_EXCLUSIVE:
+            return f"{shared}, so the GPU is observed, not governed (see spec.mig.mode)"
+        if entry is None or not entry.mig:
+            return (
+                f"{shared}; mig.mode GovernWhenExclusive needs dcgm-exporter's per-instance "
+                "series with pod labels to check every instance, and none are seen: observed"
+            )
+        ours = {p.key for p in self._selected()}
+        for instance_id, instance in sorted(entry.instances.items()):
+            pods = {(ns, name) for ns, name, _container in instance.pods}
+            if not pods:
+                return f"{shared}; MIG instance {instance_id} has no pod, so it is observed"
+            foreign = sorted(f"{ns}/{name}" for ns, name in pods - ours)
+            if foreign:
+                return (
+                    f"{shared}; MIG instance {instance_id} runs {', '.join(foreign[:3])}, which "
+                    "this policy does not select, so the GPU is observed"
+                )
+        return None
 
     def _govern(self, gpu: GpuRuntime, policy: PolicyRef, observe_only: str | None = None) -> None:
         observe = observe_only is not None or policy.spec.mode is PolicyMode.OBSERVE
@@ -607,5 +629,14 @@ def _identity(backend: GpuBackend, index: int) -> GpuIdentity:
         return GpuIdentity(index, "", "", "")
 
 
-def _dcgm_pods(snapshot: DcgmSnapshot) -> set[tuple[str, str, str, str]]:
-    return {(g.uuid or g.gpu, *p) for g in snapshot.gpus.values() for p in g.all_pods()}
+def _dcgm_pods(snapshot: DcgmSnapshot) -> set[tuple[str, str, str, str, str]]:
+    """Every (GPU, MIG instance or "", namespace, pod, container) the scrape names."""
+    return {
+        (g.uuid or g.gpu, instance_id, *p)
+        for g in snapshot.gpus.values()
+        for instance_id, pods in [
+            ("", g.pods),
+            *((i.instance_id, i.pods) for i in g.instances.values()),
+        ]
+        for p in pods
+    }

@@ -202,6 +202,88 @@ def test_5_a_gpu_in_mig_mode_is_observed_never_locked(
     assert sim.backend.locked_sm_clocks_mhz(1) is not None or agent.gpus[1].state.value == "Managed"
 
 
+def _split_gpu0_into_mig(sim: Simulation, instances: dict[str, str]) -> dict[str, str]:
+    """Make the simulated dcgm-exporter show GPU 0 as MIG instances: {instance id: "ns/pod"}.
+
+    Returns the dict, which the test may change while the agent runs ("" = no pod).
+    """
+    uuid = sim.backend.identity(0).uuid
+    exposition = sim.dcgm_exposition
+
+    def with_mig(hostname: str | None = None) -> str:
+        lines = []
+        for instance_id, owner in instances.items():
+            ns, _, name = owner.partition("/")
+            pod_labels = f',namespace="{ns}",pod="{name}",container="c"' if owner else ""
+            lines.append(
+                f'DCGM_FI_PROF_GR_ENGINE_ACTIVE{{gpu="0",UUID="{uuid}",GPU_I_PROFILE="3g.40gb",'
+                f'GPU_I_ID="{instance_id}",Hostname="sim-node-0"{pod_labels}}} 0.5'
+            )
+        return exposition(hostname) + "\n".join(lines) + "\n"
+
+    sim.dcgm_exposition = with_mig  # type: ignore[method-assign]
+    return instances
+
+
+def _thinker(sim: Simulation) -> str:
+    place = next(p for p in sim.placements if p.gpu_index == 0)
+    return f"{place.namespace}/{place.pod}"
+
+
+def test_5_a_policy_may_govern_a_mig_gpu_whose_every_instance_runs_its_pods(
+    sim: Simulation, make_agent: Callable[..., tuple[NodeAgent, SimNode]]
+) -> None:
+    instances = _split_gpu0_into_mig(sim, {"1": _thinker(sim), "2": _thinker(sim)})
+    agent, node = make_agent(policy(mig={"mode": "GovernWhenExclusive"}))
+    run(sim, node, 30.0)
+    assert agent.gpus[0].state.value == "Managed", agent.gpus[0].message
+    # Another tenant is scheduled onto instance 2: the GPU is handed back at once.
+    instances["2"] = "other-team/batch-job"
+    run(sim, node, 60.0)
+    gpu = agent.gpus[0]
+    assert gpu.state.value == "Observed"
+    assert "instance 2 runs other-team/batch-job" in gpu.message
+    assert sim.backend.locked_sm_clocks_mhz(0) is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "owners", "why"),
+    [
+        ({}, {"1": "thinker"}, "see spec.mig.mode"),  # the default: observe
+        (
+            {"mig": {"mode": "GovernWhenExclusive"}},
+            {"1": "thinker", "2": ""},
+            "instance 2 has no pod",
+        ),
+        ({"mig": {"mode": "GovernWhenExclusive"}}, {"1": "ns/other"}, "instance 1 runs ns/other"),
+    ],
+)
+def test_5_a_mig_gpu_is_observed_unless_the_policy_owns_every_instance(
+    sim: Simulation,
+    make_agent: Callable[..., tuple[NodeAgent, SimNode]],
+    spec: dict[str, object],
+    owners: dict[str, str],
+    why: str,
+) -> None:
+    _split_gpu0_into_mig(
+        sim, {k: _thinker(sim) if v == "thinker" else v for k, v in owners.items()}
+    )
+    agent, node = make_agent(policy(**spec))
+    run(sim, node, 30.0)
+    gpu = agent.gpus[0]
+    assert gpu.state.value == "Observed" and why in gpu.message, gpu.message
+    assert sim.backend.locked_sm_clocks_mhz(0) is None
+
+
+def test_5_an_unknown_mig_mode_is_refused_naming_the_field() -> None:
+    from pydantic import ValidationError
+
+    from triserve.api.models import EnergyPolicySpec
+
+    with pytest.raises(ValidationError, match="mig.mode"):
+        EnergyPolicySpec.model_validate({"mig": {"mode": "Always"}})
+
+
 def test_5_mig_device_ids_from_pod_resources_resolve_to_the_parent_gpu() -> None:
     from triserve.gpu.backend import GpuIdentity
     from triserve.node_agent.gpumap import GpuIndex
