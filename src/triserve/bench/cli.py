@@ -89,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds before measuring (default: the scenario's warmup_s)",
     )
     p.add_argument("--json", type=Path, default=None, help="write results as JSON to this file")
+    p.add_argument(
+        "--summary",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        default=None,
+        help="print one table (every block and row, mean [min, max] over seeds, guard trips) "
+        "of these `--json` files and exit; simulates nothing",
+    )
     p.add_argument("--plots", type=Path, default=None, help="write PNG plots into this folder")
     p.add_argument(
         "--jobs",
@@ -280,6 +289,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from triserve.bench.scenario_doc import scenario_reference
 
         print(scenario_reference(), end="")
+        return 0
+    if args.summary is not None:
+        from triserve.bench.summary import SummaryError, load_blocks, summary_table
+
+        try:
+            print(summary_table(load_blocks(args.summary)))
+        except SummaryError as exc:
+            return cliargs.fail("triserve bench --summary", str(exc))
         return 0
     try:
         names = _selected(args.strategies)

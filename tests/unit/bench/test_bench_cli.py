@@ -93,6 +93,20 @@ def test_seeds_are_aggregated_into_mean_and_range(
     assert spread["mean"] == pytest.approx(sum(gains) / 2)
     assert agg["tri-serve"]["seeds"] == 2
     assert set(agg["default"]["d_p99_ttft_pct"]) == {"mean", "min", "max"}
+    # The summary rebuilds the same spread from the file alone, guard trips summed.
+    assert cli.main(["bench", "--summary", str(out)]) == 0
+    summary = capsys.readouterr().out
+    row = next(line for line in summary.splitlines() if "| tri-serve |" in line)
+    trips = sum(
+        next(r for r in s["results"] if r["strategy"] == "tri-serve")["slo_guard_trips"]
+        for s in doc["per_seed"]
+    )
+    assert row.startswith("| reference | 1.5 s | tri-serve | 2 | ")
+    assert f"{spread['mean']:+.1f}% [{spread['min']:+.1f}%, {spread['max']:+.1f}%]" in row
+    assert row.endswith(f"| {trips} | - |") and "| default |" not in summary
+    (tmp_path / "bad.json").write_text('{"rows": []}')
+    assert cli.main(["bench", "--summary", str(tmp_path / "bad.json")]) == 2
+    assert "bad.json: not a `triserve bench --json` document" in capsys.readouterr().err
 
 
 def test_each_idle_hold_is_its_own_block(
