@@ -16,7 +16,9 @@ def reference_report() -> object:
     return sim.report()
 
 
-@pytest.mark.parametrize("name", ["reference", "reference-high", "bursty", "hot", "a100", "l40s", "trace"])
+@pytest.mark.parametrize(
+    "name", ["reference", "reference-high", "bursty", "hot", "a100", "l40s", "trace"]
+)
 def test_bundled_scenarios_load_by_name(name: str) -> None:
     sc = load_scenario(name)
     assert isinstance(sc, Scenario)
