@@ -2,8 +2,10 @@
 
 The serving engines' `/metrics` (vLLM, SGLang, TensorRT-LLM) are parsed into
 `ServingSnapshot`s by the node agent; the simulator produces the same snapshots (and the same
-exposition text) for its stages. Controllers consume only these and `GpuSample`s — never
-simulator state — which is how the honesty rule is kept by construction.
+exposition text) for its stages. Engines that send stage hints (`triserve.hints`, received
+by `triserve.node_agent.hints`) add a `StageHint`: what the engine said about itself, when
+the agent received it. Controllers consume only these and `GpuSample`s — never simulator
+state — which is how the honesty rule is kept by construction.
 """
 
 from __future__ import annotations
@@ -78,6 +80,36 @@ class ServingSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class StageHint:
+    """What a serving engine last told the agent about its stage (docs/serving-pods.md).
+
+    `received_s` is the agent's clock when the latest event of the pod arrived (a heartbeat
+    counts), never the sender's clock; `busy` and `phase` (``prefill``, ``decode``,
+    ``oneshot`` or None) are from its last busy/idle event; `waiting`/`running` its last
+    queue depth (None: never sent); `handoff_s` when it last handed work downstream (agent
+    clock, None: never). A hint older than `max_age_s` is stale: controllers fall back to
+    the scrapes (see `fresh`).
+    """
+
+    received_s: float
+    busy: bool = False
+    phase: str | None = None
+    waiting: int | None = None
+    running: int | None = None
+    handoff_s: float | None = None
+    max_age_s: float = 3.0
+
+    def fresh(self, now_s: float) -> bool:
+        """True while the engine is still speaking (its last event within `max_age_s`)."""
+        return now_s - self.received_s <= self.max_age_s
+
+    @property
+    def has_work(self) -> bool:
+        """True when the engine said it is busy or has requests running or queued."""
+        return self.busy or bool(self.waiting) or bool(self.running)
+
+
+@dataclass(frozen=True, slots=True)
 class StageObservation:
     """What the agent knows about one serving stage placed on a GPU.
 
@@ -86,7 +118,9 @@ class StageObservation:
     annotation and the known stage graphs); `serving` is the latest scrape (may be None when
     the pod exposes no metrics, or stale by up to one scrape interval). `max_age_s` is how
     old `serving` may be before a controller must stop trusting it (None: no limit); see
-    `stale_reason`.
+    `stale_reason`. `hint` is the stage's own latest hint and `upstream_hints` those of its
+    upstream stages (empty when the engines send none); a stale hint is ignored, never an
+    error, because the scrapes still speak for the stage.
     """
 
     stage: str
@@ -98,6 +132,13 @@ class StageObservation:
     serving: ServingSnapshot | None = None
     upstream_serving: tuple[ServingSnapshot, ...] = field(default_factory=tuple)
     max_age_s: float | None = None
+    hint: StageHint | None = None
+    upstream_hints: tuple[StageHint, ...] = ()
+
+    def fresh_hint(self, now_s: float) -> StageHint | None:
+        """The stage's hint when it is fresh at `now_s`, else None (use the scrapes)."""
+        hint = self.hint
+        return hint if hint is not None and hint.fresh(now_s) else None
 
     def age_s(self, now_s: float) -> float | None:
         """Seconds since the stage's last good scrape (None: it has none)."""

@@ -47,6 +47,7 @@ STRATEGIES: tuple[str, ...] = (
     "tri-serve-profile",
     "tri-serve-search",
     "tri-serve-counters",
+    "tri-serve-hints",
     "lookahead",
     "optimum",
 )
@@ -174,6 +175,8 @@ def spec_for(name: str, settings: ControlSettings | None = None) -> StrategySpec
         )
     if name == "tri-serve":
         return StrategySpec(name, tri)
+    if name == "tri-serve-hints":
+        return StrategySpec(name, tri, "engines send stage hints (event ticks)", hints=True)
     if name in _SOURCES:
         source = _SOURCES[name]
         if source is IntensitySource.PROFILE:

@@ -27,12 +27,16 @@ StrategyFactory = Callable[[Simulation, int, ControlSettings], Strategy | None]
 
 @dataclass(frozen=True, slots=True)
 class StrategySpec:
-    """One bench row: a name, loop settings and how to build each GPU's strategy."""
+    """One bench row: a name, loop settings and how to build each GPU's strategy.
+
+    `hints` True: the simulated serving engines send stage hints (`triserve.hints`).
+    """
 
     name: str
     settings: ControlSettings
     setting: str = ""
     factory: StrategyFactory | None = None
+    hints: bool = False
 
 
 @dataclass(slots=True)
@@ -84,6 +88,7 @@ def run_strategy(
         loop_factory=make_loop,
         tick_s=settings.control_interval_s,
         after_tick=trace if trace_window_s else None,
+        hints=spec.hints,
     )
     report = run.sim.report()
     decisions: dict[str, int] = {}

@@ -9,7 +9,9 @@ module reads that from the two sources a node agent has in production:
   such as code2wav) is *oneshot* while it has work;
 - the GPU's own pipe counters at every tick, where the device has them (NVML GPM on Hopper
   and newer): tensor-pipe activity per busy second well above what decode reaches means a
-  compute-bound phase is running *now*, a tick before any scrape can say so.
+  compute-bound phase is running *now*, a tick before any scrape can say so;
+- the engine's own word, where it sends stage hints (`StageObservation.hint`): a fresh hint
+  names the phase running now (or that the stage is idle), ahead of both.
 
 The result is a `PhaseView` whose `key` names the mix of (stage, phase) pairs active on the
 GPU: the unit a ridge profile or the online ridge search remembers a clock for.
@@ -108,14 +110,25 @@ class PhaseTracker:
         self._last: dict[str, ServingSnapshot] = {}
         self._phase: dict[str, str | None] = {}
 
-    def update(self, sample: GpuSample, stages: Sequence[StageObservation]) -> PhaseView:
-        """The phase view for this tick."""
+    def update(
+        self, sample: GpuSample, stages: Sequence[StageObservation], now_s: float | None = None
+    ) -> PhaseView:
+        """The phase view for this tick (`now_s` None: hints are not consulted)."""
         pairs = []
+        hinted = 0
         for obs in stages:
             phase = self._stage_phase(obs)
+            hint = obs.fresh_hint(now_s) if now_s is not None else None
+            if hint is not None:
+                hinted += 1
+                if hint.phase is not None or not hint.has_work:
+                    phase = hint.phase
             if phase is not None:
                 pairs.append((obs.stage, phase))
-        compute_now = classify_activity(sample) is ActivityClass.COMPUTE_BOUND
+        # The counters cover the period since the last tick; hints from every stage on the
+        # GPU say what runs now (a prefill that just ended must not keep the boost).
+        all_hinted = bool(stages) and hinted == len(stages)
+        compute_now = not all_hinted and classify_activity(sample) is ActivityClass.COMPUTE_BOUND
         return PhaseView(tuple(sorted(pairs)), compute_now)
 
     def _stage_phase(self, obs: StageObservation) -> str | None:

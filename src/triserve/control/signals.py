@@ -4,6 +4,12 @@
 the node agent sees: the GPU sample of this tick and each stage's latest scrape (stale by up
 to one scrape interval). Rates are computed when a scrape changes, so a tick with no new
 scrape costs a few comparisons. A GPU hosting several stages is stalled only when all are.
+
+A stage whose engine sends hints (`StageObservation.hint`, fresh) speaks for itself: its
+busy/idle state and queue depth replace the scrape's running/waiting, and when every stage
+on the GPU has a fresh hint their word replaces the GPU's utilisation too (a sample covers
+the whole period since the last tick; the hint says what is true now). An upstream hint's
+hand-off starts the pre-warm window as a finished upstream request does in the scrapes.
 """
 
 from __future__ import annotations
@@ -48,16 +54,23 @@ class SignalTracker:
         upstream_active = False
         imminent = False
         running = 0
+        hinted = 0
         shares: list[float] = []
         for obs in stages:
             rates = self._stages.get(obs.stage)
             if rates is None:
                 rates = self._stages[obs.stage] = _StageRates()
             snap = obs.serving
-            if snap is not None:
+            hint = obs.fresh_hint(now_s)
+            if hint is not None:
+                hinted += 1
+                has_work = has_work or hint.has_work
+                running += hint.running if hint.running is not None else int(hint.busy)
+            elif snap is not None:
                 running += snap.running
                 if snap.running > 0 or snap.waiting > 0:
                     has_work = True
+            if snap is not None:
                 if snap is not rates.last:
                     self._refresh_rates(rates, snap)
                 if rates.prefill_share is not None:
@@ -67,7 +80,8 @@ class SignalTracker:
             progress_s = rates.upstream_progress_s
             if progress_s is not None and now_s - progress_s <= HANDOFF_PREWARM_S:
                 imminent = True
-        busy = gpu_active or has_work
+        all_hinted = bool(stages) and hinted == len(stages)
+        busy = has_work if all_hinted else gpu_active or has_work
         share = max(shares) if shares else None
         return StageSignals(
             busy=busy,
@@ -94,6 +108,15 @@ class SignalTracker:
         """True when an upstream stage works; notes when it just finished a request."""
         active = False
         finished = 0.0
+        for hint in obs.upstream_hints:
+            if not hint.fresh(now_s):
+                continue
+            active = active or hint.has_work
+            handoff_s = hint.handoff_s
+            if handoff_s is not None and (
+                rates.upstream_progress_s is None or handoff_s > rates.upstream_progress_s
+            ):
+                rates.upstream_progress_s = handoff_s
         for up in obs.upstream_serving:
             finished += up.requests_finished_total
             if up.running > 0 or up.waiting > 0:

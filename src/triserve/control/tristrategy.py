@@ -74,7 +74,7 @@ class TriServeStrategy:
     def _base(self, ctx: TickContext) -> Decision:
         s = self.settings
         sig = ctx.signals
-        phases = self.phases.update(ctx.sample, ctx.stages)
+        phases = self.phases.update(ctx.sample, ctx.stages, ctx.now_s)
         if s.stalls_enabled and sig.stalled:
             if sig.work_imminent:
                 return Decision(None, Reason.DEFAULT, "upstream just handed off: pre-warming")

@@ -25,6 +25,12 @@ device order, every stage observation carries `max_input_age_s` so a loop falls 
 PMU default on stale data, dcgm-exporter activity older than that is dropped, and a GPU in
 MIG mode is observed, not governed (its clocks are shared by every MIG instance), unless the
 policy opts in with `mig.mode: GovernWhenExclusive` and every instance runs its pods.
+
+Stage hints (`receive_hint`, fed by `triserve.node_agent.hintserver` or the simulated node)
+ride along in each stage observation; a hint that changes what a controller would decide
+runs the affected GPUs' control step at once (an event tick, at most one per GPU every
+`hint_tick_min_s`), and hints that stop arriving go stale, so the loops fall back to the
+scrapes by themselves.
 """
 
 from __future__ import annotations
@@ -44,11 +50,12 @@ from triserve.gpu.backend import GpuBackend, GpuError, GpuIdentity
 from triserve.node_agent.dcgm import DcgmSnapshot
 from triserve.node_agent.gpumap import GpuIndex, Placement, map_pods
 from triserve.node_agent.gpus import GpuRuntime, ProbeSettings
+from triserve.node_agent.hints import UNKNOWN_POD, HintBook, HintError
 from triserve.node_agent.podresources import ContainerGpus
 from triserve.node_agent.restore import RetryPlan, restore_gpu
 from triserve.node_agent.safety import GuardedBackend, GuardRails, StateFile, restore_stale
 from triserve.node_agent.stages import ServingPod
-from triserve.telemetry import ServingSnapshot, StageObservation
+from triserve.telemetry import ServingSnapshot, StageHint, StageObservation
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +97,7 @@ class NodeAgent:
         shutdown_retry_s: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
         max_input_age_s: float = 5.0,
+        hint_tick_min_s: float = 0.005,
     ) -> None:
         """Wraps `backend` in a `GuardedBackend` that records every setter in `state`.
 
@@ -99,6 +107,8 @@ class NodeAgent:
         `rails` are the cluster's floors on clocks and power. `shutdown_retry_s` bounds how
         long `shutdown` keeps retrying restores that do not verify (`sleep` between tries).
         `max_input_age_s` is how old a scrape may be before controllers stop acting on it.
+        `hint_tick_min_s` is the least time between two control steps of a GPU that hints
+        start (a burst of hints folds into the next step).
         """
         self.loop_factory: LoopFactory = loop_factory or _policy_loop
         self.node_name = node_name
@@ -133,6 +143,11 @@ class NodeAgent:
         self.serving: dict[tuple[str, str], ServingSnapshot] = {}
         self.serving_engines: dict[tuple[str, str], Mapping[str, ServingSnapshot]] = {}
         self.max_input_age_s = max_input_age_s
+        self.hints = HintBook()
+        self.hint_tick_min_s = hint_tick_min_s
+        #: Control steps run on receipt of a hint (`triserve_agent_hint_ticks_total`).
+        self.hint_ticks = 0
+        self._uids: dict[str, tuple[str, str]] = {}
         self._dcgm_activity_live = False
         self._tokens_seen: dict[tuple[str, str], float] = {}
         self.errors: Counter[str] = Counter()
@@ -204,6 +219,8 @@ class NodeAgent:
         """Replace the set of serving pods on this node."""
         with self.lock:
             self.pods = {p.key: p for p in pods}
+            self._uids = {p.uid: p.key for p in self.pods.values() if p.uid}
+            self.hints.keep(set(self.pods))
             self.serving = {k: v for k, v in self.serving.items() if k in self.pods}
             self.serving_engines = {k: v for k, v in self.serving_engines.items() if k in self.pods}
             self._dirty = True
@@ -244,6 +261,68 @@ class NodeAgent:
                 self.serving[key] = snapshot
                 self.serving_engines[key] = dict(engines or {})
                 self._serving_dirty = True
+
+    def knows_pod(self, uid: str) -> bool:
+        """True when `uid` is a serving pod on this node (the hint endpoint asks)."""
+        with self.lock:
+            return uid in self._uids
+
+    def receive_hint(self, uid: str, data: bytes, now_s: float) -> bool:
+        """One hint message from the pod with UID `uid`, received at `now_s` (tick clock).
+
+        Never raises: a malformed message is counted (`triserve_agent_hints_total`) and
+        dropped. Runs the affected GPUs' control step at once when the hint changes what
+        they would decide. Returns False when the pod is over its rate (the endpoint then
+        pauses that connection).
+        """
+        with self.lock:
+            key = self._uids.get(uid)
+            if key is None:
+                self.hints.counts[UNKNOWN_POD] += 1
+                return True
+            if not self.hints.admit(key, now_s):
+                return False
+            try:
+                changed = self.hints.receive_admitted(key, data, now_s)
+            except HintError as exc:
+                # Counted, logged quietly: a broken sender must not flood the agent's log.
+                log.debug("hint from pod %s/%s dropped: %s", *key, exc)
+                return True
+            self._serving_dirty = True
+            if changed and self.ready:
+                self._hint_tick(key, now_s)
+        return True
+
+    def _hint_tick(self, key: tuple[str, str], now_s: float) -> None:
+        """Run the control step of every GPU the hinting pod runs on or feeds, now."""
+        pod = self.pods.get(key)
+        if pod is None:
+            return
+        self._refresh_stages()
+        started = time.perf_counter()
+        ran = False
+        for gpu in self.gpus.values():
+            loop = gpu.loop
+            if loop is None or gpu.state in (GpuState.DEGRADED, GpuState.RESTORE_FAILED):
+                continue
+            if not any(
+                p.pod.key == key
+                or (
+                    p.pod.namespace == pod.namespace
+                    and p.pod.pipeline == pod.pipeline
+                    and pod.stage in p.pod.upstream
+                )
+                for p in gpu.placements
+            ):
+                continue
+            last = loop.last_result
+            if last is not None and now_s - last.now_s < self.hint_tick_min_s:
+                continue
+            self._tick_gpu(gpu, now_s)
+            self.hint_ticks += 1
+            ran = True
+        if ran:
+            self._observe_tick(time.perf_counter() - started)
 
     def scrape_targets(self) -> list[tuple[tuple[str, str], str]]:
         """(pod key, metrics URL) of every pod the policy selects that exposes metrics."""
@@ -484,10 +563,15 @@ class NodeAgent:
         # Upstream signals only from pods this policy selects, in the same namespace and
         # pipeline: another tenant's pods must not steer this policy's clocks.
         by_stage: dict[tuple[str, str | None, str], list[ServingSnapshot]] = {}
+        hints_by_stage: dict[tuple[str, str | None, str], list[StageHint]] = {}
         for pod in self._selected():
+            where = (pod.namespace, pod.pipeline, pod.stage)
             snap = self.serving.get(pod.key)
             if snap is not None:
-                by_stage.setdefault((pod.namespace, pod.pipeline, pod.stage), []).append(snap)
+                by_stage.setdefault(where, []).append(snap)
+            hint = self.hints.hint(pod.key)
+            if hint is not None:
+                hints_by_stage.setdefault(where, []).append(hint)
         for gpu in self.gpus.values():
             observations = []
             for placement in gpu.placements:
@@ -496,6 +580,11 @@ class NodeAgent:
                     s
                     for up in pod.upstream
                     for s in by_stage.get((pod.namespace, pod.pipeline, up), ())
+                )
+                upstream_hints = tuple(
+                    h
+                    for up in pod.upstream
+                    for h in hints_by_stage.get((pod.namespace, pod.pipeline, up), ())
                 )
                 observations.append(
                     StageObservation(
@@ -508,6 +597,8 @@ class NodeAgent:
                         serving=self._serving_for(placement),
                         upstream_serving=upstream_snaps,
                         max_age_s=self.max_input_age_s,
+                        hint=self.hints.hint(pod.key),
+                        upstream_hints=upstream_hints,
                     )
                 )
             gpu.stages = tuple(observations)

@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 from triserve.api.status import GpuState
 from triserve.node_agent.agent import TICK_BUCKETS_S, NodeAgent
 from triserve.node_agent.gpus import GpuRuntime
+from triserve.node_agent.hints import RESULTS as HINT_RESULTS
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,21 @@ class AgentCollector(Collector):
         for kind in sorted(set(ERROR_KINDS) | set(agent.errors)):
             errors.add_metric([agent.node_name, kind], float(agent.errors.get(kind, 0)))
         yield errors
+        hints = CounterMetricFamily(
+            "triserve_agent_hints",
+            "Stage-hint messages and connections by result (docs/serving-pods.md)",
+            labels=("node", "result"),
+        )
+        for result in HINT_RESULTS:
+            hints.add_metric([agent.node_name, result], float(agent.hints.counts.get(result, 0)))
+        yield hints
+        hint_ticks = CounterMetricFamily(
+            "triserve_agent_hint_ticks",
+            "GPU control steps run on receipt of a stage hint, between regular ticks",
+            labels=("node",),
+        )
+        hint_ticks.add_metric([agent.node_name], float(agent.hint_ticks))
+        yield hint_ticks
 
 
 def build_registry(agent: NodeAgent) -> CollectorRegistry:

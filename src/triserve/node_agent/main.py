@@ -103,6 +103,15 @@ def build_parser(prog: str = "triserve agent") -> argparse.ArgumentParser:
         default=None,
         help=f"kubelet pod-resources socket (in a cluster: {DEFAULT_SOCKET})",
     )
+    p.add_argument(
+        "--hints-socket",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="serve stage hints from serving pods on this unix socket, in a hostPath "
+        "directory they mount (docs/serving-pods.md); needs hostPID to tell pods apart "
+        "(default: off, scrapes only)",
+    )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config)")
     p.add_argument("--node-name", default=None, help="node name (default: $NODE_NAME)")
     p.add_argument(
@@ -214,6 +223,7 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
             min_power_limit_fraction=args.min_power_limit_fraction,
         ),
         shutdown_retry_s=args.shutdown_retry,
+        hints_socket=args.hints_socket,
     )
 
 
@@ -233,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The state file lists the locks to undo after a crash: a start that cannot write it
         # must fail now, not at the first clock lock.
         cliargs.writable_dir(args.state_file.parent, "--state-file")
+        if args.hints_socket is not None:
+            cliargs.writable_dir(args.hints_socket.parent, "--hints-socket")
     except PolicyError as exc:
         print(f"triserve agent: invalid policy {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,8 @@ restores stale locks at start-up, serves `/metrics`,
 starts the watchdog, follows the policy (cluster watches or a file), runs the control tick
 (wall clock, or inside the simulation with `--sim`), scrapes asynchronously, reports every
 report interval, and on SIGTERM/SIGINT or the end of `--duration` restores every GPU.
+With `--hints-socket PATH` it also serves the stage-hint endpoint
+(`triserve.node_agent.hintserver`) on the same event loop as the tick.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from triserve.node_agent.agent import NodeAgent, PolicyRef
 from triserve.node_agent.dcgmsource import DcgmSource
 from triserve.node_agent.exporter import MetricsServer, build_registry, liveness
 from triserve.node_agent.gpus import ProbeSettings
+from triserve.node_agent.hints import REFUSED
+from triserve.node_agent.hintserver import HintServer
 from triserve.node_agent.kube import WATCH_TIMEOUT_S
 from triserve.node_agent.podresources import PodResourcesClient
 from triserve.node_agent.reports import ReportWriter, build_status, log_status
@@ -101,6 +105,8 @@ class AgentOptions:
     watch_timeout_s: float = WATCH_TIMEOUT_S  # server-side length of one API watch
     probe: ProbeSettings = field(default_factory=ProbeSettings)  # baseline probes
     metrics_port_fallback: bool = False  # demo: take any free port if the one asked is busy
+    hints_socket: Path | None = None  # stage-hint endpoint (None: hints off, scrapes only)
+    proc_root: Path = Path("/proc")  # where hint senders' cgroups are read (host PIDs)
     on_step: Callable[[NodeAgent, float], None] | None = None
     on_report: list[Any] = field(default_factory=list)
 
@@ -207,9 +213,14 @@ class AgentRuntime:
                         supervise("scrapers", scrapers.run, agent.error), name="scrapers"
                     )
                 )
+                hints = self._hint_server()
+                if hints is not None:
+                    await hints.start()
                 try:
                     await self._drive()
                 finally:
+                    if hints is not None:
+                        await hints.close()
                     scrapers.close()
                     if podres is not None:
                         await podres.close()
@@ -224,6 +235,26 @@ class AgentRuntime:
             self.watchdog.stop()
             self.server.stop()
         return 1 if unrestored else 0
+
+    def _hint_server(self) -> HintServer | None:
+        path = self.options.hints_socket
+        if path is None:
+            return None
+        agent = self.agent
+
+        def deliver(uid: str, data: bytes) -> bool:
+            return agent.receive_hint(uid, data, self._clock())
+
+        log.info("stage hints: listening on %s", path)
+
+        def refused(why: str) -> None:
+            with agent.lock:
+                agent.hints.counts[REFUSED] += 1
+            log.debug("stage hints: connection refused (%s)", why)
+
+        return HintServer(
+            path, deliver, agent.knows_pod, proc_root=self.options.proc_root, on_refused=refused
+        )
 
     def _dcgm_source(self) -> DcgmSource:
         opts = self.options

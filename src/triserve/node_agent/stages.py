@@ -48,7 +48,8 @@ class ServingPod:
     """A pod on this node that runs a serving stage, as the agent understands it.
 
     `gpu_ids` is the `triserve.io/gpus` override (indices or UUIDs), None when absent;
-    `metrics_port` None means the pod exposes no serving metrics triserve can read.
+    `metrics_port` None means the pod exposes no serving metrics triserve can read;
+    `uid` is the pod's metadata.uid, by which the hint endpoint knows who speaks.
     """
 
     namespace: str
@@ -63,6 +64,7 @@ class ServingPod:
     containers: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     stage_source: str = "annotation"
+    uid: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -191,6 +193,7 @@ def pod_from_manifest(pod: Mapping[str, Any], on_error: ErrorSink = _log_only) -
         containers=containers,
         labels=labels,
         stage_source=source,
+        uid=str(meta.get("uid") or ""),
     )
 
 

@@ -5,7 +5,9 @@ used by the benchmarks, the live demo, the controllers' tests and the calibratio
 Between events every GPU holds a constant clock and phase; `_step` advances all of them to
 the next event (arrival, hand-off, phase completion, PMU wake, clock change, tick, warm-up
 boundary), applies what happened, and lets each GPU's PMU re-decide. Controllers see the
-node only through `sim.backend` (a `GpuBackend`) and the serving snapshots/expositions.
+node only through `sim.backend` (a `GpuBackend`) and the serving snapshots/expositions,
+and, where the node emits stage hints, through `stage_activity()`: what each serving
+engine knows about itself (its scheduler's phase, its queue, what it sent downstream).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from triserve.sim.scenario import Scenario
 from triserve.sim.workload import ArrivalSource
 from triserve.telemetry import ServingSnapshot
 
-__all__ = ["Simulation", "StagePlacement"]
+__all__ = ["Simulation", "StageActivity", "StagePlacement"]
 
 _EPS_S = 1e-9
 
@@ -46,6 +48,22 @@ class StagePlacement:
     namespace: str
     container: str
     pipeline: str
+
+
+@dataclass(frozen=True, slots=True)
+class StageActivity:
+    """What one stage's serving engine knows about itself right now (its hints' source).
+
+    `phase` is what its scheduler runs (``prefill``, ``decode``, ``oneshot``; None when it
+    has nothing it can run, including decode requests waiting on upstream input);
+    `handoffs` counts the requests it has passed downstream so far.
+    """
+
+    stage: str
+    phase: str | None
+    waiting: int
+    running: int
+    handoffs: float
 
 
 class Simulation:
@@ -202,14 +220,47 @@ class Simulation:
         t_s: float,
         on_tick: Callable[[float], None] | None = None,
         tick_s: float = 0.05,
+        on_event: Callable[[float], None] | None = None,
     ) -> None:
-        """Advance to `t_s`, calling `on_tick(now_s)` every `tick_s` of simulated time."""
+        """Advance to `t_s`, calling `on_tick(now_s)` every `tick_s` of simulated time.
+
+        `on_event(now_s)` runs after every event (arrival, phase change, hand-off …), before
+        a tick due at the same time: what a serving engine that sends hints reacts to.
+        """
         next_tick = self.now_s + tick_s if on_tick is not None else math.inf
         while self.now_s < t_s - _EPS_S:
             self._step(min(t_s, next_tick))
+            if on_event is not None:
+                on_event(self.now_s)
             if on_tick is not None and self.now_s >= next_tick - _EPS_S:
                 on_tick(self.now_s)
                 next_tick += tick_s
+
+    def call_at(self, at_s: float, fn: Callable[[], None]) -> None:
+        """Run `fn` at simulated time `at_s` (a delivery delay, e.g. a hint in flight)."""
+        self._schedule(max(at_s, self.now_s), fn)
+
+    def stage_activity(self) -> tuple[StageActivity, ...]:
+        """Every stage's `StageActivity` now, in pipeline order."""
+        out = []
+        for engine in self.engines:
+            m = engine.metrics
+            if isinstance(engine, ArEngine):
+                phase = "prefill" if engine.prefilling else "decode" if engine.active() else None
+                chunked_ar = (
+                    isinstance(engine.downstream, ArEngine)
+                    and engine.downstream.spec.handoff == "chunked"
+                )
+                # A chunked downstream gets each request at its first token; a whole one
+                # when the request finishes here.
+                finished = m.requests_finished_total
+                sent = m.ttft.total if chunked_ar and m.ttft is not None else finished
+            else:
+                phase = "oneshot" if engine.batch or engine.queue else None
+                sent = m.requests_finished_total
+            handoffs = sent if engine.downstream is not None else 0.0
+            out.append(StageActivity(engine.spec.name, phase, m.waiting, m.running, handoffs))
+        return tuple(out)
 
     def advance_to(self, t_s: float) -> None:
         """Advance to `t_s` without tick callbacks (the live demo follows the wall clock)."""

@@ -61,12 +61,14 @@ def run_agent(
     scrape_interval_s: float = SCRAPE_INTERVAL_S,
     after_tick: Callable[[AgentRun, float], None] | None = None,
     state_dir: Path | None = None,
+    hints: bool = False,
 ) -> AgentRun:
     """Run `scenario` under a real `NodeAgent` until `until_s` (default: its duration).
 
     `loop_factory` None runs what `policy` says (default: `default_policy`); otherwise it
     builds each GPU's loop (the bench's rows). Every GPU is released at the end, as on
-    SIGTERM. `after_tick(run, now_s)` is called after every agent tick (traces).
+    SIGTERM. `after_tick(run, now_s)` is called after every agent tick (traces). `hints`
+    True: the simulated engines send stage hints (`SimNode`).
     """
     sim = Simulation(scenario, seed=seed)
     policy = policy or default_policy()
@@ -82,7 +84,7 @@ def run_agent(
 
         agent = NodeAgent(sim.backend, scenario.hostname, state, probe=probe, loop_factory=factory)
         agent.startup()
-        node = SimNode(sim, agent, scrape_interval_s=scrape_interval_s)
+        node = SimNode(sim, agent, scrape_interval_s=scrape_interval_s, hints=hints)
         run = AgentRun(sim, agent, node)
         agent.set_policy(policy)
         node.publish_pods(policy.spec.pod_selector)
@@ -93,6 +95,11 @@ def run_agent(
             if after_tick is not None:
                 after_tick(run, now_s)
 
-        sim.run_until(until_s if until_s is not None else scenario.duration_s, on_tick, interval_s)
+        sim.run_until(
+            until_s if until_s is not None else scenario.duration_s,
+            on_tick,
+            interval_s,
+            on_event=node.on_event if hints else None,
+        )
         agent.shutdown("scenario finished")
     return run

@@ -9,6 +9,13 @@ by `dcgm.parse_dcgm`, at the agent's scrape interval (the exporter itself refres
 values at its own collection interval).
 `drive()` advances the simulation with the wall clock times `speed` and runs the agent's
 tick inside it every control interval of simulated time.
+
+With `hints=True` each stage's engine also sends stage hints, as an engine using
+`triserve.hints` would: on every change of its own state (`Simulation.stage_activity`)
+it encodes the event with the client's `encode` and the agent receives the bytes
+`hint_latency_s` later through `NodeAgent.receive_hint` — the parser, rate limit and event
+tick of production; only the socket is left out. Unchanged stages send a heartbeat every
+`triserve.hints.HEARTBEAT_S`.
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
+from triserve import hints
 from triserve.api.annotations import GPUS_ANNOTATION, PIPELINE_ANNOTATION, STAGE_ANNOTATION
 from triserve.api.models import LabelSelector
 from triserve.gpu.backend import GpuBackend, GpuError
@@ -28,6 +37,7 @@ from triserve.node_agent.dcgm import parse_dcgm
 from triserve.node_agent.serving import parse_serving
 from triserve.node_agent.stages import ServingPod, pod_from_manifest
 from triserve.sim import Simulation, load_scenario
+from triserve.sim.simulation import StageActivity
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +74,25 @@ class SimNode:
         *,
         scrape_interval_s: float = 0.5,
         publish_pods: bool = True,
+        hints: bool = False,
+        hint_latency_s: float = 0.001,
     ) -> None:
-        """`publish_pods` False: pods and serving metrics come from elsewhere (a cluster)."""
+        """`publish_pods` False: pods and serving metrics come from elsewhere (a cluster).
+
+        `hints` True: the stages send stage hints, received `hint_latency_s` after the event.
+        """
         self.sim = sim
         self.agent = agent
         self.scrape_interval_s = scrape_interval_s
         self.publish = publish_pods
+        self.hints = hints
+        self.hint_latency_s = hint_latency_s
         self._next_scrape_s = 0.0
         self.pods: list[ServingPod] = []
+        self._sent: dict[str, StageActivity] = {}
+        self._sent_s: dict[str, float] = {}
+        #: Hint messages sent by the simulated engines.
+        self.hints_sent = 0
 
     def manifests(self, selector: LabelSelector | None = None) -> list[dict[str, Any]]:
         """Pod manifests for the simulated stages, labelled to match `selector`'s labels.
@@ -87,6 +108,7 @@ class SimNode:
                     "metadata": {
                         "name": p.pod,
                         "namespace": p.namespace,
+                        "uid": pod_uid(p.namespace, p.pod),
                         "labels": {
                             "app.kubernetes.io/name": p.stage,
                             "app.kubernetes.io/part-of": p.pipeline,
@@ -139,7 +161,47 @@ class SimNode:
     def on_tick(self, now_s: float) -> None:
         """What happens every control interval of simulated time: scrape if due, then tick."""
         self.scrape(now_s)
+        if self.hints:
+            self._heartbeats(now_s)
         self.agent.tick(now_s)
+
+    def on_event(self, now_s: float) -> None:
+        """After every simulated event: engines whose state changed send their hints."""
+        if not self.hints:
+            return
+        for act in self.sim.stage_activity():
+            old = self._sent.get(act.stage)
+            if old == act:
+                continue
+            self._sent[act.stage] = act
+            messages = []
+            if old is None or old.phase != act.phase:
+                if act.phase is None:
+                    messages.append(hints.encode("idle"))
+                else:
+                    messages.append(hints.encode("busy", phase=act.phase))
+            if old is None or (old.waiting, old.running) != (act.waiting, act.running):
+                messages.append(hints.encode("queue", waiting=act.waiting, running=act.running))
+            if old is not None and act.handoffs > old.handoffs:
+                messages.append(hints.encode("handoff"))
+            for message in messages:
+                self._send(act.stage, message, now_s)
+
+    def _heartbeats(self, now_s: float) -> None:
+        for stage, sent_s in self._sent_s.items():
+            if now_s - sent_s >= hints.HEARTBEAT_S:
+                self._send(stage, hints.encode("alive"), now_s)
+
+    def _send(self, stage: str, message: bytes, now_s: float) -> None:
+        placement = self.sim.placement(stage)
+        uid = pod_uid(placement.namespace, placement.pod)
+        self._sent_s[stage] = now_s
+        self.hints_sent += 1
+
+        def deliver() -> None:
+            self.agent.receive_hint(uid, message, self.sim.now_s)
+
+        self.sim.call_at(now_s + self.hint_latency_s, deliver)
 
     async def drive(
         self,
@@ -163,10 +225,17 @@ class SimNode:
             if end_s is not None:
                 target_s = min(target_s, end_s)
             if target_s > self.sim.now_s:
-                self.sim.run_until(target_s, on_tick=self.on_tick, tick_s=tick_s)
+                self.sim.run_until(
+                    target_s, on_tick=self.on_tick, tick_s=tick_s, on_event=self.on_event
+                )
             if after_step is not None:
                 after_step(self.sim.now_s)
             if end_s is not None and self.sim.now_s >= end_s - 1e-9:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=step_wall_s)
+
+
+def pod_uid(namespace: str, name: str) -> str:
+    """The simulated pod's metadata.uid: stable for its namespace and name."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"triserve-sim:{namespace}/{name}"))

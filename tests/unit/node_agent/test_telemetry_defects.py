@@ -280,7 +280,7 @@ def test_5_an_unknown_mig_mode_is_refused_naming_the_field() -> None:
 
     from triserve.api.models import EnergyPolicySpec
 
-    with pytest.raises(ValidationError, match="mig.mode"):
+    with pytest.raises(ValidationError, match=r"mig\.mode"):
         EnergyPolicySpec.model_validate({"mig": {"mode": "Always"}})
 
 

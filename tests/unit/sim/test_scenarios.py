@@ -16,7 +16,9 @@ def reference_report() -> object:
     return sim.report()
 
 
-@pytest.mark.parametrize("name", ["reference", "bursty", "hot", "a100", "l40s", "trace"])
+@pytest.mark.parametrize(
+    "name", ["reference", "reference-high", "bursty", "hot", "a100", "l40s", "trace"]
+)
 def test_bundled_scenarios_load_by_name(name: str) -> None:
     sc = load_scenario(name)
     assert isinstance(sc, Scenario)
@@ -75,7 +77,7 @@ def test_trace_replay_completes_every_request() -> None:
     assert rep.completed_requests == 300 and rep.unfinished_requests == 0
 
 
-@pytest.mark.parametrize("name", ["reference", "bursty", "hot", "a100", "l40s"])
+@pytest.mark.parametrize("name", ["reference", "reference-high", "bursty", "hot", "a100", "l40s"])
 def test_bundled_windows_expect_over_200_requests(name: str) -> None:
     # A p99 needs at least 200 completed requests in the measured window; a 15% margin
     # covers Poisson spread at the scenario's rate.

@@ -1,0 +1,180 @@
+"""Stage hints on the agent's side: parse, rate-limit and fold them into `StageHint`s.
+
+Serving engines send tiny events (`triserve.hints`) through the agent's hint socket
+(`triserve.node_agent.hintserver`), or the simulated node hands the same bytes in. Every
+message goes through `HintBook.receive`: a per-pod token bucket first (a flooding pod loses
+its excess messages, never the agent's time), then `parse_hint`, which accepts only the
+documented events and raises `HintError` naming the field for anything else. Accepted
+events fold into one immutable `StageHint` per pod, stamped with the agent's clock.
+
+`receive` returns whether the event changes what a controller would decide now (the stage
+turned busy or idle, its phase changed, it handed off work): the agent then runs the
+affected GPUs' control step at once instead of waiting for the next tick.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, replace
+
+from triserve.hints import EVENTS, MAX_MESSAGE_BYTES, MAX_QUEUE, PHASES
+from triserve.telemetry import StageHint
+
+#: Messages per second a pod may send on average, and the burst it may send at once.
+RATE_PER_S = 200.0
+BURST = 100.0
+#: Seconds without any message after which a pod's hints are stale (3 heartbeats).
+HINT_MAX_AGE_S = 3.0
+
+#: `HintBook.counts` keys, the `result` label of `triserve_agent_hints_total`.
+ACCEPTED = "accepted"
+INVALID = "invalid"
+RATE_LIMITED = "rate-limited"
+UNKNOWN_POD = "unknown-pod"
+REFUSED = "refused"
+RESULTS = (ACCEPTED, INVALID, RATE_LIMITED, UNKNOWN_POD, REFUSED)
+
+
+class HintError(ValueError):
+    """A hint message that is not one of the documented events."""
+
+
+@dataclass(frozen=True, slots=True)
+class HintEvent:
+    """One parsed hint message."""
+
+    event: str
+    phase: str | None = None
+    waiting: int | None = None
+    running: int | None = None
+
+
+def parse_hint(data: bytes) -> HintEvent:
+    """Parse one message; raises `HintError` that names what was wrong."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise HintError(f"message of {len(data)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit")
+    try:
+        body = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HintError(f"not a JSON object: {exc}") from None
+    if not isinstance(body, dict):
+        raise HintError('not a JSON object; send e.g. {"event":"idle"}')
+    event = body.get("event")
+    if event not in EVENTS:
+        raise HintError(f"event {event!r} is not one of {', '.join(EVENTS)}")
+    phase = body.get("phase")
+    if event == "busy" and phase not in PHASES:
+        raise HintError(f"phase {phase!r} of a busy event is not one of {', '.join(PHASES)}")
+    if event != "busy" and phase is not None:
+        raise HintError(f"phase is only for busy events, not {event!r}")
+    counts: dict[str, int | None] = {}
+    for name in ("waiting", "running"):
+        value = body.get(name)
+        if value is not None and (event != "queue" or not _is_count(value)):
+            raise HintError(f"{name} must be an integer from 0 to {MAX_QUEUE} in a queue event")
+        counts[name] = value
+    if event == "queue" and counts["waiting"] is None:
+        raise HintError("a queue event needs waiting")
+    return HintEvent(event, phase, counts["waiting"], counts["running"])
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_QUEUE
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at_s: float
+
+
+class HintBook:
+    """Every pod's latest `StageHint`, with per-pod rate limits and result counters."""
+
+    def __init__(
+        self,
+        *,
+        rate_per_s: float = RATE_PER_S,
+        burst: float = BURST,
+        max_age_s: float = HINT_MAX_AGE_S,
+    ) -> None:
+        """`max_age_s` is how long a pod's hints count after its last message."""
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.max_age_s = max_age_s
+        self.hints: dict[tuple[str, str], StageHint] = {}
+        self.counts: Counter[str] = Counter()
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+
+    def admit(self, key: tuple[str, str], now_s: float) -> bool:
+        """Take one token from pod `key`'s bucket; False (and counted) when it is empty."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(self.burst, now_s)
+        elapsed_s = now_s - bucket.at_s if math.isfinite(now_s) else 0.0
+        bucket.tokens = min(self.burst, bucket.tokens + max(elapsed_s, 0.0) * self.rate_per_s)
+        bucket.at_s = max(bucket.at_s, now_s)
+        if bucket.tokens < 1.0:
+            self.counts[RATE_LIMITED] += 1
+            return False
+        bucket.tokens -= 1.0
+        return True
+
+    def receive(self, key: tuple[str, str], data: bytes, now_s: float) -> bool:
+        """Take one message from pod `key`; True when it changes what a controller decides.
+
+        Raises `HintError` for a malformed message (counted as invalid); a rate-limited
+        message is dropped and returns False.
+        """
+        if not self.admit(key, now_s):
+            return False
+        return self.receive_admitted(key, data, now_s)
+
+    def receive_admitted(self, key: tuple[str, str], data: bytes, now_s: float) -> bool:
+        """`receive` for a message `admit` already let through."""
+        try:
+            event = parse_hint(data)
+        except HintError:
+            self.counts[INVALID] += 1
+            raise
+        self.counts[ACCEPTED] += 1
+        return self.apply(key, event, now_s)
+
+    def apply(self, key: tuple[str, str], event: HintEvent, now_s: float) -> bool:
+        """Fold a parsed event into pod `key`'s hint; True when it changes a decision now."""
+        old = self.hints.get(key)
+        base = old if old is not None and old.fresh(now_s) else StageHint(now_s)
+        new = replace(base, received_s=now_s, max_age_s=self.max_age_s)
+        if event.event == "busy":
+            new = replace(new, busy=True, phase=event.phase)
+        elif event.event == "idle":
+            # Idle means nothing queued or running either, whatever the last queue event said.
+            new = replace(
+                new,
+                busy=False,
+                phase=None,
+                waiting=None if new.waiting is None else 0,
+                running=None if new.running is None else 0,
+            )
+        elif event.event == "handoff":
+            new = replace(new, handoff_s=now_s)
+        elif event.event == "queue":
+            new = replace(new, waiting=event.waiting, running=event.running)
+        self.hints[key] = new
+        if event.event == "handoff":
+            return True
+        was = old if old is not None and old.fresh(now_s) else None
+        if was is None:
+            return new.has_work
+        return (was.has_work, was.phase) != (new.has_work, new.phase)
+
+    def hint(self, key: tuple[str, str]) -> StageHint | None:
+        """Pod `key`'s latest hint (possibly stale), or None."""
+        return self.hints.get(key)
+
+    def keep(self, keys: set[tuple[str, str]]) -> None:
+        """Forget pods that left the node."""
+        self.hints = {k: v for k, v in self.hints.items() if k in keys}
+        self._buckets = {k: v for k, v in self._buckets.items() if k in keys}
