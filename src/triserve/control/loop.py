@@ -186,9 +186,19 @@ class ControlLoop:
             self._hold_until_s = until_s
             self._hold_message = message
 
-    def tick(self, now_s: float, stages: Sequence[StageObservation]) -> TickResult:
-        """Run one control step at `now_s` for the GPU's `stages`; return what it did."""
-        sample = self.backend.sample(self.gpu_index)
+    def tick(
+        self,
+        now_s: float,
+        stages: Sequence[StageObservation],
+        sample: GpuSample | None = None,
+    ) -> TickResult:
+        """Run one control step at `now_s` for the GPU's `stages`; return what it did.
+
+        `sample` is the GPU's reading for this tick when the caller took it (the node agent
+        merges dcgm-exporter activity into it); None samples the backend here.
+        """
+        if sample is None:
+            sample = self.backend.sample(self.gpu_index)
         dt_s = (
             self.settings.control_interval_s
             if self._last_now_s is None
