@@ -4,11 +4,12 @@ Every tick returns one immutable `TickResult` (sample, signals, decision, energy
 period); `LoopStats` and the node agent's report windows and baseline are folds over them.
 
 `ControlLoop` is the single object the node agent runs per managed GPU in production and the
-bench runs on the simulated backend. It sees only what the agent sees: the GPU sample it
-takes at its own tick and the stage observations handed in (serving scrapes, stale by up to
-one scrape interval). It calls a backend setter only when the target changes (NVML set calls
-every tick disturb NCCL), never sets a clock outside the device's supported clocks or the
-policy's limits, and in Observe mode (``actuate=False``) records decisions without setting
+bench runs on the simulated backend. It sees only what the agent sees: the GPU sample of
+its tick (handed in by the agent, which fills in dcgm-exporter activity, or read from the
+backend) and the stage observations handed in (serving scrapes, stale by up to one scrape
+interval). It calls a backend setter only when the target changes (NVML set calls every
+tick disturb NCCL), never sets a clock outside the device's supported clocks or the
+policy's limits (`_clamp`: the only place that bounds a lock by them), and in Observe mode (``actuate=False``) records decisions without setting
 anything. `release()` hands clocks back to the PMU and restores any power limit it changed.
 `hold_default(until_s)` makes the ticks before `until_s` decide the PMU default (reason
 ``default``) whatever the strategy says, except a thermal cap, which ends the hold: the node
