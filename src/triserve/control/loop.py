@@ -9,8 +9,9 @@ its tick (handed in by the agent, which fills in dcgm-exporter activity, or read
 backend) and the stage observations handed in (serving scrapes, stale by up to one scrape
 interval). It calls a backend setter only when the target changes (NVML set calls every
 tick disturb NCCL), never sets a clock outside the device's supported clocks or the
-policy's limits (`_clamp`: the only place that bounds a lock by them), and in Observe mode (``actuate=False``) records decisions without setting
-anything. `release()` hands clocks back to the PMU and restores any power limit it changed.
+policy's limits (`_clamp`: the only place that bounds a lock by them), and in Observe mode
+(``actuate=False``) records decisions without setting anything. `release()` hands clocks
+back to the PMU and restores any power limit it changed.
 `hold_default(until_s)` makes the ticks before `until_s` decide the PMU default (reason
 ``default``) whatever the strategy says, except a thermal cap, which ends the hold: the node
 agent's baseline probes use it, so that the loop stays the only thing that sets clocks.

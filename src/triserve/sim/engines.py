@@ -7,8 +7,9 @@ events). A `OneshotEngine` (code2wav) runs one pass per batch of queued chunks. 
 picks what its GPU runs next — one-shot passes first, then a pending prefill, else one mixed
 decode phase over all its engines' batches (round-robin, like two processes sharing a GPU) —
 and turns it into a `triserve.sim.physics.Phase`; what it runs is one `Work` value (`Idle`,
-`OneshotPass`, `Prefill` or `Decode`), each carrying exactly the engine and jobs it needs. Hand-offs between stages are scheduled
-through the simulation's `schedule` callback after the edge's latency.
+`OneshotPass`, `Prefill` or `Decode`), each carrying exactly the engine and jobs it needs.
+Hand-offs between stages are scheduled through the simulation's `schedule` callback after
+the edge's latency.
 """
 
 from __future__ import annotations
