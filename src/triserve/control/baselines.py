@@ -72,7 +72,7 @@ class SloDvfsStrategy:
         self.baseline: dict[tuple[str, str], WindowStat] = {}
         self.clock_mhz: int | None = None
         self._start_s: float | None = None
-        self._last_move_s = -1e9
+        self._last_move_s: float | None = None  # None: the clock has not moved yet
 
     def decide(self, ctx: TickContext) -> Decision:
         """Step the GPU-wide clock ceiling by the latency error of the last window."""
@@ -85,7 +85,8 @@ class SloDvfsStrategy:
                     self.baseline[key] = stat
             return Decision(None, Reason.DEFAULT, "learning the latency baseline at default")
         worst = self._worst_inflation(stats)
-        if worst is not None and ctx.now_s - self._last_move_s >= 1.0:
+        last_s = self._last_move_s
+        if worst is not None and (last_s is None or ctx.now_s - last_s >= 1.0):
             self._last_move_s = ctx.now_s
             current = self.clock_mhz if self.clock_mhz is not None else ctx.limits.default_max_mhz
             if worst > self.bound:
@@ -189,7 +190,7 @@ class PhaseDvfsStrategy:
             stats = {stage: v for (stage, m), v in window.items() if m == metric}
             if learning:
                 loop.learn(stats)
-            elif ctx.now_s - loop.last_move_s >= self.move_every_s:
+            elif loop.due(ctx.now_s, self.move_every_s):
                 loop.step(ctx.now_s, ctx.limits, stats, self.bound)
         if learning:
             return Decision(None, Reason.DEFAULT, "learning TTFT/TBT baselines at default")
@@ -221,7 +222,11 @@ class _PhaseLoop:
         self.min_count = min_count
         self.baseline: dict[str, WindowStat] = {}
         self.clock_mhz: int | None = None
-        self.last_move_s = -1e9
+        self.last_move_s: float | None = None  # None: the target has not moved yet
+
+    def due(self, now_s: float, every_s: float) -> bool:
+        """True when the target may move: it never has, or last moved `every_s` ago."""
+        return self.last_move_s is None or now_s - self.last_move_s >= every_s
 
     def learn(self, stats: dict[str, WindowStat]) -> None:
         """Take windows seen at default clocks as their stage's baseline."""

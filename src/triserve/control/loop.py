@@ -4,12 +4,14 @@ Every tick returns one immutable `TickResult` (sample, signals, decision, energy
 period); `LoopStats` and the node agent's report windows and baseline are folds over them.
 
 `ControlLoop` is the single object the node agent runs per managed GPU in production and the
-bench runs on the simulated backend. It sees only what the agent sees: the GPU sample it
-takes at its own tick and the stage observations handed in (serving scrapes, stale by up to
-one scrape interval). It calls a backend setter only when the target changes (NVML set calls
-every tick disturb NCCL), never sets a clock outside the device's supported clocks or the
-policy's limits, and in Observe mode (``actuate=False``) records decisions without setting
-anything. `release()` hands clocks back to the PMU and restores any power limit it changed.
+bench runs on the simulated backend. It sees only what the agent sees: the GPU sample of
+its tick (handed in by the agent, which fills in dcgm-exporter activity, or read from the
+backend) and the stage observations handed in (serving scrapes, stale by up to one scrape
+interval). It calls a backend setter only when the target changes (NVML set calls every
+tick disturb NCCL), never sets a clock outside the device's supported clocks or the
+policy's limits (`_clamp`: the only place that bounds a lock by them), and in Observe mode
+(``actuate=False``) records decisions without setting anything. `release()` hands clocks
+back to the PMU and restores any power limit it changed.
 `hold_default(until_s)` makes the ticks before `until_s` decide the PMU default (reason
 ``default``) whatever the strategy says, except a thermal cap, which ends the hold: the node
 agent's baseline probes use it, so that the loop stays the only thing that sets clocks.
@@ -186,9 +188,19 @@ class ControlLoop:
             self._hold_until_s = until_s
             self._hold_message = message
 
-    def tick(self, now_s: float, stages: Sequence[StageObservation]) -> TickResult:
-        """Run one control step at `now_s` for the GPU's `stages`; return what it did."""
-        sample = self.backend.sample(self.gpu_index)
+    def tick(
+        self,
+        now_s: float,
+        stages: Sequence[StageObservation],
+        sample: GpuSample | None = None,
+    ) -> TickResult:
+        """Run one control step at `now_s` for the GPU's `stages`; return what it did.
+
+        `sample` is the GPU's reading for this tick when the caller took it (the node agent
+        merges dcgm-exporter activity into it); None samples the backend here.
+        """
+        if sample is None:
+            sample = self.backend.sample(self.gpu_index)
         dt_s = (
             self.settings.control_interval_s
             if self._last_now_s is None

@@ -83,7 +83,7 @@ class ThermalGovernor:
         self._fit_temp_c = 0.0
         self._energy_mj = 0
         self._idle_power_w = float("inf")
-        self._review_s = -1e9
+        self._review_s: float | None = None  # when the ceiling was last reviewed
         self.message = ""
 
     def limit_c(self, limits: DeviceLimits) -> float:
@@ -96,7 +96,7 @@ class ThermalGovernor:
         power_w = s.power_mw / 1000.0
         self._idle_power_w = min(self._idle_power_w, power_w)
         self._learn(s.timestamp_s, s.temperature_c, s.energy_mj)
-        if ctx.now_s - self._review_s < 0.5:
+        if self._review_s is not None and ctx.now_s - self._review_s < 0.5:
             return self.cap_mhz
         self._review_s = ctx.now_s
         limit_c = self.limit_c(ctx.limits)

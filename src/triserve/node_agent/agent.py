@@ -42,6 +42,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from prometheus_client import Histogram
+
 from triserve.api.models import EnergyPolicySpec, MigMode, PolicyMode
 from triserve.api.selectors import matches
 from triserve.api.status import GpuState
@@ -54,6 +56,7 @@ from triserve.node_agent.hints import UNKNOWN_POD, HintBook, HintError
 from triserve.node_agent.podresources import ContainerGpus
 from triserve.node_agent.restore import RetryPlan, restore_gpu
 from triserve.node_agent.safety import GuardedBackend, GuardRails, StateFile, restore_stale
+from triserve.node_agent.sampling import GpuSampler
 from triserve.node_agent.stages import ServingPod
 from triserve.telemetry import ServingSnapshot, StageHint, StageObservation
 
@@ -99,7 +102,9 @@ class NodeAgent:
         max_input_age_s: float = 5.0,
         hint_tick_min_s: float = 0.005,
     ) -> None:
-        """Wraps `backend` in a `GuardedBackend` that records every setter in `state`.
+        """Samples `backend` through a `GpuSampler` and sets it through a `GuardedBackend`.
+
+        The guard records every setter in `state` before it reaches the GPU.
 
         `probe` sets the baseline probes (`triserve.node_agent.gpus`); None: the defaults.
         `loop_factory` builds each governed GPU's `ControlLoop` from the policy's settings;
@@ -113,6 +118,7 @@ class NodeAgent:
         self.loop_factory: LoopFactory = loop_factory or _policy_loop
         self.node_name = node_name
         self.backend = GuardedBackend(backend, state, rails)
+        self.sampler = GpuSampler(backend)
         self.state_file = state
         self.max_gpu_errors = max_gpu_errors
         self.shutdown_retry_s = shutdown_retry_s
@@ -148,11 +154,19 @@ class NodeAgent:
         #: Control steps run on receipt of a hint (`triserve_agent_hint_ticks_total`).
         self.hint_ticks = 0
         self._uids: dict[str, tuple[str, str]] = {}
-        self._dcgm_activity_live = False
         self._tokens_seen: dict[tuple[str, str], float] = {}
         self.errors: Counter[str] = Counter()
-        self.tick_counts = [0] * (len(TICK_BUCKETS_S) + 1)
-        self.tick_sum_s = 0.0
+        #: Wall time of each tick; unregistered here, `exporter.build_registry` exposes it.
+        self.tick_seconds = Histogram(
+            "triserve_agent_tick_seconds",
+            "Wall time of one control tick for all GPUs",
+            labelnames=("node",),
+            buckets=TICK_BUCKETS_S,
+            registry=None,
+        )
+        self._tick_seconds_here = self.tick_seconds.labels(node=node_name)
+        #: Control steps run so far, hint-driven ones included (liveness watches it move).
+        self.ticks_run = 0
         self.last_tick_s: float | None = None
         self.ready = False
         self._dirty = True
@@ -205,8 +219,7 @@ class NodeAgent:
             if policy is None:
                 log.info("no policy for node %s: every GPU released", self.node_name)
             else:
-                mc = policy.spec.clock_limits
-                self.backend.set_clock_limits(mc.min_mhz, mc.max_mhz)
+                self.backend.clamped.clear()  # a new policy starts with a clean record
                 log.info(
                     "following policy %s (generation %d, was %s)",
                     policy.name, policy.generation, old.name if old else "none",
@@ -238,14 +251,7 @@ class NodeAgent:
         with self.lock:
             old = self.dcgm
             self.dcgm = snapshot
-            activity = {}
-            for gpu in self.gpus.values():
-                entry = snapshot.for_gpu(gpu.index, gpu.identity.uuid) if snapshot else None
-                found = entry.activity() if entry is not None else None
-                if found is not None:
-                    activity[gpu.index] = found
-            self.backend.fallback_activity = activity
-            self._dcgm_activity_live = bool(activity)
+            self.sampler.use_dcgm(snapshot, (g.identity for g in self.gpus.values()))
             if old is None or snapshot is None or _dcgm_pods(old) != _dcgm_pods(snapshot):
                 self._dirty = True
 
@@ -350,28 +356,26 @@ class NodeAgent:
             self.ready = True
         self._observe_tick(time.perf_counter() - started)
 
+    def _observe_tick(self, elapsed_s: float) -> None:
+        """Count a control step (periodic or hint-driven) and its wall time."""
+        self._tick_seconds_here.observe(elapsed_s)
+        self.ticks_run += 1
+
     def _expire_dcgm(self, now_s: float) -> None:
         """Stop filling in dcgm-exporter activity once its last scrape is too old."""
-        dcgm = self.dcgm
-        if not self._dcgm_activity_live or dcgm is None:
-            return
-        age_s = now_s - dcgm.timestamp_s
-        if age_s > self.max_input_age_s:
-            self.backend.fallback_activity = {}
-            self._dcgm_activity_live = False
+        age_s = self.sampler.expire_dcgm(now_s, self.max_input_age_s)
+        if age_s is not None:
             self.error("stale", f"dcgm-exporter data is {age_s:.1f} s old; its activity dropped")
 
     def _tick_gpu(self, gpu: GpuRuntime, now_s: float) -> None:
         try:
-            if gpu.loop is not None:
-                result = gpu.loop.tick(now_s, gpu.stages)
-            else:
-                sample = self.backend.sample(gpu.index)
+            sample = self.sampler.sample(gpu.index)
+            result = gpu.loop.tick(now_s, gpu.stages, sample) if gpu.loop is not None else None
         except GpuError as exc:
             self._gpu_error(gpu, exc)
             return
         gpu.consecutive_errors = 0
-        if gpu.loop is not None:
+        if result is not None:
             gpu.account(result)
         else:
             gpu.observe_unmanaged(sample)
@@ -393,14 +397,6 @@ class NodeAgent:
                 # the PMU default and the record goes when a later release verifies.
                 gpu.detach(gpu.state, "restored by the watchdog")
                 self._govern(gpu, self.policy)
-
-    def _observe_tick(self, elapsed_s: float) -> None:
-        self.tick_sum_s += elapsed_s
-        for i, bound in enumerate(TICK_BUCKETS_S):
-            if elapsed_s <= bound:
-                self.tick_counts[i] += 1
-                return
-        self.tick_counts[-1] += 1
 
     # ---- mapping and loops --------------------------------------------------------------
     def _selected(self) -> list[ServingPod]:

@@ -1,7 +1,8 @@
 """The agent's Prometheus exporter: `/metrics`, `/healthz` and `/readyz` on `:9402`.
 
 `AgentCollector` builds every metric family in `collect()` from the agent's live state at
-scrape time (no global gauges); it is registered on a registry passed in explicitly.
+scrape time (no global gauges); `build_registry` puts it in a fresh registry next to the
+agent's own tick-time `Histogram` (`NodeAgent.tick_seconds`, observed once per tick).
 Metric names and labels are the contract in docs/architecture.md — dashboards and alerts are
 built on exactly these. Per-GPU series carry `node`, `gpu`, `UUID`, `pod`, `namespace`,
 `container`, `stage`, `policy` (empty where unknown) so they join with dcgm-exporter's; a GPU
@@ -22,17 +23,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from triserve.api.status import GpuState
-from triserve.node_agent.agent import TICK_BUCKETS_S, NodeAgent
+from triserve.node_agent.agent import NodeAgent
 from triserve.node_agent.gpus import GpuRuntime
 from triserve.node_agent.hints import RESULTS as HINT_RESULTS
 
@@ -201,18 +197,6 @@ class AgentCollector(Collector):
         else:
             info.add_metric([agent.node_name, "", "", ""], 1.0)
         yield info
-        buckets: list[tuple[str, float]] = []
-        cumulative = 0
-        for bound, count in zip((*TICK_BUCKETS_S, float("inf")), agent.tick_counts, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(cumulative)))
-        tick = HistogramMetricFamily(
-            "triserve_agent_tick_seconds",
-            "Wall time of one control tick for all GPUs",
-            labels=("node",),
-        )
-        tick.add_metric([agent.node_name], buckets, agent.tick_sum_s)
-        yield tick
         errors = CounterMetricFamily(
             "triserve_agent_errors", "Errors by kind", labels=("node", "kind")
         )
@@ -237,9 +221,10 @@ class AgentCollector(Collector):
 
 
 def build_registry(agent: NodeAgent) -> CollectorRegistry:
-    """A fresh registry holding only the agent's collector."""
+    """A fresh registry holding the agent's collector and its tick-time histogram."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AgentCollector(agent))
+    registry.register(agent.tick_seconds)
     return registry
 
 
@@ -353,7 +338,7 @@ def liveness(agent: NodeAgent, max_silence_s: float) -> Callable[[], bool]:
     state = {"last": time.monotonic(), "ticks": -1}
 
     def check() -> bool:
-        ticks = sum(agent.tick_counts)
+        ticks = agent.ticks_run
         if ticks != state["ticks"]:
             state["ticks"], state["last"] = ticks, time.monotonic()
         return time.monotonic() - state["last"] <= max_silence_s

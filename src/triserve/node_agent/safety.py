@@ -10,8 +10,8 @@
   Any content that is not exactly what this module writes reads as "restore every GPU".
 - `restore_stale`: the start-up restore of whatever the file lists.
 - `GuardedBackend`: wraps the real `GpuBackend`; records to the state file before any setter
-  and clamps clocks into the device's supported range, the policy's limits and the
-  cluster's guard rails (`GuardRails`), whatever the controller asks for.
+  and holds clocks and power limits at or above the cluster's guard rails (`GuardRails`),
+  whatever the controller asks for (the policy's clock limits are the control loop's job).
 - `Watchdog`: a thread that resets every GPU to defaults if the control tick stalls.
 
 Used by `triserve.node_agent.agent.NodeAgent`; nothing here knows about Kubernetes.
@@ -29,21 +29,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from triserve.gpu.backend import (
-    Activity,
-    ClockEventReason,
-    GpuBackend,
-    GpuError,
-    GpuIdentity,
-    GpuInvalidArgumentError,
-    GpuSample,
-    PowerLimitConstraints,
-    ThermalThresholds,
-)
+from triserve.gpu.backend import GpuBackend, GpuError
+from triserve.gpu.delegating import DelegatingBackend
 from triserve.node_agent.restore import StartupRestore, restore_gpu, stale_indices
 
 log = logging.getLogger(__name__)
@@ -267,27 +258,27 @@ class GuardRails:
                 raise ValueError(f"{flag}: {value} is not a fraction in [0, 1]; e.g. 0.5")
 
 
-class GuardedBackend:
-    """A `GpuBackend` that checks every setter and records it in the state file first."""
+class GuardedBackend(DelegatingBackend):
+    """A `GpuBackend` whose setters record the GPU in the state file first and obey the rails.
+
+    Only the two setters that leave a GPU changed are guarded; every read and both resets
+    go straight to `inner` (`DelegatingBackend`). Which clocks a lock may use (the device's
+    supported clocks, the policy's `clockLimits`) is the control loop's clamp
+    (`ControlLoop._clamp`, `DeviceLimits`): the guard adds only what the loop cannot know,
+    the cluster's `GuardRails`, and keeps power limits inside the device's range, which the
+    loop does not check (a strategy's power limit reaches the setter as it chose it).
+    """
 
     def __init__(
         self, inner: GpuBackend, state: StateFile, rails: GuardRails | None = None
     ) -> None:
-        """Wrap `inner`; clock limits start at the device's own (see `set_clock_limits`)."""
-        self.inner = inner
+        """Wrap `inner`; every setter is recorded in `state` before it reaches the device."""
+        super().__init__(inner)
         self.state = state
         self.rails = rails if rails is not None else GuardRails()
-        self._limits_mhz: tuple[int, int] = (0, 0)
         self._uuids: dict[int, str] = {}
-        #: Activity from dcgm-exporter per GPU index, used when the device reports none itself.
-        self.fallback_activity: dict[int, Activity] = {}
         #: GPU index → what a guard rail last clamped (the agent reports it as a condition).
         self.clamped: dict[int, str] = {}
-
-    def set_clock_limits(self, min_mhz: int, max_mhz: int) -> None:
-        """The policy's `clockLimits` (0 = device limit) every lock must respect."""
-        self._limits_mhz = (min_mhz, max_mhz)
-        self.clamped.clear()  # a new policy starts with a clean record
 
     def _uuid(self, index: int) -> str:
         if index not in self._uuids:
@@ -303,12 +294,6 @@ class GuardedBackend:
         supported = self.inner.supported_sm_clocks_mhz(index)
         return min((c for c in supported if c >= floor), default=max(supported))
 
-    def _allowed_range(self, index: int) -> tuple[int, int]:
-        supported = self.inner.supported_sm_clocks_mhz(index)
-        lo, hi = min(supported), max(supported)
-        pmin, pmax = self._limits_mhz
-        return max(lo, pmin or lo), min(hi, pmax or hi)
-
     def _record(self, index: int, **held: bool) -> None:
         if not self.state.mark(self._uuid(index), index, **held):
             raise StateWriteError(
@@ -322,30 +307,17 @@ class GuardedBackend:
         self.clamped[index] = message
 
     def lock_sm_clocks(self, index: int, min_mhz: int, max_mhz: int) -> None:
-        """Lock after clamping into the allowed range and recording the lock."""
-        lo, hi = self._allowed_range(index)
-        if lo > hi:
-            raise GpuInvalidArgumentError(f"GPU {index}: policy clock limits exclude every clock")
-        new_min, new_max = min(max(min_mhz, lo), hi), min(max(max_mhz, lo), hi)
-        if (new_min, new_max) != (min_mhz, max_mhz):
-            log.debug(
-                "GPU %d: lock [%d, %d] MHz outside allowed [%d, %d]; clamped",
-                index, min_mhz, max_mhz, lo, hi,
-            )  # fmt: skip
+        """Lock, raised to the guard-rail floor where needed, after recording the lock."""
         floor = self.clock_floor_mhz(index)
-        if new_max < floor:
+        if max_mhz < floor:
             self._clamp_note(
                 index,
-                f"SM clock {new_max} MHz raised to the guard-rail floor {floor} MHz "
+                f"SM clock {max_mhz} MHz raised to the guard-rail floor {floor} MHz "
                 f"({self.rails.min_sm_clock_fraction:g} of boost)",
             )
-            new_min, new_max = max(new_min, floor), floor
+            min_mhz, max_mhz = max(min_mhz, floor), floor
         self._record(index, clocks=True)
-        self.inner.lock_sm_clocks(index, min(new_min, new_max), new_max)
-
-    def reset_sm_clocks(self, index: int) -> None:
-        """Reset the clock lock (the state file keeps the GPU until `restore`)."""
-        self.inner.reset_sm_clocks(index)
+        self.inner.lock_sm_clocks(index, min(min_mhz, max_mhz), max_mhz)
 
     def set_power_limit_mw(self, index: int, limit_mw: int) -> None:
         """Set after clamping into the device's constraints and the guard rail, recorded."""
@@ -362,17 +334,13 @@ class GuardedBackend:
         self._record(index, power=True)
         self.inner.set_power_limit_mw(index, clamped)
 
-    def reset_power_limit(self, index: int) -> None:
-        """Reset the power limit (the state file keeps the GPU until `restore`)."""
-        self.inner.reset_power_limit(index)
-
     def restore(self, index: int) -> str | None:
         """Reset clocks and power limit, read back, and drop the record once both verify.
 
         Returns None when verified, else what is still wrong (never raises GpuError).
-
-        Controllers reset and re-lock many times a minute; the file only changes when a GPU
-        enters or leaves triserve's hands, so the tick does not wait on fsync.
+        `reset_sm_clocks` and `reset_power_limit` keep the record: controllers reset and
+        re-lock many times a minute, and the file only changes when a GPU enters or leaves
+        triserve's hands, so the tick does not wait on fsync.
         """
         problem = restore_gpu(self.inner, index)
         if problem is None:
@@ -381,78 +349,6 @@ class GuardedBackend:
                 if uuid == known or entry.get("index") == index:
                     self.state.mark(uuid, index, clocks=False, power=False)
         return problem
-
-    # Reads pass straight through.
-    def device_count(self) -> int:
-        """Number of GPUs."""
-        return self.inner.device_count()
-
-    def identity(self, index: int) -> GpuIdentity:
-        """Identity of GPU `index`."""
-        return self.inner.identity(index)
-
-    def supported_sm_clocks_mhz(self, index: int) -> tuple[int, ...]:
-        """Supported SM clocks, MHz."""
-        return self.inner.supported_sm_clocks_mhz(index)
-
-    def default_max_sm_clock_mhz(self, index: int) -> int:
-        """Default boost clock, MHz."""
-        return self.inner.default_max_sm_clock_mhz(index)
-
-    def sm_clock_mhz(self, index: int) -> int:
-        """Current SM clock, MHz."""
-        return self.inner.sm_clock_mhz(index)
-
-    def mem_clock_mhz(self, index: int) -> int:
-        """Current memory clock, MHz."""
-        return self.inner.mem_clock_mhz(index)
-
-    def locked_sm_clocks_mhz(self, index: int) -> tuple[int, int] | None:
-        """The lock in force, if any."""
-        return self.inner.locked_sm_clocks_mhz(index)
-
-    def power_limit_constraints_mw(self, index: int) -> PowerLimitConstraints:
-        """Power-limit range, mW."""
-        return self.inner.power_limit_constraints_mw(index)
-
-    def power_limit_mw(self, index: int) -> int:
-        """Enforced power limit, mW."""
-        return self.inner.power_limit_mw(index)
-
-    def power_usage_mw(self, index: int) -> int:
-        """Board power, mW."""
-        return self.inner.power_usage_mw(index)
-
-    def total_energy_mj(self, index: int) -> int:
-        """Energy counter, mJ."""
-        return self.inner.total_energy_mj(index)
-
-    def temperature_c(self, index: int) -> float:
-        """GPU temperature, °C."""
-        return self.inner.temperature_c(index)
-
-    def thermal_thresholds_c(self, index: int) -> ThermalThresholds:
-        """Thermal thresholds, °C."""
-        return self.inner.thermal_thresholds_c(index)
-
-    def clock_event_reasons(self, index: int) -> ClockEventReason:
-        """Clock event reasons."""
-        return self.inner.clock_event_reasons(index)
-
-    def utilization_gpu_pct(self, index: int) -> float:
-        """Utilisation, percent."""
-        return self.inner.utilization_gpu_pct(index)
-
-    def activity(self, index: int) -> Activity | None:
-        """Profiling activity, if any."""
-        return self.inner.activity(index)
-
-    def sample(self, index: int) -> GpuSample:
-        """One batched sample, with dcgm-exporter activity filled in where the device has none."""
-        sample = self.inner.sample(index)
-        if sample.activity is None and index in self.fallback_activity:
-            return replace(sample, activity=self.fallback_activity[index])
-        return sample
 
 
 class Watchdog:

@@ -6,8 +6,10 @@ progresses as a fluid (every running sequence gains ``dt / step_time`` tokens be
 events). A `OneshotEngine` (code2wav) runs one pass per batch of queued chunks. A `GpuRunner`
 picks what its GPU runs next — one-shot passes first, then a pending prefill, else one mixed
 decode phase over all its engines' batches (round-robin, like two processes sharing a GPU) —
-and turns it into a `triserve.sim.physics.Phase`. Hand-offs between stages are scheduled
-through the simulation's `schedule` callback after the edge's latency.
+and turns it into a `triserve.sim.physics.Phase`; what it runs is one `Work` value (`Idle`,
+`OneshotPass`, `Prefill` or `Decode`), each carrying exactly the engine and jobs it needs.
+Hand-offs between stages are scheduled through the simulation's `schedule` callback after
+the edge's latency.
 """
 
 from __future__ import annotations
@@ -22,7 +24,19 @@ from triserve.sim.physics import Kernel, Phase
 from triserve.sim.scenario import StageSpec
 from triserve.sim.workload import RequestSpec
 
-__all__ = ["ArEngine", "GpuRunner", "Job", "OneshotEngine", "PipelineRequest", "Scheduler"]
+__all__ = [
+    "ArEngine",
+    "Decode",
+    "GpuRunner",
+    "Idle",
+    "Job",
+    "OneshotEngine",
+    "OneshotPass",
+    "PipelineRequest",
+    "Prefill",
+    "Scheduler",
+    "Work",
+]
 
 _EPS = 1e-9
 Scheduler = Callable[[float, Callable[[], None]], None]
@@ -184,7 +198,7 @@ class ArEngine(_Engine):
     def _first_token(self, job: Job, now_s: float) -> None:
         job.first_token_s = now_s
         job.generated = max(job.generated, min(1.0, job.target))
-        self.metrics.ttft.observe(now_s - job.arrived_s)  # type: ignore[union-attr]
+        self.metrics.ttft.observe(now_s - job.arrived_s)
         self.metrics.generation_tokens_total += 1.0
         self.metrics.prompt_tokens_total += job.prompt_tokens
         if self.index == 0 and job.req.first_token_s is None:
@@ -212,7 +226,7 @@ class ArEngine(_Engine):
             gained += new - j.generated
             j.generated = new
         self.metrics.generation_tokens_total += gained
-        self.metrics.itl.observe(step_s, gained)  # type: ignore[union-attr]
+        self.metrics.itl.observe(step_s, gained)
         self._after_progress(now_s)
 
     def _after_progress(self, now_s: float) -> None:
@@ -229,17 +243,13 @@ class ArEngine(_Engine):
             self.running.remove(j)
             j.done = True
             self.metrics.requests_finished_total += 1
-            self.metrics.e2e.observe(now_s - j.arrived_s)  # type: ignore[union-attr]
+            self.metrics.e2e.observe(now_s - j.arrived_s)
             if ds is None:
                 self.on_request_done(j.req, now_s)
             elif isinstance(ds, OneshotEngine):
                 self._emit(j, j.target, True, now_s)
             elif ds.spec.handoff == "whole":
-                req = j.req
-                self.schedule(
-                    now_s + ds.spec.handoff_latency_s,
-                    lambda r=req, d=ds: d.accept(r, now_s + d.spec.handoff_latency_s, None),  # type: ignore[misc]
-                )
+                self.schedule(now_s + ds.spec.handoff_latency_s, _handoff(ds, j.req, now_s))
         if finished:
             self._admit(now_s)
         self.metrics.running = len(self.running) + len(self.prefilling)
@@ -257,6 +267,12 @@ class ArEngine(_Engine):
         if final:
             job.req.final_enqueued = True
         self.schedule(now_s + latency, lambda: ds.accept_item(item))
+
+
+def _handoff(ds: _Engine, req: PipelineRequest, now_s: float) -> Callable[[], None]:
+    """The whole-output hand-off of `req` to `ds`, arriving after the edge's latency."""
+    at_s = now_s + ds.spec.handoff_latency_s
+    return lambda: ds.accept(req, at_s, None)
 
 
 class OneshotEngine(_Engine):
@@ -310,13 +326,45 @@ class OneshotEngine(_Engine):
             req.outstanding_items -= 1
             if req.first_audio_s is None:
                 req.first_audio_s = now_s
-                self.metrics.ttft.observe(now_s - self.started[req.rid])  # type: ignore[union-attr]
+                self.metrics.ttft.observe(now_s - self.started[req.rid])
             if item.final and req.outstanding_items == 0:
                 self.metrics.requests_finished_total += 1
-                self.metrics.e2e.observe(now_s - self.started.pop(req.rid))  # type: ignore[union-attr]
+                self.metrics.e2e.observe(now_s - self.started.pop(req.rid))
                 self.on_request_done(req, now_s)
         self.batch = []
         self.metrics.running = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """The GPU has nothing it can run now."""
+
+
+@dataclass(frozen=True, slots=True)
+class OneshotPass:
+    """The GPU runs `engine`'s current one-shot pass."""
+
+    engine: OneshotEngine
+
+
+@dataclass(frozen=True, slots=True)
+class Prefill:
+    """The GPU runs the whole prefill of `job`, the first pending one of `engine`."""
+
+    engine: ArEngine
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class Decode:
+    """The GPU runs one mixed decode phase: every engine's active jobs, round-robin."""
+
+    sets: tuple[tuple[ArEngine, list[Job]], ...]
+
+
+#: What a GPU runs between two events (one of these at a time).
+Work = Idle | OneshotPass | Prefill | Decode
+IDLE = Idle()
 
 
 @dataclass(slots=True, eq=False)
@@ -324,10 +372,13 @@ class GpuRunner:
     """Chooses and advances the work of one GPU across the engines placed on it."""
 
     engines: list[_Engine]
-    mode: str = "idle"  # idle | oneshot | prefill | decode
-    target: object = None
-    decode_sets: list[tuple[ArEngine, list[Job]]] = field(default_factory=list)
+    work: Work = IDLE
     _phases: dict[object, Phase] = field(default_factory=dict)
+
+    @property
+    def idle(self) -> bool:
+        """True when the GPU has nothing it can run now."""
+        return isinstance(self.work, Idle)
 
     def _phase(self, key: object, kind: str, kernels: Callable[[], tuple[Kernel, ...]]) -> Phase:
         ph = self._phases.get(key)
@@ -339,12 +390,11 @@ class GpuRunner:
 
     def plan(self) -> Phase | None:
         """Pick the phase to run now; keeps an unfinished one-shot pass going."""
-        self.decode_sets = []
         for e in self.engines:
             if isinstance(e, OneshotEngine) and (e.batch or e.queue):
                 if not e.batch:
                     e.start_batch()
-                self.mode, self.target = "oneshot", e
+                self.work = OneshotPass(e)
                 tokens = round(sum(i.tokens for i in e.batch), 3)
                 one: OneshotEngine = e
                 # _phase calls the factory at once, so binding the loop variable is safe.
@@ -353,59 +403,55 @@ class GpuRunner:
             if isinstance(e, ArEngine) and e.prefilling:
                 ar: ArEngine = e
                 first: Job = ar.prefilling[0]
-                self.mode, self.target = "prefill", (ar, first)
+                self.work = Prefill(ar, first)
                 return self._phase(
                     ("p", ar.index, first.prompt_tokens),
                     "prefill",
                     lambda: (ar.prefill_kernel(first),),  # noqa: B023
                 )
+        sets: list[tuple[ArEngine, list[Job]]] = []
         key: list[tuple[int, int]] = []
         for e in self.engines:
             if isinstance(e, ArEngine):
                 act = e.active()
                 if act:
-                    self.decode_sets.append((e, act))
+                    sets.append((e, act))
                     key.append((e.index, len(act)))
-        if self.decode_sets:
-            self.mode, self.target = "decode", None
-            sets = self.decode_sets
+        if sets:
+            self.work = Decode(tuple(sets))
             return self._phase(
                 ("d", tuple(key)), "decode", lambda: tuple(e.decode_kernel(len(a)) for e, a in sets)
             )
-        self.mode, self.target = "idle", None
+        self.work = IDLE
         return None
 
     def time_to_event_s(self, round_s: float) -> float:
         """Time until the current phase completes something, at the current round time."""
-        if self.mode == "oneshot":
-            assert isinstance(self.target, OneshotEngine)
-            return (1.0 - self.target.progress_frac) * round_s
-        if self.mode == "prefill":
-            pjob: Job = self.target[1]  # type: ignore[index]
-            return pjob.prefill_left * round_s
-        if self.mode == "decode":
-            return min(e.steps_to_event(a) for e, a in self.decode_sets) * round_s
+        work = self.work
+        if isinstance(work, OneshotPass):
+            return (1.0 - work.engine.progress_frac) * round_s
+        if isinstance(work, Prefill):
+            return work.job.prefill_left * round_s
+        if isinstance(work, Decode):
+            return min(e.steps_to_event(a) for e, a in work.sets) * round_s
         return math.inf
 
     def advance(self, dt_s: float, round_s: float, now_s: float) -> None:
         """Progress the current phase by `dt_s` (the clock was constant over it)."""
-        if self.mode == "idle" or round_s <= 0 or dt_s <= 0:
+        work = self.work
+        if isinstance(work, Idle) or round_s <= 0 or dt_s <= 0:
             return
         frac = dt_s / round_s
-        if self.mode == "oneshot":
-            eng = self.target
-            assert isinstance(eng, OneshotEngine)
-            eng.progress_frac += frac
-            if eng.progress_frac >= 1.0 - 1e-7:
-                eng.finish_batch(now_s)
-        elif self.mode == "prefill":
-            eng_p: ArEngine = self.target[0]  # type: ignore[index]
-            pj: Job = self.target[1]  # type: ignore[index]
-            pj.prefill_left -= frac
-            if pj.prefill_left <= 1e-7:
-                eng_p.finish_prefill(pj, now_s)
+        if isinstance(work, OneshotPass):
+            work.engine.progress_frac += frac
+            if work.engine.progress_frac >= 1.0 - 1e-7:
+                work.engine.finish_batch(now_s)
+        elif isinstance(work, Prefill):
+            work.job.prefill_left -= frac
+            if work.job.prefill_left <= 1e-7:
+                work.engine.finish_prefill(work.job, now_s)
         else:
-            for e, act in self.decode_sets:
+            for e, act in work.sets:
                 e.progress(act, frac, round_s, now_s)
 
     def busy_stage_names(self) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from triserve.gpu.sim import DcgmValues
 from triserve.telemetry import Histogram, ServingSnapshot
@@ -77,18 +77,12 @@ class StageMetrics:
     prompt_tokens_total: float = 0.0
     generation_tokens_total: float = 0.0
     requests_finished_total: float = 0.0
-    ttft: HistogramAccumulator | None = None
-    itl: HistogramAccumulator | None = None
-    e2e: HistogramAccumulator | None = None
-
-    def __post_init__(self) -> None:
-        self.ttft = HistogramAccumulator(TTFT_BUCKETS_S)
-        self.itl = HistogramAccumulator(ITL_BUCKETS_S)
-        self.e2e = HistogramAccumulator(E2E_BUCKETS_S)
+    ttft: HistogramAccumulator = field(default_factory=lambda: HistogramAccumulator(TTFT_BUCKETS_S))
+    itl: HistogramAccumulator = field(default_factory=lambda: HistogramAccumulator(ITL_BUCKETS_S))
+    e2e: HistogramAccumulator = field(default_factory=lambda: HistogramAccumulator(E2E_BUCKETS_S))
 
     def snapshot(self, now_s: float) -> ServingSnapshot:
         """A `ServingSnapshot` taken at `now_s`."""
-        assert self.ttft is not None and self.itl is not None and self.e2e is not None
         return ServingSnapshot(
             timestamp_s=now_s,
             running=self.running,

@@ -157,7 +157,7 @@ class Simulation:
 
     def stalled(self, g: int) -> bool:
         """GPU g idle while one of its stages waits on upstream work still in the pipeline."""
-        if self.runners[g].mode != "idle":
+        if not self.runners[g].idle:
             return False
         for e in self.runners[g].engines:
             if e.pending_upstream > 0:

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from triserve.api.status import ReportPhase
-from triserve.node_agent.agent import NodeAgent
+from triserve.node_agent.agent import TICK_BUCKETS_S, NodeAgent
 from triserve.node_agent.exporter import MetricsServer, build_registry
 from triserve.node_agent.reports import build_status
 from triserve.sim import Simulation
@@ -118,3 +118,31 @@ def test_exported_counters_keep_growing_across_a_policy_switch(
         # Totals = everything before the switch + everything the new loop counted.
         assert sum(gpu.decisions.values()) == decisions + gpu.loop.stats.ticks
         assert gpu.stall_s == pytest.approx(stall_s + gpu.loop.stats.stall_s)
+
+
+def test_the_tick_histogram_counts_every_tick_of_this_node(
+    sim: Simulation, make_agent: Make
+) -> None:
+    agent, node = make_agent()
+    ticks = 0
+
+    def tick(now_s: float) -> None:
+        nonlocal ticks
+        node.on_tick(now_s)
+        ticks += 1
+
+    sim.run_until(2.0, on_tick=tick, tick_s=0.05)
+    registry = build_registry(agent)
+    here = {"node": "sim-node-0"}
+    assert ticks > 0
+    assert registry.get_sample_value("triserve_agent_tick_seconds_count", here) == ticks
+    inf = registry.get_sample_value("triserve_agent_tick_seconds_bucket", {**here, "le": "+Inf"})
+    assert inf == ticks
+    assert (registry.get_sample_value("triserve_agent_tick_seconds_sum", here) or 0.0) > 0.0
+    bounds = {
+        s.labels["le"]
+        for fam in registry.collect()
+        for s in fam.samples
+        if s.name == "triserve_agent_tick_seconds_bucket"
+    }
+    assert bounds == {*(str(b) for b in TICK_BUCKETS_S), "+Inf"}

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from triserve.api.status import GpuState
-from triserve.gpu.backend import GpuLostError
+from triserve.control import ControlLoop, ControlSettings, Decision, Reason, TickContext
+from triserve.gpu.backend import GpuBackend, GpuLostError
 from triserve.node_agent.agent import NodeAgent
 from triserve.node_agent.safety import GuardedBackend, StateFile, Watchdog, restore_stale
 from triserve.sim import Simulation, load_scenario, with_overrides
@@ -164,17 +165,48 @@ def test_watchdog_restores_when_the_tick_stalls(sim: Simulation, make_agent: Mak
     assert any(g.governed for g in agent.gpus.values())
 
 
-def test_guard_never_locks_outside_device_range_or_policy_limits(
-    sim: Simulation, tmp_path: Path
+class _Asks:
+    """A strategy that asks for one clock whatever the device or the policy allows."""
+
+    name = "asks"
+
+    def __init__(self, clock_mhz: int) -> None:
+        self.clock_mhz = clock_mhz
+
+    def decide(self, ctx: TickContext) -> Decision:
+        return Decision(self.clock_mhz, Reason.DEFAULT, f"asks for {self.clock_mhz} MHz")
+
+
+def test_no_lock_leaves_the_device_range_or_the_policys_clock_limits(
+    sim: Simulation, make_agent: Make
 ) -> None:
-    guarded = GuardedBackend(sim.backend, StateFile(tmp_path / "s.json"))
     clocks = sim.backend.supported_sm_clocks_mhz(0)
-    guarded.lock_sm_clocks(0, 1, 99_999)
-    assert sim.backend.locked_sm_clocks_mhz(0) == (min(clocks), max(clocks))
-    guarded.set_clock_limits(900, 1200)
-    guarded.lock_sm_clocks(0, 300, 1980)
-    lo, hi = sim.backend.locked_sm_clocks_mhz(0) or (0, 0)
-    assert 900 <= lo <= hi <= 1200
+    seen: set[tuple[int, int] | None] = set()
+    for ask_mhz, limits, allowed in (
+        (1, {}, (min(clocks), max(clocks))),
+        (99_999, {"minMHz": 900}, (900, max(clocks))),
+        (300, {"minMHz": 900, "maxMHz": 1200}, (900, 1200)),
+        (1980, {"minMHz": 900, "maxMHz": 1200}, (900, 1200)),
+    ):
+
+        def make_loop(
+            backend: GpuBackend, index: int, settings: ControlSettings, ask: int = ask_mhz
+        ) -> ControlLoop:
+            return ControlLoop(backend, index, _Asks(ask), settings)
+
+        agent, node = make_agent(policy(clockLimits=limits), loop_factory=make_loop)
+        seen.clear()
+
+        def tick(now_s: float, node: SimNode = node) -> None:
+            node.on_tick(now_s)
+            seen.update(locks(sim))
+
+        sim.run_until(sim.now_s + 2.0, on_tick=tick, tick_s=0.05)
+        agent.shutdown()
+        held = [lock for lock in seen if lock is not None]
+        assert held, f"asking for {ask_mhz} MHz under {limits} locked something"
+        for lo, hi in held:
+            assert allowed[0] <= lo <= hi <= allowed[1], (ask_mhz, limits, lo, hi)
 
 
 def test_lost_gpu_restore_failure_is_logged_not_raised(sim: Simulation, make_agent: Make) -> None:
