@@ -35,10 +35,29 @@ test: $(STAMP) k8s
 	$(BIN)/lint-imports
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest --cov --cov-report=term:skip-covered -q
 
-# Every bundled scenario, 5 seeds, every row (long: hours on 2 cores; see README for subsets).
+# Every README results table: each bundled scenario over 5 seeds, the A sources, the boost-hold
+# sweep, the hindsight optimum and stage hints, one JSON per block under out/bench/, then one
+# summary table of them all (long: about 3 hours on 2 free cores; --jobs uses more).
+BENCH = $(BIN)/triserve bench --jobs $(or $(JOBS),2)
 bench: $(STAMP)
-	$(BIN)/triserve bench --scenario reference --scenario hot --scenario a100 --scenario l40s \
-		--scenario bursty --seeds 5 --json out/bench.json
+	mkdir -p out/bench
+	$(BENCH) --scenario reference --seeds 5 --json out/bench/reference.json \
+		--strategies default,tri-serve,phase-dvfs,tri-serve-profile,tri-serve-search,tri-serve-counters
+	for s in hot a100 bursty; do $(BENCH) --scenario $$s --seeds 5 \
+		--strategies default,tri-serve,phase-dvfs --json out/bench/$$s.json || exit 1; done
+	$(BENCH) --scenario l40s --seeds 5 --strategies default,tri-serve --json out/bench/l40s.json
+	$(BENCH) --scenario reference-high --seeds 5 --strategies default,tri-serve,tri-serve-hints \
+		--json out/bench/reference-high.json
+	$(BENCH) --scenario reference --seeds 5 --strategies default,tri-serve-hints \
+		--json out/bench/reference-hints.json
+	$(BENCH) --scenario reference --seeds 3 --strategies default,tri-serve \
+		--idle-hold-s 0.25,1.5,10 --json out/bench/hold-sweep.json
+	$(BENCH) --scenario hot --scenario a100 --scenario bursty --seeds 3 \
+		--strategies default,tri-serve-profile,tri-serve-counters --json out/bench/sources.json
+	for s in reference hot a100; do $(BENCH) --scenario $$s --duration-s 480 \
+		--strategies default,tri-serve,static-best,phase-dvfs,optimum \
+		--json out/bench/optimum-$$s.json || exit 1; done
+	$(BIN)/triserve bench --summary out/bench/*.json
 
 # Performance figures against their targets (reported, not asserted): simulator speed,
 # controller decision cost, agent tick CPU/RSS, operator aggregation CPU/RSS.
