@@ -19,6 +19,13 @@ pytestmark = pytest.mark.looptime
 H100 = {"nvidia.com/gpu.product": "H100"}
 
 
+def has_finalizer(cluster: Cluster, policy: str) -> bool:
+    """Whether the operator's finalizer is on the policy (kopf adds it on first sight)."""
+    return POLICY_FINALIZER in ((cluster.policy(policy) or {}).get("metadata") or {}).get(
+        "finalizers", []
+    )
+
+
 def release_progress(cluster: Cluster, policy: str) -> dict[str, Any]:
     """kopf's record of the release handler on the policy (retries, last message), or {}."""
     annotations = ((cluster.policy(policy) or {}).get("metadata") or {}).get("annotations") or {}
@@ -48,12 +55,7 @@ async def test_delete_unlabels_and_waits_for_agents_to_release(
     async with running_operator(cluster, settings):
         await cluster.apply_policy("omni", {"nodeSelector": {"matchLabels": H100}})
         await eventually(lambda: cluster.node_policy("gpu-1") == "omni", what="placed")
-        await eventually(
-            lambda: (
-                POLICY_FINALIZER in (cluster.policy("omni") or {})["metadata"].get("finalizers", [])
-            ),
-            what="finalizer added",
-        )
+        await eventually(lambda: has_finalizer(cluster, "omni"), what="finalizer added")
         await cluster.report("gpu-1", "omni", policyGeneration=1)
         await cluster.delete_policy("omni")
         await eventually(lambda: cluster.node_policy("gpu-1") is None, what="label removed")
@@ -82,6 +84,8 @@ async def test_delete_gives_up_after_the_timeout_when_an_agent_never_answers(
     async with running_operator(cluster, settings):
         await cluster.apply_policy("omni", {"nodeSelector": {"matchLabels": H100}})
         await eventually(lambda: cluster.node_policy("gpu-1") == "omni", what="placed")
+        # Deleted before kopf has added its finalizer, the policy would simply vanish.
+        await eventually(lambda: has_finalizer(cluster, "omni"), what="finalizer added")
         await cluster.report("gpu-1", "omni", policyGeneration=1)
         await cluster.delete_policy("omni")
         await eventually(lambda: cluster.policy("omni") is None, timeout_s=15, what="policy gone")
