@@ -45,10 +45,23 @@ def by_node(index: Any) -> dict[str, aggregation.ReportView]:
     return {r.node: r for r in values(index, aggregation.ReportView)}
 
 
-def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Placer:  # noqa: C901
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Placer:
     """Declare every handler on `registry`; returns the placer (tests inspect it)."""
     kube = KubeClient()
     placer = Placer(settings, kube)
+    # kopf runs the handlers of one cause in declaration order: this order is the old one.
+    _register_connection(registry, settings, kube)
+    _register_indices(registry)
+    _register_placement(registry, placer)
+    _register_status(registry, placer, settings)
+    _register_release(registry, placer, settings)
+    return placer
+
+
+def _register_connection(
+    registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: KubeClient
+) -> None:
+    """Start-up settings for kopf, the login (which also connects `kube`), and clean-up."""
 
     @kopf.on.startup(registry=registry, id="configure")
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -82,6 +95,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Pla
     async def close(**_: Any) -> None:
         await kube.close()
 
+
+def _register_indices(registry: kopf.OperatorRegistry) -> None:
+    """The three cluster caches: nodes, policies and agent reports as slim views."""
+
     @kopf.index(*NODES, id="triserve_nodes", registry=registry)
     def index_node(**kwargs: Any) -> dict[str, placement.NodeView]:
         return {kwargs["name"]: placement.node_view(kwargs["body"])}
@@ -94,6 +111,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Pla
     def index_report(**kwargs: Any) -> dict[str, Any]:
         view = aggregation.report_view(kwargs["body"])
         return {kwargs["name"]: view} if view is not None else {}
+
+
+def _register_placement(registry: kopf.OperatorRegistry, placer: Placer) -> None:
+    """Re-place a node when it changes, and every node when any policy changes."""
 
     @kopf.on.event(*NODES, registry=registry, id="node_changed")
     async def node_changed(**kwargs: Any) -> None:
@@ -110,6 +131,12 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Pla
             values(kwargs["triserve_policies"], placement.PolicyView),
             kwargs["logger"],
         )
+
+
+def _register_status(
+    registry: kopf.OperatorRegistry, placer: Placer, settings: OperatorSettings
+) -> None:
+    """A timer per policy: re-place (self-healing), then patch status when it changed."""
 
     @kopf.timer(
         *POLICIES, interval=settings.status_interval_s, registry=registry, id="refresh_status"
@@ -132,26 +159,21 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Pla
         for notice in update.notices:
             await placer.post(policy.ref(), notice.reason, notice.message, warning=notice.warning)
 
+
+def _register_release(
+    registry: kopf.OperatorRegistry, placer: Placer, settings: OperatorSettings
+) -> None:
+    """On deletion: unlabel, then hold the finalizer until the agents report `Released`."""
+
     @kopf.on.delete(*POLICIES, registry=registry, id="release")
     async def release(**kwargs: Any) -> None:
         name: str = kwargs["name"]
-        triserve_nodes, triserve_policies = kwargs["triserve_nodes"], kwargs["triserve_policies"]
-        logger, runtime = kwargs["logger"], kwargs["runtime"]
-        others = [p for p in values(triserve_policies, placement.PolicyView) if p.name != name]
-        nodes = list(values(triserve_nodes, placement.NodeView))
-        # Remember, across retries, which nodes carried the label when deletion began: their
-        # agents must confirm the release even if no report of theirs has arrived yet.
-        labelled: set[str] = kwargs["memo"].setdefault("release_labelled", set())
-        labelled |= {n.name for n in nodes if n.policy == name}
-        labelled &= {n.name for n in nodes}  # a deleted node has no agent left to answer
-        await placer.place(nodes, others, logger)
-        # The finalizer stays until no node carries this policy's label: a label write that
-        # failed (and waits out its back-off) must not be left behind on a deleted policy.
-        still = sorted(n for n, p in placer.effective_labels(nodes).items() if p == name)
-        if still:
-            raise kopf.TemporaryError(
-                f"Removing the policy label from {', '.join(still)}.", delay=settings.release_poll_s
-            )
+        nodes = list(values(kwargs["triserve_nodes"], placement.NodeView))
+        others = [
+            p for p in values(kwargs["triserve_policies"], placement.PolicyView) if p.name != name
+        ]
+        labelled = _labelled_since_deletion(kwargs["memo"], name, nodes)
+        await _unlabel(placer, name, nodes, others, kwargs["logger"], settings.release_poll_s)
         reports = values(kwargs["triserve_reports"], aggregation.ReportView)
         waiting = placer.release_message(name, reports, labelled)
         ref = placement.policy_view(kwargs["body"]).ref()
@@ -160,7 +182,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Pla
                 ref, "GpusReleased", "Every agent restored default clocks; removing finalizer."
             )
             return
-        if runtime.total_seconds() < settings.release_timeout_s:
+        if kwargs["runtime"].total_seconds() < settings.release_timeout_s:
             raise kopf.TemporaryError(
                 f"Waiting for agents: {waiting}.", delay=settings.release_poll_s
             )
@@ -173,4 +195,37 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Pla
             warning=True,
         )
 
-    return placer
+
+def _labelled_since_deletion(
+    memo: kopf.Memo, policy: str, nodes: list[placement.NodeView]
+) -> set[str]:
+    """Nodes that carried `policy`'s label when its deletion began and still exist.
+
+    Kept in kopf's per-object memo across retries: their agents must confirm the release
+    even if no report of theirs has arrived yet. A deleted node has no agent left to answer.
+    """
+    labelled: set[str] = memo.setdefault("release_labelled", set())
+    labelled |= {n.name for n in nodes if n.policy == policy}
+    labelled &= {n.name for n in nodes}
+    return labelled
+
+
+async def _unlabel(
+    placer: Placer,
+    policy: str,
+    nodes: list[placement.NodeView],
+    others: list[placement.PolicyView],
+    logger: Any,
+    poll_s: float,
+) -> None:
+    """Place `nodes` among the `others` policies; retry later while any still has the label.
+
+    The finalizer stays until no node carries `policy`'s label: a label write that failed
+    (and waits out its back-off) must not be left behind on a deleted policy.
+    """
+    await placer.place(nodes, others, logger)
+    still = sorted(n for n, p in placer.effective_labels(nodes).items() if p == policy)
+    if still:
+        raise kopf.TemporaryError(
+            f"Removing the policy label from {', '.join(still)}.", delay=poll_s
+        )

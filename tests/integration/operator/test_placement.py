@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from triserve.operator.settings import OperatorSettings
 
 from .harness import Cluster, eventually, running_operator
+
+pytestmark = pytest.mark.looptime
 
 H100 = {"nvidia.com/gpu.product": "H100"}
 

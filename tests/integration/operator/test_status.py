@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from triserve.operator.settings import OperatorSettings
 
 from .harness import Cluster, eventually, running_operator
+
+pytestmark = pytest.mark.looptime
 
 H100 = {"nvidia.com/gpu.product": "H100"}
 
