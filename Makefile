@@ -46,6 +46,7 @@ bench: $(STAMP)
 	for s in hot a100 bursty; do $(BENCH) --scenario $$s --seeds 5 \
 		--strategies default,tri-serve,phase-dvfs --json out/bench/$$s.json || exit 1; done
 	$(BENCH) --scenario l40s --seeds 5 --strategies default,tri-serve --json out/bench/l40s.json
+	$(BENCH) --scenario trace --seeds 5 --strategies default,tri-serve --json out/bench/trace.json
 	$(BENCH) --scenario reference-high --seeds 5 --strategies default,tri-serve,tri-serve-hints \
 		--json out/bench/reference-high.json
 	$(BENCH) --scenario reference --seeds 5 --strategies default,tri-serve-hints \
