@@ -23,7 +23,6 @@ import pytest
 from tests.apiserver.conftest import (
     CHART,
     Process,
-    eventually,
     get_json,
     gpu_node,
     helm,
@@ -32,6 +31,7 @@ from tests.apiserver.conftest import (
     set_gpu_capacity,
 )
 from tests.apiserver.controlplane import ControlPlane
+from tests.support.eventually import eventually_sync
 
 RELEASE, NS = "triserve", "triserve-system"
 AGENT_SA, OPERATOR_SA = "triserve-agent", "triserve-operator"
@@ -192,9 +192,9 @@ def test_an_applied_policy_labels_the_nodes_and_the_agents_report(fleet: Fleet) 
     plane = fleet.plane
     plane.kubectl("apply", "-f", "-", stdin=json.dumps(POLICY))
     for node in NODES:
-        eventually(lambda n=node: fleet.node_policy(n) == "omni", f"{node} labelled", 60)
+        eventually_sync(lambda n=node: fleet.node_policy(n) == "omni", f"{node} labelled", 60)
     for node in NODES:
-        report = eventually(
+        report = eventually_sync(
             lambda n=node: (
                 (r := fleet.report(n))
                 and r.get("status", {}).get("phase") == "Managing"
@@ -219,7 +219,7 @@ def test_kubectl_get_shows_nodes_gpus_saving_and_ready(fleet: Fleet) -> None:
         return row if wanted and row["SAVING"] != "<none>" else None
 
     try:
-        row = eventually(ready_with_saving, "2 nodes, 4 GPUs, Ready and a saving figure", 180)
+        row = eventually_sync(ready_with_saving, "2 nodes, 4 GPUs, Ready and a saving figure", 180)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; last row {seen}") from None
     float(row["SAVING"])
@@ -315,7 +315,7 @@ def test_a_node_that_refuses_its_label_is_retried_with_backoff_and_one_warning(
     time.sleep(2)  # the API server loads admission policies asynchronously
     before = plane.request_counts().get(("PATCH", "nodes"), 0)
     plane.apply(gpu_node("gpu-refuses"))
-    eventually(
+    eventually_sync(
         lambda: "LabelFailed" in plane.kubectl("describe", "enpol", "omni").stdout,
         "a LabelFailed warning",
         30,
@@ -351,11 +351,11 @@ def test_deleting_the_policy_releases_the_gpus_and_drops_the_finalizer(fleet: Fl
     plane = fleet.plane
     plane.kubectl("delete", "enpol", "omni", "--wait=false")
     for node in NODES:
-        eventually(lambda n=node: fleet.node_policy(n) is None, f"{node} unlabelled", 60)
-        eventually(
+        eventually_sync(lambda n=node: fleet.node_policy(n) is None, f"{node} unlabelled", 60)
+        eventually_sync(
             lambda n=node: fleet.report(n)["status"]["phase"] == "Released", f"{node} released", 60
         )
-    eventually(lambda: get_json(plane, "enpol", "omni") is None, "the policy to go", 60)
+    eventually_sync(lambda: get_json(plane, "enpol", "omni") is None, "the policy to go", 60)
     events = plane.kubectl(
         "get",
         "events",

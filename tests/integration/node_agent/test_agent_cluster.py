@@ -18,6 +18,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from tests.support.eventually import eventually
 from triserve.api.status import GpuState
 from triserve.node_agent.podresources import api_pb2, api_pb2_grpc
 from triserve.node_agent.runtime import AgentOptions, AgentRuntime
@@ -94,17 +95,6 @@ def policy(name: str, mode: str) -> dict[str, Any]:
     return {"apiVersion": "triserve.io/v1alpha1", "kind": "EnergyPolicy",
             "metadata": {"name": name, "generation": 1},
             "spec": {"mode": mode, "podSelector": {"matchLabels": {"app": "omni"}}}}  # fmt: skip
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 @contextlib.asynccontextmanager

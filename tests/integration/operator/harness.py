@@ -16,7 +16,7 @@ import dataclasses
 import datetime
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import kmock
 import kopf
 import yaml
 
+from tests.support.eventually import eventually as eventually  # the tests import it from here
 from triserve.api.annotations import GPU_RESOURCE, POLICY_LABEL
 from triserve.operator import handlers
 from triserve.operator.reconciler import Placer
@@ -259,21 +260,3 @@ async def running_operator(cluster: Cluster, settings: OperatorSettings) -> Asyn
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, timeout=15)
-
-
-async def eventually(
-    check: Callable[[], Any] | Callable[[], Awaitable[Any]],
-    timeout_s: float = 10.0,
-    what: str = "condition",
-) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` after the timeout."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
