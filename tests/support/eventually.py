@@ -15,7 +15,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 __all__ = ["eventually", "eventually_sync"]
 
@@ -45,13 +45,29 @@ class _Poll:
         raise AssertionError(message) from self.last
 
 
+@overload
 async def eventually(
-    check: Callable[[], T | None] | Callable[[], Awaitable[T | None]],
+    check: Callable[[], Awaitable[T | None]],
+    what: str,
+    timeout_s: float = ...,
+    *,
+    poll_s: float = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T | None], what: str, timeout_s: float = ..., *, poll_s: float = ...
+) -> T: ...
+
+
+async def eventually(
+    check: Callable[[], Any],
     what: str,
     timeout_s: float = 60.0,
     *,
     poll_s: float = 0.05,
-) -> T:
+) -> Any:
     """Await until `check()` (plain or async) returns something truthy, and return it.
 
     Time is the running loop's clock, so a test on virtual time (looptime) waits in
