@@ -346,7 +346,9 @@ def test_7_a_histogram_that_went_down_is_a_reset_not_a_negative_window() -> None
     before = Histogram((0.1, math.inf), (50.0, 80.0), 9.0, 80.0)
     after = Histogram((0.1, math.inf), (2.0, 3.0), 0.4, 3.0)
     window = after.minus(before)
-    assert window.count == 3.0 and min(window.cumulative_counts) >= 0
+    # Everything after the reset is new: the window is the new histogram, whole.
+    assert window.cumulative_counts == (2.0, 3.0) and window.count == 3.0
+    assert window.sum_s == 0.4
 
 
 # ---- 8. tenant isolation -----------------------------------------------------------------
