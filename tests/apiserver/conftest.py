@@ -25,6 +25,7 @@ import yaml
 
 from tests.apiserver.controlplane import REQUIRED_ENV, ControlPlane, Unavailable, running
 from tests.deploy.support import tool
+from tests.support import processes
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -141,15 +142,9 @@ class Process:
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM, then wait (SIGKILL after `timeout_s`); returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = processes.stop(self.proc, grace_s=timeout_s)
         self._log.close()
-        return int(self.proc.returncode)
+        return code
 
 
 @contextlib.contextmanager

@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from tests.support import processes
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "tools" / "k8s" / "build.sh"
 #: Set by CI: a missing Go toolchain or failed build is then an error, not a skip.
@@ -201,12 +203,7 @@ class ControlPlane:
     def stop(self) -> None:
         """Stop kube-apiserver, then etcd."""
         for proc in reversed(self.procs.values()):
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            processes.stop(proc, grace_s=20)
 
     # ---- access ------------------------------------------------------------------------
     def ssl_context(self) -> ssl.SSLContext:

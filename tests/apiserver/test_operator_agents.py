@@ -183,6 +183,15 @@ def fleet(crds: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Itera
             helm(plane, "uninstall", RELEASE, "-n", NS, "--no-hooks", check=False)
 
 
+def policy_events(plane: ControlPlane, reason: str, *args: str) -> str:
+    """`kubectl get events` about the omni policy with `reason` (events of a cluster-scoped
+    object land in the default namespace)."""
+    selector = f"involvedObject.name=omni,reason={reason}"
+    return plane.kubectl(
+        "get", "events", "-n", "default", "--field-selector", selector, *args
+    ).stdout
+
+
 def enpol_row(plane: ControlPlane, name: str) -> dict[str, str]:
     """`kubectl get enpol NAME` as column → value."""
     header, row = plane.kubectl("get", "enpol", name).stdout.strip().splitlines()
@@ -321,17 +330,7 @@ def test_a_node_that_refuses_its_label_is_retried_with_backoff_and_one_warning(
     )
     time.sleep(20)  # about ten status passes at --status-interval 2
     attempts = plane.request_counts().get(("PATCH", "nodes"), 0) - before
-    events = plane.kubectl(
-        "get",
-        "events",
-        "-n",
-        "default",
-        "--field-selector",
-        "involvedObject.name=omni,reason=LabelFailed",
-        "-o",
-        "json",
-    ).stdout
-    assert len(json.loads(events)["items"]) == 1
+    assert len(json.loads(policy_events(plane, "LabelFailed", "-o", "json"))["items"]) == 1
     # Back-off of 5 s, 10 s, 20 s: three tries in those ~22 s, not one per pass.
     assert 1 <= attempts <= 4, f"{attempts} label attempts"
     plane.kubectl("delete", "node", "gpu-refuses")
@@ -360,15 +359,7 @@ def test_deleting_the_policy_releases_the_gpus_and_drops_the_finalizer(fleet: Fl
         eventually_sync(functools.partial(unlabelled, node), f"{node} unlabelled", 60)
         eventually_sync(functools.partial(released, node), f"{node} released", 60)
     eventually_sync(lambda: get_json(plane, "enpol", "omni") is None, "the policy to go", 60)
-    events = plane.kubectl(
-        "get",
-        "events",
-        "-n",
-        "default",
-        "--field-selector",
-        "involvedObject.name=omni,reason=GpusReleased",
-    ).stdout
-    assert "Every agent restored default clocks" in events
+    assert "Every agent restored default clocks" in policy_events(plane, "GpusReleased")
 
 
 pytestmark = pytest.mark.timeout(600)

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support import processes
 from tests.support.eventually import eventually_sync
 
 from .support import DASHBOARD, REPO, one, render, run, tool
@@ -322,12 +323,7 @@ def _process(argv: Sequence[str], log: Path) -> Iterator[subprocess.Popen[bytes]
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        processes.stop(proc, grace_s=15)
 
 
 class PrometheusApi:
