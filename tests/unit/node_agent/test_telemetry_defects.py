@@ -9,6 +9,7 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -261,7 +262,7 @@ def test_5_a_policy_may_govern_a_mig_gpu_whose_every_instance_runs_its_pods(
 def test_5_a_mig_gpu_is_observed_unless_the_policy_owns_every_instance(
     sim: Simulation,
     make_agent: Callable[..., tuple[NodeAgent, SimNode]],
-    spec: dict[str, object],
+    spec: dict[str, Any],
     owners: dict[str, str],
     why: str,
 ) -> None:
