@@ -31,7 +31,7 @@ k8s:
 test: $(STAMP) k8s
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
-	$(BIN)/mypy
+	$(BIN)/mypy  # src/ and tests/, both --strict (pyproject.toml [tool.mypy])
 	$(BIN)/lint-imports
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest --cov --cov-report=term:skip-covered -q
 

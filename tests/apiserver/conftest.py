@@ -15,22 +15,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import pytest
 import yaml
 
 from tests.apiserver.controlplane import REQUIRED_ENV, ControlPlane, Unavailable, running
 from tests.deploy.support import tool
+from tests.support import processes
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 CRDS = REPO / "crds"
 CHART = REPO / "charts" / "triserve"
-T = TypeVar("T")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -52,22 +52,6 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         if os.environ.get(REQUIRED_ENV) == "1":
             pytest.fail(f"the real API server suite must run here: {exc}")
         pytest.skip(f"no real API server: {exc}")
-
-
-def eventually(check: Callable[[], T | None], what: str, timeout_s: float = 60.0) -> T:
-    """Poll `check` until it returns something truthy; fail naming `what` on timeout."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while True:
-        try:
-            result = check()
-        except AssertionError as exc:
-            result, last = None, exc
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}: {last}")
-        time.sleep(0.3)
 
 
 def get_json(plane: ControlPlane, *args: str) -> Any:
@@ -158,15 +142,9 @@ class Process:
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM, then wait (SIGKILL after `timeout_s`); returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = processes.stop(self.proc, grace_s=timeout_s)
         self._log.close()
-        return int(self.proc.returncode)
+        return code
 
 
 @contextlib.contextmanager

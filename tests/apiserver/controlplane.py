@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from tests.support import processes
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "tools" / "k8s" / "build.sh"
 #: Set by CI: a missing Go toolchain or failed build is then an error, not a skip.
@@ -132,7 +134,7 @@ class ControlPlane:
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.admin_token = secrets.token_hex(16)
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}  # by binary name, in start order
         self.admin_kubeconfig = work_dir / "admin.kubeconfig"
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -181,9 +183,9 @@ class ControlPlane:
         self.write_kubeconfig(self.admin_kubeconfig, self.admin_token, "admin")
         deadline = time.monotonic() + timeout_s
         while True:
-            for proc in self.procs:
+            for name, proc in self.procs.items():
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{proc.args[0]} exited: see {self.work}/*.log")
+                    raise RuntimeError(f"{name} exited: see {self.work}/{name}.log")
             with contextlib.suppress(OSError):
                 if self.get("/readyz") == "ok":
                     return
@@ -196,17 +198,12 @@ class ControlPlane:
         proc = subprocess.Popen(
             [str(self.bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT
         )
-        self.procs.append(proc)
+        self.procs[name] = proc
 
     def stop(self) -> None:
         """Stop kube-apiserver, then etcd."""
-        for proc in reversed(self.procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for proc in reversed(self.procs.values()):
+            processes.stop(proc, grace_s=20)
 
     # ---- access ------------------------------------------------------------------------
     def ssl_context(self) -> ssl.SSLContext:

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.apiserver.conftest import CHART, eventually, get_json, gpu_node, helm
+from tests.apiserver.conftest import CHART, get_json, gpu_node, helm
 from tests.apiserver.controlplane import ControlPlane
+from tests.support.eventually import eventually_sync
 from triserve import cli
 
 MONITORING_KINDS = {
@@ -131,7 +132,7 @@ def test_uninstall_leaves_no_policy_stuck_and_no_node_label(
     assert "triserve.io/policy" not in labels
     # The policy stays (Helm keeps CRDs and their objects) but deleting it no longer hangs.
     plane.kubectl("delete", "enpol", "held", "--timeout=30s")
-    eventually(lambda: get_json(plane, "enpol", "held") is None, "the policy to go")
+    eventually_sync(lambda: get_json(plane, "enpol", "held") is None, "the policy to go")
     plane.kubectl("delete", "node", "uninstall-node")
 
 

@@ -10,6 +10,7 @@ reference scenario's serving metrics. Tests run in file order and share that fle
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -23,7 +24,6 @@ import pytest
 from tests.apiserver.conftest import (
     CHART,
     Process,
-    eventually,
     get_json,
     gpu_node,
     helm,
@@ -32,6 +32,7 @@ from tests.apiserver.conftest import (
     set_gpu_capacity,
 )
 from tests.apiserver.controlplane import ControlPlane
+from tests.support.eventually import eventually_sync
 
 RELEASE, NS = "triserve", "triserve-system"
 AGENT_SA, OPERATOR_SA = "triserve-agent", "triserve-operator"
@@ -182,6 +183,15 @@ def fleet(crds: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Itera
             helm(plane, "uninstall", RELEASE, "-n", NS, "--no-hooks", check=False)
 
 
+def policy_events(plane: ControlPlane, reason: str, *args: str) -> str:
+    """`kubectl get events` about the omni policy with `reason` (events of a cluster-scoped
+    object land in the default namespace)."""
+    selector = f"involvedObject.name=omni,reason={reason}"
+    return plane.kubectl(
+        "get", "events", "-n", "default", "--field-selector", selector, *args
+    ).stdout
+
+
 def enpol_row(plane: ControlPlane, name: str) -> dict[str, str]:
     """`kubectl get enpol NAME` as column → value."""
     header, row = plane.kubectl("get", "enpol", name).stdout.strip().splitlines()
@@ -191,18 +201,21 @@ def enpol_row(plane: ControlPlane, name: str) -> dict[str, str]:
 def test_an_applied_policy_labels_the_nodes_and_the_agents_report(fleet: Fleet) -> None:
     plane = fleet.plane
     plane.kubectl("apply", "-f", "-", stdin=json.dumps(POLICY))
+
+    def labelled(node: str) -> bool:
+        return fleet.node_policy(node) == "omni"
+
+    def managing_two_gpus(node: str) -> Any:
+        report = fleet.report(node)
+        status = (report or {}).get("status", {})
+        managing = (status.get("phase"), status.get("managedGpus")) == ("Managing", 2)
+        return report if managing else None
+
     for node in NODES:
-        eventually(lambda n=node: fleet.node_policy(n) == "omni", f"{node} labelled", 60)
+        eventually_sync(functools.partial(labelled, node), f"{node} labelled", 60)
     for node in NODES:
-        report = eventually(
-            lambda n=node: (
-                (r := fleet.report(n))
-                and r.get("status", {}).get("phase") == "Managing"
-                and r["status"].get("managedGpus") == 2
-                and r
-            ),
-            f"{node}'s report managing 2 GPUs",
-            90,
+        report = eventually_sync(
+            functools.partial(managing_two_gpus, node), f"{node}'s report managing 2 GPUs", 90
         )
         owner = report["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["name"]) == ("Node", node)
@@ -210,18 +223,13 @@ def test_an_applied_policy_labels_the_nodes_and_the_agents_report(fleet: Fleet) 
 
 
 def test_kubectl_get_shows_nodes_gpus_saving_and_ready(fleet: Fleet) -> None:
-    seen: list[dict[str, str]] = []
-
-    def ready_with_saving() -> dict[str, str] | None:
+    def ready_with_saving() -> dict[str, str]:
         row = enpol_row(fleet.plane, "omni")
-        seen[:] = [row]
         wanted = (row["NODES"], row["GPUS"], row["READY"]) == ("2", "4", "True")
-        return row if wanted and row["SAVING"] != "<none>" else None
+        assert wanted and row["SAVING"] != "<none>", f"row {row}"  # quoted on timeout
+        return row
 
-    try:
-        row = eventually(ready_with_saving, "2 nodes, 4 GPUs, Ready and a saving figure", 180)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; last row {seen}") from None
+    row = eventually_sync(ready_with_saving, "2 nodes, 4 GPUs, Ready and a saving figure", 180)
     float(row["SAVING"])
 
 
@@ -271,7 +279,7 @@ def test_idle_agents_watch_instead_of_listing_again(fleet: Fleet) -> None:
     assert after.get(("LIST", "energypolicies"), 0) == before.get(("LIST", "energypolicies"), 0)
 
 
-REFUSE_LABEL = [
+REFUSE_LABEL: list[dict[str, Any]] = [
     {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
@@ -315,24 +323,14 @@ def test_a_node_that_refuses_its_label_is_retried_with_backoff_and_one_warning(
     time.sleep(2)  # the API server loads admission policies asynchronously
     before = plane.request_counts().get(("PATCH", "nodes"), 0)
     plane.apply(gpu_node("gpu-refuses"))
-    eventually(
+    eventually_sync(
         lambda: "LabelFailed" in plane.kubectl("describe", "enpol", "omni").stdout,
         "a LabelFailed warning",
         30,
     )
     time.sleep(20)  # about ten status passes at --status-interval 2
     attempts = plane.request_counts().get(("PATCH", "nodes"), 0) - before
-    events = plane.kubectl(
-        "get",
-        "events",
-        "-n",
-        "default",
-        "--field-selector",
-        "involvedObject.name=omni,reason=LabelFailed",
-        "-o",
-        "json",
-    ).stdout
-    assert len(json.loads(events)["items"]) == 1
+    assert len(json.loads(policy_events(plane, "LabelFailed", "-o", "json"))["items"]) == 1
     # Back-off of 5 s, 10 s, 20 s: three tries in those ~22 s, not one per pass.
     assert 1 <= attempts <= 4, f"{attempts} label attempts"
     plane.kubectl("delete", "node", "gpu-refuses")
@@ -350,21 +348,18 @@ def test_agents_and_operator_were_never_refused_by_rbac(fleet: Fleet) -> None:
 def test_deleting_the_policy_releases_the_gpus_and_drops_the_finalizer(fleet: Fleet) -> None:
     plane = fleet.plane
     plane.kubectl("delete", "enpol", "omni", "--wait=false")
+
+    def unlabelled(node: str) -> bool:
+        return fleet.node_policy(node) is None
+
+    def released(node: str) -> bool:
+        return bool(fleet.report(node)["status"]["phase"] == "Released")
+
     for node in NODES:
-        eventually(lambda n=node: fleet.node_policy(n) is None, f"{node} unlabelled", 60)
-        eventually(
-            lambda n=node: fleet.report(n)["status"]["phase"] == "Released", f"{node} released", 60
-        )
-    eventually(lambda: get_json(plane, "enpol", "omni") is None, "the policy to go", 60)
-    events = plane.kubectl(
-        "get",
-        "events",
-        "-n",
-        "default",
-        "--field-selector",
-        "involvedObject.name=omni,reason=GpusReleased",
-    ).stdout
-    assert "Every agent restored default clocks" in events
+        eventually_sync(functools.partial(unlabelled, node), f"{node} unlabelled", 60)
+        eventually_sync(functools.partial(released, node), f"{node} released", 60)
+    eventually_sync(lambda: get_json(plane, "enpol", "omni") is None, "the policy to go", 60)
+    assert "Every agent restored default clocks" in policy_events(plane, "GpusReleased")
 
 
 pytestmark = pytest.mark.timeout(600)

@@ -25,6 +25,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support import processes
+from tests.support.eventually import eventually_sync
+
 from .support import DASHBOARD, REPO, one, render, run, tool
 
 # The one place that says how to run the agent against the simulator, without a cluster.
@@ -320,12 +323,7 @@ def _process(argv: Sequence[str], log: Path) -> Iterator[subprocess.Popen[bytes]
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        processes.stop(proc, grace_s=15)
 
 
 class PrometheusApi:
@@ -465,16 +463,15 @@ def test_every_alert_expression_evaluates_and_a_healthy_agent_raises_none(
         prometheus.query(rule["expr"])  # raises on a PromQL error
         if name in {"TriserveAgentDown", "TriserveGpuClocksLockedUnmanaged"}:
             assert prometheus.query(rule["expr"]) == [], f"{name} matches a healthy agent"
+
     # The server loaded the same file and evaluated every rule without error.
-    deadline = time.monotonic() + 10
-    while True:
-        rules = [
-            rule for group in prometheus.call("/api/v1/rules")["groups"] for rule in group["rules"]
-        ]
-        if all(rule.get("lastEvaluation", "").startswith("20") for rule in rules):
-            break
-        assert time.monotonic() < deadline, "rules were not evaluated within 10 s"
-        time.sleep(0.5)
+    def evaluated_rules() -> list[dict[str, Any]] | None:
+        groups = prometheus.call("/api/v1/rules")["groups"]
+        rules = [rule for group in groups for rule in group["rules"]]
+        done = all(rule.get("lastEvaluation", "").startswith("20") for rule in rules)
+        return rules if done else None
+
+    rules = eventually_sync(evaluated_rules, "Prometheus to evaluate every rule", 10, poll_s=0.5)
     assert {rule["name"] for rule in rules} == set(_alerts(rule_groups))
     bad = {rule["name"]: rule.get("lastError") for rule in rules if rule["health"] != "ok"}
     assert not bad, f"rules failing in Prometheus: {bad}"

@@ -7,12 +7,14 @@ k3d, k3s, test, …); anything else is refused, so production is never touched.
 
 from __future__ import annotations
 
-import time
+import functools
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.support.eventually import eventually_sync
 
 TEST_CLUSTER_MARKERS = ("kind", "minikube", "k3d", "k3s", "test", "e2e", "docker-desktop")
 CRDS = Path(__file__).resolve().parents[2] / "crds"
@@ -48,7 +50,8 @@ def checked_test_context() -> str:
     return name
 
 
-def _established(crd: Any) -> bool:
+def _established(extensions: Any, name: str) -> bool:
+    crd = extensions.read_custom_resource_definition(name)
     conditions = (crd.status.conditions if crd.status else None) or []
     return any(c.type == "Established" and c.status == "True" for c in conditions)
 
@@ -70,13 +73,12 @@ def kube() -> Any:
         except client.ApiException as exc:
             if exc.status != 409:
                 raise
-            current = extensions.read_custom_resource_definition(name)
-            crd["metadata"]["resourceVersion"] = current.metadata.resource_version
+            current = extensions.read_custom_resource_definition(name).metadata
+            assert current is not None, f"CRD {name} read back without metadata"
+            crd["metadata"]["resourceVersion"] = current.resource_version
             extensions.replace_custom_resource_definition(name, crd)
-    deadline = time.monotonic() + 60
     for path in sorted(CRDS.glob("*.yaml")):
         name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        while not _established(extensions.read_custom_resource_definition(name)):
-            assert time.monotonic() < deadline, f"CRD {name} not Established after 60 s"
-            time.sleep(0.5)
+        established = functools.partial(_established, extensions, name)
+        eventually_sync(established, f"CRD {name} Established", 60, poll_s=0.5)
     return api

@@ -11,18 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import kopf
 import pytest
 
+from tests.support.eventually import eventually
 from triserve.api.annotations import GPU_PRESENT_LABEL, POLICY_LABEL
 from triserve.operator import handlers
 from triserve.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.e2e
 GROUP, VERSION, PLURAL = "triserve.io", "v1alpha1", "energypolicies"
+T = TypeVar("T")
 
 
 @contextlib.asynccontextmanager
@@ -41,13 +43,9 @@ async def operator(settings: OperatorSettings) -> AsyncIterator[None]:
         await asyncio.wait_for(task, timeout=30)
 
 
-async def until(check: Callable[[], Any], what: str, timeout_s: float = 60) -> Any:
-    """Poll a blocking check in a thread until it is truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not (result := await asyncio.to_thread(check)):
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(1)
-    return result
+def in_thread(check: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    """A blocking API check, run in a thread so the in-process operator keeps running."""
+    return lambda: asyncio.to_thread(check)
 
 
 async def test_policy_lifecycle_on_a_real_cluster(kube: Any) -> None:
@@ -56,19 +54,21 @@ async def test_policy_lifecycle_on_a_real_cluster(kube: Any) -> None:
     core, custom = client.CoreV1Api(kube), client.CustomObjectsApi(kube)
     run = uuid.uuid4().hex[:8]
     marker, policy = f"triserve-e2e-{run}", f"e2e-{run}"
-    first = core.list_node().items[0]
-    node, had_gpu_label = first.metadata.name, GPU_PRESENT_LABEL in (first.metadata.labels or {})
+    first = core.list_node().items[0].metadata
+    assert first is not None and first.name is not None, "the first node has no name"
+    node, had_gpu_label = first.name, GPU_PRESENT_LABEL in (first.labels or {})
     core.patch_node(node, {"metadata": {"labels": {marker: "yes", GPU_PRESENT_LABEL: "true"}}})
     settings = OperatorSettings(status_interval_s=2, release_timeout_s=5, release_poll_s=1)
 
     def node_policy() -> str | None:
-        return (core.read_node(node).metadata.labels or {}).get(POLICY_LABEL)
+        meta = core.read_node(node).metadata
+        return ((meta.labels if meta else None) or {}).get(POLICY_LABEL)
 
     def policy_gone() -> bool:
         try:
             custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, policy)
         except client.ApiException as exc:
-            return exc.status == 404
+            return bool(exc.status == 404)
         return False
 
     try:
@@ -80,17 +80,20 @@ async def test_policy_lifecycle_on_a_real_cluster(kube: Any) -> None:
                 "spec": {"nodeSelector": {"matchLabels": {marker: "yes"}}, "priority": 1},
             }
             custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
-            await until(lambda: node_policy() == policy, "the node label")
+            await eventually(in_thread(lambda: node_policy() == policy), "the node label", poll_s=1)
 
             def conditions() -> list[Any]:
                 obj = custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, policy)
+                assert isinstance(obj, dict), f"{policy} read back as {type(obj).__name__}"
                 return list((obj.get("status") or {}).get("conditions") or [])
 
-            found = await until(conditions, "status conditions")
+            found = await eventually(in_thread(conditions), "status conditions", poll_s=1)
             assert {c["type"] for c in found} >= {"Ready", "Progressing", "Degraded", "Conflicted"}
             custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, policy)
-            await until(lambda: node_policy() is None, "the label removed")
-            await until(policy_gone, "the finalizer removed")
+            await eventually(
+                in_thread(lambda: node_policy() is None), "the label removed", poll_s=1
+            )
+            await eventually(in_thread(policy_gone), "the finalizer removed", poll_s=1)
     finally:
         restore: dict[str, str | None] = {marker: None}
         if not had_gpu_label:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -81,12 +82,11 @@ class FaultNode:
     @contextlib.contextmanager
     def patched(self) -> Iterator[FaultNode]:
         """NvmlBackend talks to the fake driver; state writes fail while read-only."""
-        real = safety.tempfile
 
         def mkstemp(**kw: Any) -> tuple[int, str]:
             if self._read_only:
                 raise OSError(errno.EROFS, "Read-only file system", str(self.state_path.parent))
-            return real.mkstemp(**kw)
+            return tempfile.mkstemp(**kw)
 
         with (
             mock.patch.object(nvml_mod, "pynvml", self.driver.module()),

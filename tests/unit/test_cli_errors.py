@@ -131,7 +131,8 @@ def test_bench_checks_outputs_before_running(
         raise AssertionError("a simulation ran before the output was checked")
 
     monkeypatch.setattr(bench_cli, "run_block", _never)
-    _err(["bench", "--json", "/nonexistent/dir/out.json"], capsys)
+    err = _err(["bench", "--json", "/nonexistent/dir/out.json"], capsys)
+    assert "--json" in err and "/nonexistent/dir does not exist" in err
 
 
 @pytest.mark.parametrize("command", ["demo", "bench", "agent", "profile", "operator"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent import futures
@@ -18,6 +19,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from tests.support.eventually import eventually
 from triserve.api.status import GpuState
 from triserve.node_agent.podresources import api_pb2, api_pb2_grpc
 from triserve.node_agent.runtime import AgentOptions, AgentRuntime
@@ -78,33 +80,22 @@ def http_server(routes: dict[str, Callable[[], str]]) -> Iterator[int]:
         server.shutdown()
 
 
-def pod(name: str, stage: str, port: int, node: str = NODE, **ann: str) -> dict[str, Any]:
+def pod(name: str, stage: str, port: int, node: str = NODE, **ann: str) -> client.V1Pod:
     annotations = {"triserve.io/stage": stage, "triserve.io/pipeline": "qwen3-omni",
                    "triserve.io/metrics": f"{port}/{stage}", **ann}  # fmt: skip
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "omni", "annotations": annotations,
-                     "labels": {"app": "omni"}},
-        "spec": {"nodeName": node, "containers": [{"name": stage}]},
-        "status": {"phase": "Running", "podIP": "127.0.0.1"},
-    }  # fmt: skip
+    return client.V1Pod(
+        api_version="v1", kind="Pod",
+        metadata=client.V1ObjectMeta(name=name, namespace="omni", annotations=annotations,
+                                     labels={"app": "omni"}),
+        spec=client.V1PodSpec(node_name=node, containers=[client.V1Container(name=stage)]),
+        status=client.V1PodStatus(phase="Running", pod_ip="127.0.0.1"),
+    )  # fmt: skip
 
 
 def policy(name: str, mode: str) -> dict[str, Any]:
     return {"apiVersion": "triserve.io/v1alpha1", "kind": "EnergyPolicy",
             "metadata": {"name": name, "generation": 1},
             "spec": {"mode": mode, "podSelector": {"matchLabels": {"app": "omni"}}}}  # fmt: skip
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 @contextlib.asynccontextmanager
@@ -127,7 +118,7 @@ async def test_agent_discovers_maps_controls_reports_and_follows_its_node_label(
     grpc_server.add_insecure_port(f"unix://{socket_path}")
     grpc_server.start()
     routes: dict[str, Callable[[], str]] = {
-        f"/{p.stage}": (lambda s=p.stage: sim.serving_exposition(s)) for p in sim.placements
+        f"/{p.stage}": functools.partial(sim.serving_exposition, p.stage) for p in sim.placements
     }
     routes["/broken"] = lambda: "this is { not prometheus"
     routes["/dcgm"] = lambda: sim.dcgm_exposition(NODE)
@@ -136,9 +127,12 @@ async def test_agent_discovers_maps_controls_reports_and_follows_its_node_label(
             api = client.ApiClient(client.Configuration(host=url))
             core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
             call = asyncio.to_thread
-            await call(core.create_node, {"apiVersion": "v1", "kind": "Node",
-                              "metadata": {"name": NODE, "uid": "node-uid-1",
-                                           "labels": {"triserve.io/policy": "p1"}}})  # fmt: skip
+            node_meta = client.V1ObjectMeta(
+                name=NODE, uid="node-uid-1", labels={"triserve.io/policy": "p1"}
+            )
+            await call(
+                core.create_node, client.V1Node(api_version="v1", kind="Node", metadata=node_meta)
+            )
             for name, mode in (("p1", "Enforce"), ("p2", "Observe")):
                 await call(custom.create_cluster_custom_object, "triserve.io", "v1alpha1",
                            "energypolicies", policy(name, mode))  # fmt: skip

@@ -16,7 +16,7 @@ import dataclasses
 import datetime
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import kmock
 import kopf
 import yaml
 
+from tests.support.eventually import eventually as eventually  # the tests import it from here
 from triserve.api.annotations import GPU_RESOURCE, POLICY_LABEL
 from triserve.operator import handlers
 from triserve.operator.reconciler import Placer
@@ -32,6 +33,13 @@ from triserve.operator.settings import OperatorSettings
 CRDS = Path(__file__).resolve().parents[3] / "crds"
 GROUP_VERSION = "triserve.io/v1alpha1"
 _BASE_TIME = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
+
+
+def _object_key(request: kmock.Request) -> tuple[kmock.resource, str | None, str] | None:
+    """The emulator's key for the object a request names; None for list/create requests."""
+    if request.resource is None or request.name is None:
+        return None
+    return (request.resource, request.namespace, request.name)
 
 
 class ClusterEmulator(kmock.KubernetesEmulator):
@@ -54,8 +62,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     def _test_versions(self, request: kmock.Request, ops: list[dict[str, Any]]) -> None:
         """A failed `test` op is 422 Unprocessable in Kubernetes (kopf relies on that)."""
-        key = (request.resource, request.namespace, request.name)
-        if key not in self.objects or self.objects[key].deleted:
+        key = _object_key(request)
+        if key is None or key not in self.objects or self.objects[key].deleted:
             return
         current = self.objects[key].get("metadata", {}).get("resourceVersion")
         for op in ops:
@@ -79,8 +87,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             meta.setdefault("creationTimestamp", created.strftime("%Y-%m-%dT%H:%M:%SZ"))
             meta.setdefault("generation", 1)
         elif request.subresource is None and has_spec:
-            key = (request.resource, request.namespace, request.name)
-            if key in self.objects and not self.objects[key].deleted:
+            key = _object_key(request)
+            if key is not None and key in self.objects and not self.objects[key].deleted:
                 current = self.objects[key].get("metadata", {}).get("generation") or 1
                 meta["generation"] = current + 1
 
@@ -181,7 +189,7 @@ class Cluster:
         path = "/apis/triserve.io/v1alpha1/nodeenergyreports"
         key = (kmock.resource("triserve.io", "v1alpha1", "nodeenergyreports"), None, node)
         if key not in self.k8s.objects or self.k8s.objects[key].deleted:
-            body = {"apiVersion": GROUP_VERSION, "kind": "NodeEnergyReport"}
+            body: dict[str, Any] = {"apiVersion": GROUP_VERSION, "kind": "NodeEnergyReport"}
             body |= {"metadata": {"name": node}, "spec": {"nodeName": node}}
             await self.request("POST", path, body)
         now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -259,21 +267,3 @@ async def running_operator(cluster: Cluster, settings: OperatorSettings) -> Asyn
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, timeout=15)
-
-
-async def eventually(
-    check: Callable[[], Any] | Callable[[], Awaitable[Any]],
-    timeout_s: float = 10.0,
-    what: str = "condition",
-) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` after the timeout."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.05)

@@ -14,6 +14,7 @@ from typing import Any
 import celpy
 import jsonschema
 import yaml
+from celpy.adapter import json_to_cel
 
 CRD_DIR = Path(__file__).resolve().parents[3] / "crds"
 
@@ -54,7 +55,7 @@ def _cel_errors(obj: Any, schema: dict[str, Any], path: str) -> list[str]:
     env = celpy.Environment()
     for rule in schema.get("x-kubernetes-validations", []):
         program = env.program(env.compile(rule["rule"]))
-        if not bool(program.evaluate({"self": celpy.json_to_cel(obj)})):
+        if not bool(program.evaluate({"self": json_to_cel(obj)})):
             errors.append(f"{path}{rule.get('fieldPath', '')}: {rule['message']}")
     if isinstance(obj, dict):
         for name, sub in schema.get("properties", {}).items():

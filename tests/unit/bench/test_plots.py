@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,9 +44,9 @@ def test_timeline_png_uses_the_shared_scale_and_names_the_window(
     seen: dict[str, object] = {}
     real_savefig = matplotlib.figure.Figure.savefig
 
-    def capture(fig: matplotlib.figure.Figure, *args: object, **kwargs: object) -> None:
+    def capture(fig: matplotlib.figure.Figure, *args: Any, **kwargs: Any) -> None:
         seen["ylim"] = fig.axes[0].get_ylim()
-        seen["title"] = fig._suptitle.get_text() if fig._suptitle else ""
+        seen["title"] = fig.get_suptitle()
         real_savefig(fig, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", capture)
@@ -66,11 +67,13 @@ def test_energy_plot_names_strategies_in_a_legend_beside_the_axes(
     seen: dict[str, object] = {}
     real_savefig = matplotlib.figure.Figure.savefig
 
-    def capture(fig: matplotlib.figure.Figure, *args: object, **kwargs: object) -> None:
+    def capture(fig: matplotlib.figure.Figure, *args: Any, **kwargs: Any) -> None:
         ax = fig.axes[0]
         fig.canvas.draw()
         seen["texts"] = len(ax.texts)
-        seen["legend_x0"] = ax.get_legend().get_window_extent().x0
+        legend = ax.get_legend()
+        assert legend is not None, "the energy plot has no legend"
+        seen["legend_x0"] = legend.get_window_extent().x0
         seen["axes_x1"] = ax.get_window_extent().x1
         seen["title"] = ax.get_title()
         real_savefig(fig, *args, **kwargs)

@@ -22,7 +22,8 @@ def test_static_best_gives_each_gpu_its_own_clock(monkeypatch: pytest.MonkeyPatc
     chosen = dict(outcome.plan)
     # GPU0's memory-bound decode loses little at a lower clock; GPU1's compute-bound pass
     # sits on every request's critical path, so any lower clock breaks the p99 bound.
-    assert chosen[1] == 1.0 and chosen[0] < 1.0
+    gpu0_fraction = chosen[0]  # a plan's values are Hashable; static-best's are floats
+    assert chosen[1] == 1.0 and isinstance(gpu0_fraction, float) and gpu0_fraction < 1.0
     assert "GPU1: 1.00" in outcome.run.result.setting
     best = outcome.run.result
     assert best.tokens_per_j > default.result.tokens_per_j

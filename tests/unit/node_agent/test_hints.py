@@ -165,7 +165,7 @@ def _proc_for_self(tmp_path: Path, uid: str) -> Path:
 
 
 def _serve(
-    tmp_path: Path, uid: str, known: set[str], client_calls: Callable[[hints.HintClient], None]
+    tmp_path: Path, uid: str, known: set[str], client_calls: Callable[[hints.HintClient], object]
 ) -> tuple[list[tuple[str, bytes]], HintServer]:
     got: list[tuple[str, bytes]] = []
 

@@ -30,9 +30,10 @@ def test_a_node_without_nvml_gets_guidance_instead_of_a_traceback(
 ) -> None:
     pytest.importorskip("pynvml")
     from triserve.gpu import nvml
+    from triserve.gpu.backend import GpuUnavailableError
 
     def _no_driver(self: object) -> None:
-        raise nvml.GpuUnavailableError("nvmlInit: NVML Shared Library Not Found")
+        raise GpuUnavailableError("nvmlInit: NVML Shared Library Not Found")
 
     monkeypatch.setattr(nvml.NvmlBackend, "__init__", _no_driver)
     code, err = _run(

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from triserve.api.status import ConditionStatus
 from triserve.operator.aggregation import Aggregate
-from triserve.operator.placement import node_view, plan, policy_view
-from triserve.operator.policy_status import build_status, merge_patch, transitions, verdicts
+from triserve.operator.placement import NodeView, PolicyView, node_view, plan, policy_view
+from triserve.operator.policy_status import (
+    Verdict,
+    build_status,
+    merge_patch,
+    transitions,
+    verdicts,
+)
 
 
-def _policy(name: str, spec: dict, created: str = "2025-01-01T00:00:00Z") -> object:
+def _policy(name: str, spec: dict[str, Any], created: str = "2025-01-01T00:00:00Z") -> PolicyView:
     meta = {"name": name, "creationTimestamp": created, "generation": 3}
     return policy_view({"metadata": meta, "spec": spec})
 
 
-def _nodes() -> list:
+def _nodes() -> list[NodeView]:
     status = {"capacity": {"nvidia.com/gpu": "8"}}
     return [node_view({"metadata": {"name": n}, "status": status}) for n in ("n1", "n2")]
 
 
-def by_type(found: list) -> dict:
+def by_type(found: list[Verdict]) -> dict[str, Verdict]:
     return {v.type: v for v in found}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from triserve.api.models import LabelSelector
@@ -35,7 +37,9 @@ from triserve.api.selectors import describe, matches, selector_from_k8s
         ),
     ],
 )
-def test_selector_matches_like_kubernetes(raw: dict, labels: dict, expected: bool) -> None:
+def test_selector_matches_like_kubernetes(
+    raw: dict[str, Any], labels: dict[str, str], expected: bool
+) -> None:
     assert matches(selector_from_k8s(raw), labels) is expected
 
 
