@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,6 +25,7 @@ import yaml
 from tests.apiserver.controlplane import REQUIRED_ENV, ControlPlane, Unavailable, running
 from tests.deploy.support import tool
 from tests.support import processes
+from tests.support.httpserver import http_server
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -165,33 +165,20 @@ def serving_metrics(speed: float) -> Iterator[tuple[int, list[Any]]]:
             with lock:
                 sim.run_until((time.monotonic() - start) * speed)
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            with lock:
-                try:
-                    body, status = sim.serving_exposition(self.path.strip("/")).encode(), 200
-                except KeyError:
-                    body, status = b"no such stage", 404
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def exposition(path: str) -> str | None:
+        with lock:
+            try:
+                return sim.serving_exposition(path.strip("/"))
+            except KeyError:
+                return None
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threads = [
-        threading.Thread(target=server.serve_forever, daemon=True),
-        threading.Thread(target=advance, daemon=True),
-    ]
-    for thread in threads:
-        thread.start()
+    thread = threading.Thread(target=advance, daemon=True)
+    thread.start()
     try:
-        yield int(server.server_address[1]), list(sim.placements)
+        with http_server(exposition) as port:
+            yield port, list(sim.placements)
     finally:
         stop.set()
-        server.shutdown()
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import yaml
 from kubernetes import client
 
 from tests.support.eventually import eventually
+from tests.support.httpserver import http_server
 from triserve.api.status import GpuState
 from triserve.node_agent.podresources import api_pb2, api_pb2_grpc
 from triserve.node_agent.runtime import AgentOptions, AgentRuntime
@@ -56,28 +55,6 @@ class PodResources(api_pb2_grpc.PodResourcesListerServicer):  # type: ignore[mis
             pods.append(api_pb2.PodResources(name=p.pod, namespace=p.namespace,
                                              containers=[container]))  # fmt: skip
         return api_pb2.ListPodResourcesResponse(pod_resources=pods)
-
-
-@contextlib.contextmanager
-def http_server(routes: dict[str, Callable[[], str]]) -> Iterator[int]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            route = routes.get(self.path)
-            body = (route() if route else "nope").encode()
-            self.send_response(200 if route else 404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
 
 
 def pod(name: str, stage: str, port: int, node: str = NODE, **ann: str) -> client.V1Pod:
@@ -122,7 +99,7 @@ async def test_agent_discovers_maps_controls_reports_and_follows_its_node_label(
     }
     routes["/broken"] = lambda: "this is { not prometheus"
     routes["/dcgm"] = lambda: sim.dcgm_exposition(NODE)
-    with http_server(routes) as port:
+    with http_server(lambda path: routes[path]() if path in routes else None) as port:
         async with cluster() as (k8s, url):
             api = client.ApiClient(client.Configuration(host=url))
             core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
