@@ -433,14 +433,14 @@ class NodeAgent:
                 elif opted_out:
                     gpu.message = f"opted out by {', '.join(opted_out)}"
                 continue
-            mig_reason = self._mig_reason(gpu)
+            mig_reason = self._mig_reason(gpu, selected)
             if mig_reason is not None and gpu.state is GpuState.MANAGED:
                 self._release(gpu, GpuState.RELEASED, mig_reason)
             if not gpu.governed:
                 self._govern(gpu, self.policy, observe_only=mig_reason)
         self._serving_dirty = True
 
-    def _mig_reason(self, gpu: GpuRuntime) -> str | None:
+    def _mig_reason(self, gpu: GpuRuntime, selected: Sequence[ServingPod]) -> str | None:
         """Why a GPU in MIG mode may only be observed, or None (not MIG, or governable).
 
         Clocks are per physical GPU and shared by every MIG instance. Only a policy with
@@ -458,7 +458,7 @@ class NodeAgent:
                 f"{shared}; mig.mode GovernWhenExclusive needs dcgm-exporter's per-instance "
                 "series with pod labels to check every instance, and none are seen: observed"
             )
-        ours = {p.key for p in self._selected()}
+        ours = {p.key for p in selected}
         for instance_id, instance in sorted(entry.instances.items()):
             pods = {(ns, name) for ns, name, _container in instance.pods}
             if not pods:
