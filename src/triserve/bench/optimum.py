@@ -17,9 +17,10 @@ it is not bound to Tri-serve's per-phase no-loss rule: it may trade latency for 
 any phase kind wherever the end-to-end tail allows. It acts on the
 bench's control tick like every row, so a phase that starts between ticks runs one tick at
 the previous lock: the optimum over tick-granular per-phase-kind clocks, not over all
-conceivable controllers. The search starts from default and from the lookahead-like plan
-(every busy kind ``no-loss``, idle at the lowest clock), so it is never worse than either
-when they meet the rule.
+conceivable controllers. The search starts from default, from the lookahead-like plan
+(every busy kind ``no-loss``, idle at the lowest clock) and from uniform plans (one fraction
+of boost for every kind of every GPU, as a static lock), so it is never worse than any of
+them when they meet the rule.
 """
 
 from __future__ import annotations
@@ -39,11 +40,15 @@ KINDS: tuple[str, ...] = ("prefill", "decode", "oneshot", "idle")
 #: The level that asks for each phase's exact no-loss clock.
 NO_LOSS = "no-loss"
 #: Clock levels per busy kind: fractions of the boost clock, and the per-phase no-loss clock.
-BUSY_LEVELS: tuple[float | str, ...] = (0.35, 0.45, 0.55, 0.65, 0.8, 0.9, 1.0, NO_LOSS)
+BUSY_LEVELS: tuple[float | str, ...] = (0.35, 0.45, 0.55, 0.65, 0.7, 0.8, 0.9, 1.0, NO_LOSS)
 #: Lowest no-loss clock, as a fraction of boost (Tri-serve's default ridge floor).
 NO_LOSS_FLOOR = 0.35
 #: Clock levels while idle (0.0 = the lowest supported clock; 1.0 = the PMU's own idle).
-IDLE_LEVELS: tuple[float | str, ...] = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)
+IDLE_LEVELS: tuple[float | str, ...] = (0.0, 0.2, 0.35, 0.5, 0.65, 0.7, 0.8, 0.9, 1.0)
+#: Uniform plans tried as start points: every kind of every GPU at one fraction of boost, as
+#: a static clock lock does (the ``static-best`` row's uniform settings), so the optimum is
+#: never worse than the best of them where it meets the rule.
+UNIFORM_STARTS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
 #: Passes of coordinate descent, and the most simulations one search may run.
 PASSES = 3
 MAX_EVALS = 100
@@ -139,6 +144,7 @@ def search_optimum(
     }
     default_plan: Plan = tuple((d, 1.0) for d in dims)
     lookahead_like: Plan = tuple((d, 0.0 if d[1] == "idle" else NO_LOSS) for d in dims)
+    uniform = [tuple((d, f) for d in dims) for f in UNIFORM_STARTS]
     return coordinate_search(
         scenario,
         seed,
@@ -147,7 +153,7 @@ def search_optimum(
         default_plan,
         levels,
         optimum_spec,
-        starts=(lookahead_like,),
+        starts=(lookahead_like, *uniform),
         passes=passes,
         max_evals=max_evals,
         bounds=bounds,

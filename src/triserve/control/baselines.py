@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from triserve.control.decisions import Decision, DeviceLimits, Reason, Strategy, TickContext
 from triserve.control.latency import LatencyTracker, WindowStat
+from triserve.control.phases import phase_activity
 from triserve.control.settings import ControlSettings, StrategyKind
 from triserve.control.tristrategy import TriServeStrategy
 
@@ -205,7 +206,7 @@ class PhaseDvfsStrategy:
         """``prefill`` or ``decode``: which target this tick's work calls for."""
         if not ctx.signals.busy:
             return "prefill"
-        activity = ctx.sample.activity
+        activity = phase_activity(ctx.sample)
         if activity is not None:
             return "prefill" if activity.tensor_active >= PREFILL_TENSOR_ACTIVE else "decode"
         if any(o.serving is not None and o.serving.waiting > 0 for o in ctx.stages):

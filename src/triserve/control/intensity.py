@@ -29,7 +29,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from triserve.control.decisions import Reason, TickContext
-from triserve.control.phases import DECODE, DRAM_SATURATION, PhaseView, busy_fraction
+from triserve.control.phases import (
+    DECODE,
+    DRAM_SATURATION,
+    PHASE_ACTIVITY_MAX_PERIOD_S,
+    PhaseView,
+    busy_fraction,
+    phase_activity,
+)
 from triserve.control.search import RidgeSearch
 from triserve.control.settings import IntensitySource
 
@@ -68,7 +75,7 @@ class IntensityEstimator:
         if self.source is IntensitySource.COUNTERS:
             if estimate is not None:
                 return self._ridge(ctx, estimate, "counters", "counter estimate")
-            return self._search(ctx, phases, None, "no pipe counters on this GPU")
+            return self._search(ctx, phases, None, _no_counters(ctx))
         if self.source in (IntensitySource.AUTO, IntensitySource.PROFILE) and phases.key:
             profiled = [self.profile.get(pair) for pair in phases.key]
             if all(p is not None for p in profiled):
@@ -98,7 +105,7 @@ class IntensityEstimator:
 
     def _counter_estimate(self, ctx: TickContext) -> float | None:
         """Ridge clock from pipe activity vs DRAM activity (None where counters can't say)."""
-        act = ctx.sample.activity
+        act = phase_activity(ctx.sample)
         busy = busy_fraction(ctx.sample)
         if act is None or busy < MIN_BUSY or act.dram_active <= 0.05 * busy:
             return None
@@ -129,3 +136,15 @@ class IntensityEstimator:
         """The latency guard tripped: add margin to estimates and move searched clocks up."""
         self.extra_margin = min(self.extra_margin + step, 0.5)
         self.search.widen(ctx.limits)
+
+
+def _no_counters(ctx: TickContext) -> str:
+    """Why the Counters source cannot decide on this GPU (the search decides instead)."""
+    act = ctx.sample.activity
+    if act is not None and act.period_s is not None and act.period_s > PHASE_ACTIVITY_MAX_PERIOD_S:
+        return (
+            f"source Counters refused: pipe counters here average over {act.period_s:.0f} s "
+            "(dcgm-exporter's collection interval; this GPU has no per-tick GPM counters), "
+            "too long to find a phase's ridge: searching instead"
+        )
+    return "no pipe counters this tick"

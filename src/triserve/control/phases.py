@@ -23,7 +23,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from triserve.gpu.backend import GpuSample
+from triserve.gpu.backend import Activity, GpuSample
 from triserve.telemetry import ServingSnapshot, StageObservation
 
 #: Below this share of the sample period with a kernel running, a GPU counts as idle. The
@@ -83,17 +83,34 @@ class ActivityClass(enum.IntEnum):
     OTHER = 3
 
 
+#: Activity averaged over longer than this cannot tell which phase runs now (a prefill lasts
+#: about a second, a decode stretch a few): dcgm-exporter's default 30 s collection is too long.
+PHASE_ACTIVITY_MAX_PERIOD_S = 2.0
+
+
+def phase_activity(sample: GpuSample) -> Activity | None:
+    """`sample`'s activity when it describes the tick's phase, else None.
+
+    Per-tick GPM counters qualify, and so does a dcgm-exporter collecting every second or two.
+    """
+    act = sample.activity
+    if act is None or (act.period_s is not None and act.period_s > PHASE_ACTIVITY_MAX_PERIOD_S):
+        return None
+    return act
+
+
 def classify_activity(sample: GpuSample) -> ActivityClass:
     """Idle, memory- or compute-bound over `sample`'s period (the one classification).
 
     Compute-bound: the tensor pipe busy for `COMPUTE_TENSOR_ACTIVITY` of the busy time;
     memory-bound: otherwise, with DRAM at least half saturated. SM activity is not used: it
-    reads near 1 for memory-bound kernels too. Without pipe counters a busy GPU is OTHER.
+    reads near 1 for memory-bound kernels too. Without pipe counters of the tick's period
+    (`phase_activity`) a busy GPU is OTHER.
     """
     busy = busy_fraction(sample)
     if busy < IDLE_BUSY_FRACTION:
         return ActivityClass.IDLE
-    act = sample.activity
+    act = phase_activity(sample)
     if act is None:
         return ActivityClass.OTHER
     if act.tensor_active / busy >= COMPUTE_TENSOR_ACTIVITY:

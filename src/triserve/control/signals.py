@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from triserve.control.decisions import StageSignals
-from triserve.control.phases import IDLE_BUSY_FRACTION, busy_fraction
+from triserve.control.phases import IDLE_BUSY_FRACTION, busy_fraction, phase_activity
 from triserve.gpu.backend import GpuSample
 from triserve.telemetry import ServingSnapshot, StageObservation
 
@@ -48,7 +48,8 @@ class SignalTracker:
     ) -> StageSignals:
         """Signals for this tick; call once per tick with the GPU's stages."""
         gpu_active = busy_fraction(sample) >= IDLE_BUSY_FRACTION
-        if sample.activity is not None and sample.activity.sm_active >= IDLE_BUSY_FRACTION:
+        activity = phase_activity(sample)
+        if activity is not None and activity.sm_active >= IDLE_BUSY_FRACTION:
             gpu_active = True
         has_work = False
         upstream_active = False

@@ -107,6 +107,10 @@ class Activity:
     offer them: SM occupancy (DCGM SM_OCCUPANCY, GPM SM_OCCUPANCY), the FP16 / FP32 pipes
     (PIPE_FP16/FP32_ACTIVE, GPM FP16/FP32_UTIL) and the graphics engine (GR_ENGINE_ACTIVE,
     GPM GRAPHICS_UTIL).
+
+    `period_s` is how long the fractions average over: None for the sample's own period
+    (NVML GPM, read every tick); dcgm-exporter's collection interval (30 s by default) for
+    activity taken from its scrape, which is too long to tell which phase runs now.
     """
 
     tensor_active: float
@@ -116,6 +120,7 @@ class Activity:
     fp16_active: float | None = None
     fp32_active: float | None = None
     gr_engine_active: float | None = None
+    period_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

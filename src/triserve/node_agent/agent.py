@@ -101,6 +101,7 @@ class NodeAgent:
         sleep: Callable[[float], None] = time.sleep,
         max_input_age_s: float = 5.0,
         hint_tick_min_s: float = 0.005,
+        dcgm_period_s: float = 30.0,
     ) -> None:
         """Samples `backend` through a `GpuSampler` and sets it through a `GuardedBackend`.
 
@@ -113,12 +114,13 @@ class NodeAgent:
         long `shutdown` keeps retrying restores that do not verify (`sleep` between tries).
         `max_input_age_s` is how old a scrape may be before controllers stop acting on it.
         `hint_tick_min_s` is the least time between two control steps of a GPU that hints
-        start (a burst of hints folds into the next step).
+        start (a burst of hints folds into the next step). `dcgm_period_s` is
+        dcgm-exporter's collection interval (`GpuSampler`).
         """
         self.loop_factory: LoopFactory = loop_factory or _policy_loop
         self.node_name = node_name
         self.backend = GuardedBackend(backend, state, rails)
-        self.sampler = GpuSampler(backend)
+        self.sampler = GpuSampler(backend, dcgm_period_s)
         self.state_file = state
         self.max_gpu_errors = max_gpu_errors
         self.shutdown_retry_s = shutdown_retry_s

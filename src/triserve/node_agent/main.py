@@ -93,6 +93,14 @@ def build_parser(prog: str = "triserve agent") -> argparse.ArgumentParser:
     )
     p.add_argument("--dcgm-port", type=cliargs.port, default=9400, help="port for --dcgm-discover")
     p.add_argument(
+        "--dcgm-collect-interval",
+        type=cliargs.positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="dcgm-exporter's collection interval (its -c flag, in ms there): the period its "
+        "activity averages over; over 2 s, per-phase decisions do not use that activity",
+    )
+    p.add_argument(
         "--dcgm-hostname",
         action="append",
         default=[],
@@ -209,6 +217,7 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
         dcgm_url=args.dcgm_url,
         dcgm_discover=args.dcgm_discover,
         dcgm_port=args.dcgm_port,
+        dcgm_period_s=args.dcgm_collect_interval,
         dcgm_host_ip=os.environ.get("HOST_IP") if args.dcgm_host_port else None,
         dcgm_host_port=args.dcgm_host_port,
         dcgm_hostnames=frozenset(args.dcgm_hostname),

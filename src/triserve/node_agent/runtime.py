@@ -95,6 +95,7 @@ class AgentOptions:
     dcgm_host_ip: str | None = None
     dcgm_host_port: int | None = None
     dcgm_hostnames: frozenset[str] = frozenset()
+    dcgm_period_s: float = 30.0  # dcgm-exporter's collection interval (what its values average)
     pod_resources_socket: str | None = None
     api_client: Any = None
     scrape_interval_s: float = 0.5
@@ -127,6 +128,7 @@ class AgentRuntime:
             probe=options.probe,
             rails=options.rails,
             shutdown_retry_s=options.shutdown_retry_s,
+            dcgm_period_s=options.dcgm_period_s,
         )
         self.stop_event = asyncio.Event()
         self.server: MetricsServer | None = None

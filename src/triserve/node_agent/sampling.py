@@ -24,9 +24,15 @@ from triserve.node_agent.dcgm import DcgmSnapshot
 class GpuSampler:
     """Per-tick `GpuSample`s of one node's GPUs, activity filled from dcgm-exporter."""
 
-    def __init__(self, backend: GpuBackend) -> None:
-        """Sample `backend` (reads only: nothing here sets anything on a GPU)."""
+    def __init__(self, backend: GpuBackend, dcgm_period_s: float = 30.0) -> None:
+        """Sample `backend` (reads only: nothing here sets anything on a GPU).
+
+        `dcgm_period_s` is dcgm-exporter's collection interval (its ``-c`` flag, 30 s by
+        default): the period its activity fractions average over, stamped on that activity
+        so that controllers needing the phase running now do not read it as a tick's.
+        """
         self.backend = backend
+        self.dcgm_period_s = dcgm_period_s
         self._dcgm_timestamp_s = 0.0
         #: GPU index → activity from the latest dcgm-exporter scrape (only GPUs it covers).
         self.dcgm_activity: dict[int, Activity] = {}
@@ -40,7 +46,7 @@ class GpuSampler:
                 entry = snapshot.for_gpu(gpu.index, gpu.uuid)
                 found = entry.activity() if entry is not None else None
                 if found is not None:
-                    activity[gpu.index] = found
+                    activity[gpu.index] = replace(found, period_s=self.dcgm_period_s)
         self.dcgm_activity = activity
 
     def expire_dcgm(self, now_s: float, max_age_s: float) -> float | None:

@@ -82,7 +82,15 @@ def run_agent(
             def factory(backend: GpuBackend, index: int, _settings: ControlSettings) -> ControlLoop:
                 return make(sim, backend, index)
 
-        agent = NodeAgent(sim.backend, scenario.hostname, state, probe=probe, loop_factory=factory)
+        agent = NodeAgent(
+            sim.backend,
+            scenario.hostname,
+            state,
+            probe=probe,
+            loop_factory=factory,
+            # As the operator would pass it: the exporter's configured collection interval.
+            dcgm_period_s=scenario.telemetry.dcgm_interval_s,
+        )
         agent.startup()
         node = SimNode(sim, agent, scrape_interval_s=scrape_interval_s, hints=hints)
         run = AgentRun(sim, agent, node)

@@ -30,7 +30,8 @@ def test_a_gpu_without_activity_counters_gets_dcgm_exporters_activity() -> None:
     sim.run_until(1.0)
     assert sampler.sample(0).activity is None
     sampler.use_dcgm(_scrape(sim, 1.0, 0.25, 0.5), [sim.backend.identity(0)])
-    assert sampler.sample(0).activity == Activity(0.25, 0.5, 0.9)
+    # Stamped with the exporter's collection interval: the period its values average over.
+    assert sampler.sample(0).activity == Activity(0.25, 0.5, 0.9, period_s=30.0)
 
 
 def test_the_devices_own_activity_wins_over_dcgm_exporters() -> None:
@@ -69,3 +70,57 @@ def test_the_agents_loops_decide_on_dcgm_activity_when_the_gpu_has_none(
         result = gpu.loop.last_result if gpu.loop is not None else None
         assert result is not None and result.sample.activity is not None, gpu.index
         assert sim.backend.sample(gpu.index).activity is None, "the device itself has none"
+
+
+def test_counters_are_refused_on_a_gpu_whose_activity_is_dcgm_exporters_30_s_average(
+    tmp_path: Path,
+) -> None:
+    """A100: no GPM, so pipe activity comes from dcgm-exporter's 30 s collections, which
+    cannot say which phase runs now. A policy asking for the Counters source gets the online
+    search, and its reason says why."""
+    sim = open_simulation("a100", seed=0)
+    agent = NodeAgent(sim.backend, "sim-node-0", StateFile(tmp_path / "state.json"))
+    node = SimNode(sim, agent, scrape_interval_s=0.25)
+    node.publish_pods()
+    agent.set_policy(policy(triServe={"arithmeticIntensity": {"source": "Counters"}}))
+    sources: set[str] = set()
+    messages: list[str] = []
+
+    def watch(now_s: float) -> None:
+        for gpu in agent.gpus.values():
+            result = gpu.loop.last_result if gpu.loop is not None else None
+            if result is not None and result.sample.activity is not None:
+                sources.add(result.decision.source)
+                messages.append(result.decision.message)
+
+    def tick(now_s: float) -> None:
+        node.on_tick(now_s)
+        watch(now_s)
+
+    sim.run_until(60.0, on_tick=tick, tick_s=0.05)
+    assert "search" in sources and "counters" not in sources
+    assert any("Counters refused" in m and "30 s" in m for m in messages)
+
+
+def test_a_fast_dcgm_exporter_is_trusted_for_the_counter_estimate(tmp_path: Path) -> None:
+    """The same GPU with dcgm-exporter collecting every second: the Counters source decides."""
+    sim = open_simulation("a100", seed=0)
+    agent = NodeAgent(
+        sim.backend, "sim-node-0", StateFile(tmp_path / "state.json"), dcgm_period_s=1.0
+    )
+    node = SimNode(sim, agent, scrape_interval_s=0.25)
+    node.publish_pods()
+    agent.set_policy(policy(triServe={"arithmeticIntensity": {"source": "Counters"}}))
+    sources: set[str] = set()
+
+    def watch(now_s: float) -> None:
+        for gpu in agent.gpus.values():
+            if gpu.loop is not None and gpu.loop.last_result is not None:
+                sources.add(gpu.loop.last_result.decision.source)
+
+    def tick(now_s: float) -> None:
+        node.on_tick(now_s)
+        watch(now_s)
+
+    sim.run_until(60.0, on_tick=tick, tick_s=0.05)
+    assert "counters" in sources
