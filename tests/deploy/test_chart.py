@@ -170,6 +170,7 @@ def test_agent_daemonset_runs_on_every_gpu_node_with_least_privilege(tmp_path: P
         "--state-file=/var/lib/triserve/state.json",
         "--dcgm-discover=app=nvidia-dcgm-exporter",
         "--dcgm-port=9400",
+        "--dcgm-collect-interval=30",
         "--log-level=INFO",
         "--min-sm-clock-fraction=0.2",
         "--min-power-limit-fraction=0.5",
