@@ -36,20 +36,22 @@ test: $(STAMP) k8s
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest --cov --cov-report=term:skip-covered -q
 
 # Every README results table: each bundled scenario over 5 seeds, the A sources, the boost-hold
-# sweep, the hindsight optimum and stage hints, one JSON per block under out/bench/, then one
-# summary table of them all (long: about 3 hours on 2 free cores; --jobs uses more).
+# sweep, the hindsight optimum, stage hints and pipeline-aware clocks (tri-serve-P), one JSON per
+# block under out/bench/, then one summary table of them all (long: about 3 hours on 2 free cores; --jobs uses more).
 BENCH = $(BIN)/triserve bench --jobs $(or $(JOBS),2)
 bench: $(STAMP)
 	mkdir -p out/bench
 	$(BENCH) --scenario reference --seeds 5 --json out/bench/reference.json \
-		--strategies default,tri-serve,phase-dvfs,tri-serve-profile,tri-serve-search,tri-serve-counters
+		--strategies default,tri-serve,phase-dvfs,tri-serve-P,tri-serve-profile,tri-serve-search,\
+tri-serve-counters
 	for s in hot a100 bursty; do $(BENCH) --scenario $$s --seeds 5 \
-		--strategies default,tri-serve,phase-dvfs --json out/bench/$$s.json || exit 1; done
-	$(BENCH) --scenario l40s --seeds 5 --strategies default,tri-serve --json out/bench/l40s.json
-	$(BENCH) --scenario trace --seeds 5 --strategies default,tri-serve --json out/bench/trace.json
-	$(BENCH) --scenario reference-high --seeds 5 --strategies default,tri-serve,tri-serve-hints \
+		--strategies default,tri-serve,phase-dvfs,tri-serve-P --json out/bench/$$s.json || exit 1; done
+	for s in l40s trace; do $(BENCH) --scenario $$s --seeds 5 \
+		--strategies default,tri-serve,tri-serve-P --json out/bench/$$s.json || exit 1; done
+	$(BENCH) --scenario reference-high --seeds 5 \
+		--strategies default,tri-serve,tri-serve-hints,tri-serve-P,tri-serve-hints-P \
 		--json out/bench/reference-high.json
-	$(BENCH) --scenario reference --seeds 5 --strategies default,tri-serve-hints \
+	$(BENCH) --scenario reference --seeds 5 --strategies default,tri-serve-hints,tri-serve-hints-P \
 		--json out/bench/reference-hints.json
 	$(BENCH) --scenario reference --seeds 3 --strategies default,tri-serve \
 		--idle-hold-s 0.25,1.5,10 --json out/bench/hold-sweep.json

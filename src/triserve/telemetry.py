@@ -110,6 +110,35 @@ class StageHint:
 
 
 @dataclass(frozen=True, slots=True)
+class DownstreamStage:
+    """A stage that the observed stage feeds, as the agent last saw it (any GPU of the node).
+
+    `serving` is its pod's latest scrape and `hint` its latest hint (either may be None);
+    `max_age_s` bounds how old the scrape may be before its queue is no longer trusted.
+    """
+
+    stage: str
+    serving: ServingSnapshot | None = None
+    hint: StageHint | None = None
+    max_age_s: float | None = None
+
+    def waiting(self, now_s: float) -> int | None:
+        """Requests queued at this stage now: the fresh hint's word, else the scrape's.
+
+        None when neither is fresh enough to act on.
+        """
+        hint = self.hint
+        if hint is not None and hint.fresh(now_s) and hint.waiting is not None:
+            return hint.waiting
+        snap = self.serving
+        if snap is None:
+            return None
+        if self.max_age_s is not None and now_s - snap.timestamp_s > self.max_age_s:
+            return None
+        return snap.waiting
+
+
+@dataclass(frozen=True, slots=True)
 class StageObservation:
     """What the agent knows about one serving stage placed on a GPU.
 
@@ -134,11 +163,19 @@ class StageObservation:
     max_age_s: float | None = None
     hint: StageHint | None = None
     upstream_hints: tuple[StageHint, ...] = ()
+    downstream: tuple[DownstreamStage, ...] = ()
 
     def fresh_hint(self, now_s: float) -> StageHint | None:
         """The stage's hint when it is fresh at `now_s`, else None (use the scrapes)."""
         hint = self.hint
         return hint if hint is not None and hint.fresh(now_s) else None
+
+    def waiting(self, now_s: float) -> int | None:
+        """Requests queued at this stage now: the fresh hint's word, else the scrape's."""
+        hint = self.fresh_hint(now_s)
+        if hint is not None and hint.waiting is not None:
+            return hint.waiting
+        return None if self.serving is None else self.serving.waiting
 
     def age_s(self, now_s: float) -> float | None:
         """Seconds since the stage's last good scrape (None: it has none)."""

@@ -78,6 +78,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "networkPolicy": {"enabled": True},
         }
     },
+    "hints": {"agent": {"hints": {"enabled": True, "hostDir": "/run/triserve-hints"}}},
     "custom-scheduling": {
         "agent": {
             "nodeSelector": {"nvidia.com/gpu.present": "true"},

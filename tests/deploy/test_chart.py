@@ -92,6 +92,24 @@ def test_every_rendered_object_validates_strictly(rendered: Any, version: str) -
             pytest.fail(f"{variant}: {name} is invalid for Kubernetes {version}: {exc.message}")
 
 
+def test_hints_value_mounts_the_socket_directory_and_switches_the_hint_server_on(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "off").mkdir()
+    (tmp_path / "on").mkdir()
+    off = one(render(tmp_path / "off", {}), "DaemonSet", "agent")["spec"]["template"]["spec"]
+    (agent,) = off["containers"]
+    assert not any(a.startswith("--hints-socket") for a in agent["args"])
+    assert "hints" not in {v["name"] for v in off["volumes"]}
+    on = one(render(tmp_path / "on", VARIANTS["hints"]), "DaemonSet", "agent")["spec"]["template"]
+    (agent,) = on["spec"]["containers"]
+    assert "--hints-socket=/run/triserve-hints/hints.sock" in agent["args"]
+    (mount,) = [m for m in agent["volumeMounts"] if m["name"] == "hints"]
+    assert mount["mountPath"] == "/run/triserve-hints"
+    (volume,) = [v for v in on["spec"]["volumes"] if v["name"] == "hints"]
+    assert volume["hostPath"] == {"path": "/run/triserve-hints", "type": "DirectoryOrCreate"}
+
+
 def test_operator_runs_under_restricted_pod_security(tmp_path: Path) -> None:
     deployment = one(render(tmp_path, {}), "Deployment", "operator")
     spec = deployment["spec"]

@@ -170,14 +170,47 @@ class ThermalSpec(ApiModel):
     )
 
 
+class PipelineSpec(ApiModel):
+    """Component P: lower the clocks of stages upstream of a queued bottleneck on the node."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Cap the clock of a GPU whose stages feed a stage with a sustained queue.",
+    )
+    queued_requests: int = Field(
+        default=2,
+        ge=1,
+        le=1000,
+        description="Waiting requests at a downstream stage that count as a queue; the cap "
+        "is lifted when fewer than half of them (at least one) remain.",
+    )
+    sustain_s: float = Field(
+        default=2.0,
+        alias="sustainSeconds",
+        ge=0.0,
+        le=600.0,
+        description="Seconds the downstream queue must last before the upstream GPU is capped.",
+    )
+    min_clock_fraction: float = Field(
+        default=0.6,
+        ge=0.1,
+        le=1.0,
+        description="Lowest cap, as a fraction of the boost clock (never below the ridge "
+        "floor the other components respect).",
+    )
+
+
 class TriServeSpec(ApiModel):
-    """The three Tri-serve components; each can be switched off on its own."""
+    """The Tri-serve components; each can be switched off on its own."""
 
     dependency_stalls: StallSpec = Field(default_factory=StallSpec, description="Component D.")
     arithmetic_intensity: ArithmeticIntensitySpec = Field(
         default_factory=ArithmeticIntensitySpec, description="Component A."
     )
     thermal: ThermalSpec = Field(default_factory=ThermalSpec, description="Component T.")
+    pipeline: PipelineSpec = Field(
+        default_factory=PipelineSpec, description="Component P (off unless enabled)."
+    )
 
 
 class StaticClockSpec(ApiModel):

@@ -48,6 +48,8 @@ STRATEGIES: tuple[str, ...] = (
     "tri-serve-search",
     "tri-serve-counters",
     "tri-serve-hints",
+    "tri-serve-P",
+    "tri-serve-hints-P",
     "lookahead",
     "optimum",
 )
@@ -177,6 +179,15 @@ def spec_for(name: str, settings: ControlSettings | None = None) -> StrategySpec
         return StrategySpec(name, tri)
     if name == "tri-serve-hints":
         return StrategySpec(name, tri, "engines send stage hints (event ticks)", hints=True)
+    if name == "tri-serve-P":
+        return StrategySpec(name, replace(tri, pipeline_enabled=True), "+ P (pipeline-aware)")
+    if name == "tri-serve-hints-P":
+        return StrategySpec(
+            name,
+            replace(tri, pipeline_enabled=True),
+            "+ P, engines send stage hints (queues from hints)",
+            hints=True,
+        )
     if name in _SOURCES:
         source = _SOURCES[name]
         if source is IntensitySource.PROFILE:

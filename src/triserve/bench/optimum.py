@@ -7,7 +7,11 @@
 and phase kind (``prefill``, ``decode``, ``oneshot``, ``idle``), each a fraction of the GPU's
 boost clock (1.0 = hand the clock to the PMU) or ``no-loss`` (per phase, the lowest clock
 whose round time is within 0.5% of boost on the exact kernels, not below 0.35 x boost: a
-phase that starts between ticks runs at the lock until the next tick).
+phase that starts between ticks runs at the lock until the next tick). A GPU whose stages
+feed a stage on another GPU also gets a ``slack`` level: a ceiling on its busy clocks while
+that downstream stage has requests queued (read from the simulated engines' queues), so the
+optimum can take the cross-GPU slack that component P (`triserve.control.pipeline`) takes
+online; 1.0 means no ceiling.
 
 `search_optimum` finds the plan offline, by coordinate descent (`triserve.bench.search`) on
 the very seed it is reported on: the least energy per token with p99 end-to-end latency
@@ -34,6 +38,7 @@ from triserve.bench.runner import RunOutput, StrategySpec
 from triserve.bench.search import Bounds, Plan, SearchOutcome, coordinate_search
 from triserve.control import ControlSettings, Decision, Reason, StrategyKind, TickContext
 from triserve.sim import ORACLE_WARNING, Phase, Scenario, Simulation
+from triserve.sim.engines import ArEngine, OneshotEngine
 
 #: The phase kinds a plan sets a clock for ("idle" covers idle and stalled).
 KINDS: tuple[str, ...] = ("prefill", "decode", "oneshot", "idle")
@@ -49,6 +54,9 @@ IDLE_LEVELS: tuple[float | str, ...] = (0.0, 0.2, 0.35, 0.5, 0.65, 0.7, 0.8, 0.9
 #: a static clock lock does (the ``static-best`` row's uniform settings), so the optimum is
 #: never worse than the best of them where it meets the rule.
 UNIFORM_STARTS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+#: Ceilings on a GPU's busy clocks while a downstream stage on another GPU has a queue.
+SLACK = "slack"
+SLACK_LEVELS: tuple[float | str, ...] = (0.45, 0.55, 0.65, 0.8, 0.9, 1.0)
 #: Passes of coordinate descent, and the most simulations one search may run.
 PASSES = 3
 MAX_EVALS = 100
@@ -65,12 +73,19 @@ class OptimumStrategy:
         self.gpu_index = gpu_index
         self.levels = dict(levels)
         self._no_loss: dict[Phase, int] = {}
+        self._feeds = [
+            e.downstream
+            for e in sim.engines
+            if e.spec.gpu == gpu_index
+            and e.downstream is not None
+            and e.downstream.spec.gpu != gpu_index
+        ]
 
     def decide(self, ctx: TickContext) -> Decision:
         """The plan's clock for the phase running now, or for the work about to arrive."""
         phase = self.sim.gpus[self.gpu_index].phase
         if phase is not None:
-            return self._clock(ctx, phase.kind, phase)
+            return self._slack(ctx, self._clock(ctx, phase.kind, phase))
         view = self.sim.oracle_view(HORIZON_S)
         segments = view.segments.get(self.gpu_index, ())
         lead_s = ctx.dt_s + 2.0 * self.sim.scenario.pmu.clock_change_latency_s
@@ -78,6 +93,20 @@ class OptimumStrategy:
             # Work lands before the next tick could react: pre-warm to its kind's clock.
             return self._clock(ctx, segments[0].kind, None)
         return self._clock(ctx, "idle", None)
+
+    def _slack(self, ctx: TickContext, decision: Decision) -> Decision:
+        """The busy clock under the plan's slack ceiling while a downstream queue exists."""
+        level = self.levels.get(SLACK, 1.0)
+        if not isinstance(level, float) or level >= 1.0:
+            return decision
+        if not any(_queued(e) for e in self._feeds):
+            return decision
+        limits = ctx.limits
+        ceiling = limits.snap_up(max(level * limits.default_max_mhz, limits.min_mhz))
+        target = decision.target_sm_clock_mhz
+        if target is not None and target <= ceiling:
+            return decision
+        return Decision(ceiling, Reason.PIPELINE, f"OPTIMUM: downstream queued, {ceiling} MHz")
 
     def _clock(self, ctx: TickContext, kind: str, phase: Phase | None) -> Decision:
         level = self.levels.get(kind, 1.0)
@@ -104,6 +133,13 @@ class OptimumStrategy:
         return Decision(clock, reason, f"OPTIMUM: {kind} at {clock} MHz")
 
 
+def _queued(engine: object) -> bool:
+    """True when a simulated engine has requests waiting (ORACLE ONLY: engine internals)."""
+    if isinstance(engine, ArEngine):
+        return bool(engine.waiting)
+    return isinstance(engine, OneshotEngine) and bool(engine.queue)
+
+
 def _factory(
     plan: Plan, sim: Simulation, gpu_index: int, settings: ControlSettings
 ) -> OptimumStrategy:
@@ -122,9 +158,13 @@ def optimum_spec(plan: Plan) -> StrategySpec:
 def dimensions(scenario: Scenario) -> list[tuple[int, str]]:
     """(GPU, phase kind) pairs a scenario can run: the search's dimensions."""
     kinds: dict[int, set[str]] = {g: {"idle"} for g in range(len(scenario.gpus))}
+    gpu_of = {st.name: st.gpu for st in scenario.pipeline.stages}
     for st in scenario.pipeline.stages:
         kinds[st.gpu] |= {"prefill", "decode"} if st.kind == "autoregressive" else {"oneshot"}
-    return [(g, k) for g in sorted(kinds) for k in KINDS if k in kinds[g]]
+        upstream_gpu = gpu_of.get(st.upstream) if st.upstream else None
+        if upstream_gpu is not None and upstream_gpu != st.gpu:
+            kinds[upstream_gpu].add(SLACK)
+    return [(g, k) for g in sorted(kinds) for k in (*KINDS, SLACK) if k in kinds[g]]
 
 
 def search_optimum(
@@ -139,12 +179,14 @@ def search_optimum(
 ) -> SearchOutcome:
     """Find the hindsight optimum of `scenario` on `seed` (see the module doc)."""
     dims = dimensions(scenario)
-    levels: dict[Hashable, Sequence[Hashable]] = {
-        d: IDLE_LEVELS if d[1] == "idle" else BUSY_LEVELS for d in dims
-    }
+    grids = {"idle": IDLE_LEVELS, SLACK: SLACK_LEVELS}
+    levels: dict[Hashable, Sequence[Hashable]] = {d: grids.get(d[1], BUSY_LEVELS) for d in dims}
     default_plan: Plan = tuple((d, 1.0) for d in dims)
-    lookahead_like: Plan = tuple((d, 0.0 if d[1] == "idle" else NO_LOSS) for d in dims)
-    uniform = [tuple((d, f) for d in dims) for f in UNIFORM_STARTS]
+    lookahead_like: Plan = tuple(
+        (d, 0.0 if d[1] == "idle" else 1.0 if d[1] == SLACK else NO_LOSS) for d in dims
+    )
+    # A static lock has no slack ceiling of its own: uniform starts leave it off.
+    uniform = [tuple((d, 1.0 if d[1] == SLACK else f) for d in dims) for f in UNIFORM_STARTS]
     return coordinate_search(
         scenario,
         seed,

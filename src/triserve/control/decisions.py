@@ -26,6 +26,7 @@ class Reason(enum.StrEnum):
     COMPUTE = "compute"
     THERMAL = "thermal"
     SLO_GUARD = "slo-guard"
+    PIPELINE = "pipeline"
     DEFAULT = "default"
 
 

@@ -84,6 +84,12 @@ class ControlSettings:
     ridge_floor_fraction: float = 0.35
     slo_guard: bool = True
     ridge_profile: tuple[tuple[str, str, int], ...] = ()
+    pipeline_enabled: bool = False
+    pipeline_queued_requests: int = 2
+    pipeline_sustain_s: float = 2.0
+    pipeline_min_fraction: float = 0.6
+    pipeline_step_fraction: float = 0.05
+    pipeline_step_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.strategy is StrategyKind.STATIC_CLOCK and not self.static_clock_mhz:
@@ -94,6 +100,17 @@ class ControlSettings:
             raise ValueError("control_interval_s must be positive (spec.controlIntervalMs)")
         if self.clock_max_mhz and self.clock_min_mhz > self.clock_max_mhz:
             raise ValueError("clock_min_mhz is above clock_max_mhz (spec.clockLimits)")
+        if self.pipeline_queued_requests < 1:
+            raise ValueError(
+                "pipeline_queued_requests must be at least 1 "
+                "(spec.triServe.pipeline.queuedRequests)"
+            )
+        if not 0.0 < self.pipeline_min_fraction <= 1.0:
+            raise ValueError(
+                "pipeline_min_fraction must be in (0, 1] (spec.triServe.pipeline.minClockFraction)"
+            )
+        if self.pipeline_step_fraction <= 0 or self.pipeline_step_s < 0:
+            raise ValueError("pipeline_step_fraction must be positive, pipeline_step_s >= 0")
 
     @classmethod
     def from_policy(cls, spec: EnergyPolicySpec) -> ControlSettings:
@@ -119,16 +136,21 @@ class ControlSettings:
                 (entry.stage, entry.phase.value, entry.ridge_mhz)
                 for entry in ts.arithmetic_intensity.profile
             ),
+            pipeline_enabled=ts.pipeline.enabled,
+            pipeline_queued_requests=ts.pipeline.queued_requests,
+            pipeline_sustain_s=ts.pipeline.sustain_s,
+            pipeline_min_fraction=ts.pipeline.min_clock_fraction,
         )
 
     def only(self, component: str) -> ControlSettings:
-        """Tri-serve with one component (``"D"``, ``"A"`` or ``"T"``) enabled: an ablation."""
-        if component not in {"D", "A", "T"}:
-            raise ValueError(f"unknown Tri-serve component {component!r}; use D, A or T")
+        """Tri-serve with one component (``"D"``, ``"A"``, ``"T"`` or ``"P"``) enabled."""
+        if component not in {"D", "A", "T", "P"}:
+            raise ValueError(f"unknown Tri-serve component {component!r}; use D, A, T or P")
         return replace(
             self,
             strategy=StrategyKind.TRI_SERVE,
             stalls_enabled=component == "D",
             intensity_enabled=component == "A",
             thermal_enabled=component == "T",
+            pipeline_enabled=component == "P",
         )

@@ -1,4 +1,4 @@
-"""The Tri-serve strategy: dependency stalls (D), arithmetic intensity (A), thermal (T).
+"""The Tri-serve strategy: stalls (D), arithmetic intensity (A), thermal (T), pipeline (P).
 
 One `TriServeStrategy` runs per GPU inside a `ControlLoop`. Each tick it asks, in order:
 
@@ -13,7 +13,10 @@ One `TriServeStrategy` runs per GPU inside a `ControlLoop`. Each tick it asks, i
 3. A — memory-bound phase? lock its ridge clock (``ridge``), from a measured profile, the
    online ridge search or a counter estimate (`triserve.control.intensity`; the decision's
    `source` says which); compute-bound? full boost (``compute``);
-4. T — would the temperature reach slowdown - headroom within the horizon? cap the clock at
+4. P (off unless the policy enables it) — do this GPU's stages feed a stage elsewhere on
+   the node whose queue has lasted? cap a busy, not compute-bound phase below boost
+   (``pipeline``; `triserve.control.pipeline`); never while the guard holds clocks back;
+5. T — would the temperature reach slowdown - headroom within the horizon? cap the clock at
    a sustainable value (``thermal``).
 
 Each component is switched separately by `ControlSettings` (the bench's ablations use that).
@@ -24,6 +27,7 @@ from __future__ import annotations
 from triserve.control.decisions import Decision, Reason, TickContext
 from triserve.control.intensity import IntensityEstimator
 from triserve.control.phases import PhaseTracker
+from triserve.control.pipeline import PipelineGovernor
 from triserve.control.settings import ControlSettings
 from triserve.control.sloguard import SloGuard
 from triserve.control.thermal import ThermalGovernor
@@ -46,6 +50,7 @@ class TriServeStrategy:
         )
         self.thermal = ThermalGovernor(settings.thermal_headroom_c)
         self.guard = SloGuard(settings.max_latency_increase_pct) if settings.slo_guard else None
+        self.pipeline = PipelineGovernor(settings) if settings.pipeline_enabled else None
 
     def decide(self, ctx: TickContext) -> Decision:
         """Choose this tick's clock ceiling and say why."""
@@ -55,7 +60,13 @@ class TriServeStrategy:
         if tripped:
             self.intensity.widen(ctx)
         cap = self.thermal.update(ctx) if s.thermal_enabled else None
-        if guard is not None and guard.active(ctx.now_s):
+        guard_active = guard is not None and guard.active(ctx.now_s)
+        ceiling = (
+            self.pipeline.update(ctx.now_s, ctx.stages, ctx.limits, guard_active)
+            if self.pipeline is not None
+            else None
+        )
+        if guard is not None and guard_active:
             if cap is not None:
                 return Decision(
                     cap,
@@ -65,6 +76,8 @@ class TriServeStrategy:
                 )
             return Decision(None, Reason.SLO_GUARD, guard.message, guard_tripped=tripped)
         decision = self._base(ctx)
+        if ceiling is not None and self.pipeline is not None:
+            decision = _pipeline_capped(decision, ceiling, self.pipeline.message)
         if cap is not None and (
             decision.target_sm_clock_mhz is None or decision.target_sm_clock_mhz > cap
         ):
@@ -98,3 +111,17 @@ class TriServeStrategy:
         if wanted <= 0:
             return ctx.limits.min_mhz
         return ctx.limits.snap_down(wanted)
+
+
+def _pipeline_capped(decision: Decision, ceiling_mhz: int, message: str) -> Decision:
+    """`decision` under P's ceiling: stalls and compute phases keep their own clock.
+
+    A stall already runs lower; a compute-bound phase (prefill) sets the time to first
+    token, which a downstream queue does not hide.
+    """
+    if decision.reason in (Reason.STALL, Reason.COMPUTE):
+        return decision
+    target = decision.target_sm_clock_mhz
+    if target is not None and target <= ceiling_mhz:
+        return decision
+    return Decision(ceiling_mhz, Reason.PIPELINE, message, source=decision.source)

@@ -19,8 +19,9 @@ Each tick also feeds every GPU's `GpuRuntime` (energy, the baseline estimate), w
 its loop for a short baseline probe at the PMU default (`ProbeSettings`, `probe=`).
 
 Telemetry scope (docs/telemetry.md): only pods the policy selects are scraped
-(`scrape_targets`), upstream-stall signals come only from selected pods of the same
-namespace and pipeline, a data-parallel server's engines are attributed to its GPUs in
+(`scrape_targets`), signals of neighbouring stages (upstream stalls, downstream queues) come
+only from selected pods of the same namespace and pipeline (`triserve.node_agent.observations`
+assembles them), a data-parallel server's engines are attributed to its GPUs in
 device order, every stage observation carries `max_input_age_s` so a loop falls back to the
 PMU default on stale data, dcgm-exporter activity older than that is dropped, and a GPU in
 MIG mode is observed, not governed (its clocks are shared by every MIG instance), unless the
@@ -50,15 +51,16 @@ from triserve.api.status import GpuState
 from triserve.control import ControlLoop, ControlSettings
 from triserve.gpu.backend import GpuBackend, GpuError, GpuIdentity
 from triserve.node_agent.dcgm import DcgmSnapshot
-from triserve.node_agent.gpumap import GpuIndex, Placement, map_pods
+from triserve.node_agent.gpumap import GpuIndex, map_pods
 from triserve.node_agent.gpus import GpuRuntime, ProbeSettings
 from triserve.node_agent.hints import UNKNOWN_POD, HintBook, HintError
+from triserve.node_agent.observations import StageIndex
 from triserve.node_agent.podresources import ContainerGpus
 from triserve.node_agent.restore import RetryPlan, restore_gpu
 from triserve.node_agent.safety import GuardedBackend, GuardRails, StateFile, restore_stale
 from triserve.node_agent.sampling import GpuSampler
 from triserve.node_agent.stages import ServingPod
-from triserve.telemetry import ServingSnapshot, StageHint, StageObservation
+from triserve.telemetry import ServingSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -556,64 +558,18 @@ class NodeAgent:
             self.releasing_policy = ""
 
     def _refresh_stages(self) -> None:
-        """Rebuild each GPU's stage observations from the latest scrapes."""
+        """Rebuild each GPU's stage observations from the latest scrapes and hints."""
         self._serving_dirty = False
-        # Upstream signals only from pods this policy selects, in the same namespace and
-        # pipeline: another tenant's pods must not steer this policy's clocks.
-        by_stage: dict[tuple[str, str | None, str], list[ServingSnapshot]] = {}
-        hints_by_stage: dict[tuple[str, str | None, str], list[StageHint]] = {}
-        for pod in self._selected():
-            where = (pod.namespace, pod.pipeline, pod.stage)
-            snap = self.serving.get(pod.key)
-            if snap is not None:
-                by_stage.setdefault(where, []).append(snap)
-            hint = self.hints.hint(pod.key)
-            if hint is not None:
-                hints_by_stage.setdefault(where, []).append(hint)
+        index = StageIndex(
+            self._selected(),
+            self.serving,
+            self.serving_engines,
+            self.hints.hint,
+            self.max_input_age_s,
+        )
         for gpu in self.gpus.values():
-            observations = []
-            for placement in gpu.placements:
-                pod = placement.pod
-                upstream_snaps = tuple(
-                    s
-                    for up in pod.upstream
-                    for s in by_stage.get((pod.namespace, pod.pipeline, up), ())
-                )
-                upstream_hints = tuple(
-                    h
-                    for up in pod.upstream
-                    for h in hints_by_stage.get((pod.namespace, pod.pipeline, up), ())
-                )
-                observations.append(
-                    StageObservation(
-                        stage=pod.stage,
-                        pipeline=pod.pipeline,
-                        pod=pod.name,
-                        namespace=pod.namespace,
-                        container=placement.container,
-                        upstream=pod.upstream,
-                        serving=self._serving_for(placement),
-                        upstream_serving=upstream_snaps,
-                        max_age_s=self.max_input_age_s,
-                        hint=self.hints.hint(pod.key),
-                        upstream_hints=upstream_hints,
-                    )
-                )
-            gpu.stages = tuple(observations)
+            gpu.stages = index.for_gpu(gpu.placements)
         self._count_tokens()
-
-    def _serving_for(self, placement: Placement) -> ServingSnapshot | None:
-        """The scrape that speaks for this placement's GPU: its engine's, else the pod's.
-
-        A data-parallel server with N engines over G GPUs (G a multiple of N, listed in
-        device order) runs engine i on GPUs i*G/N … (i+1)*G/N - 1.
-        """
-        total = self.serving.get(placement.pod.key)
-        engines = self.serving_engines.get(placement.pod.key) or {}
-        if total is None or len(engines) < 2 or placement.of % len(engines) != 0:
-            return total
-        ordered = sorted(engines, key=lambda e: (not e.isdigit(), int(e) if e.isdigit() else 0, e))
-        return engines[ordered[placement.rank // (placement.of // len(engines))]]
 
     def _count_tokens(self) -> None:
         """Attribute new generation tokens of every pod to its GPUs' report windows."""

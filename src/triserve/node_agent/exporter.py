@@ -138,6 +138,12 @@ class AgentCollector(Collector):
             "trips": CounterMetricFamily(
                 "triserve_slo_guard_trips", "Times the SLO guard engaged", labels=GPU_LABELS
             ),
+            "pipeline": CounterMetricFamily(
+                "triserve_gpu_pipeline_capped_seconds",
+                "Seconds the pipeline component (P) capped the clock: the GPU fed a queued "
+                "bottleneck",
+                labels=GPU_LABELS,
+            ),
         }
         decisions = CounterMetricFamily(
             "triserve_gpu_decisions",
@@ -168,6 +174,7 @@ class AgentCollector(Collector):
                 "restore_failed": 1.0 if gpu.state is GpuState.RESTORE_FAILED else 0.0,
                 "guard": 1.0 if gpu.slo_guard_active else 0.0,
                 "trips": gpu.slo_guard_trips,
+                "pipeline": gpu.pipeline_capped_s,
             }
             running = {o.pod: (o.serving.running if o.serving else 0) for o in gpu.stages}
             for labels in _gpu_label_sets(agent, gpu):

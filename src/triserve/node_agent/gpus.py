@@ -146,6 +146,7 @@ class GpuRuntime:
     throttle_s: float = 0.0
     decisions: dict[str, int] = field(default_factory=dict)
     slo_guard_trips: int = 0
+    pipeline_capped_s: float = 0.0
     # Last report window's results (exported as gauges).
     tokens_per_joule: float = 0.0
     baseline_tokens_per_joule: float = 0.0
@@ -248,6 +249,8 @@ class GpuRuntime:
             w.throttle_s += dt_s
         if result.decision.guard_tripped:
             self.slo_guard_trips += 1
+        if result.decision.reason is Reason.PIPELINE:
+            self.pipeline_capped_s += dt_s
         reason = result.decision.reason.value
         self.decisions[reason] = self.decisions.get(reason, 0) + 1
         w.decisions[reason] = w.decisions.get(reason, 0) + 1

@@ -75,6 +75,7 @@ REASON_LEGEND = (
     "memory-bound phase at its ridge clock, from the policy's profile, the online search or "
     "activity counters; compute = a compute-bound phase at boost; thermal = a sustainable "
     "clock ahead of thermal slowdown; slo-guard = the latency guard handed the clock back; "
+    "pipeline = capped because the GPU feeds a queued stage elsewhere on the node; "
     "default = the GPU's own power management (PMU) decides."
 )
 

@@ -6,10 +6,11 @@ import pytest
 
 from triserve.bench import catalog
 from triserve.bench.cli import _Inline
-from triserve.bench.optimum import UNIFORM_STARTS, dimensions, search_optimum
+from triserve.bench.optimum import UNIFORM_STARTS, dimensions, optimum_spec, search_optimum
 from triserve.bench.results import StrategyResult
 from triserve.bench.runner import run_strategy
 from triserve.bench.search import Bounds
+from triserve.sim import with_overrides
 
 from .scenarios import short_reference, split_scenario
 
@@ -74,11 +75,27 @@ def test_the_optimum_searches_each_gpu_and_phase_kind_the_scenario_runs() -> Non
         (0, "prefill"),
         (0, "decode"),
         (0, "idle"),
+        (0, "slack"),  # the thinker's GPU feeds the talker on GPU 1
         (1, "prefill"),
         (1, "decode"),
         (1, "oneshot"),
         (1, "idle"),
     ]
+
+
+def test_the_optimum_can_cap_a_gpu_while_its_downstream_stage_on_another_gpu_queues() -> None:
+    scenario = with_overrides(
+        short_reference(duration_s=60.0),
+        {"workload.rate_rps": 0.78, "pipeline.stages.1.max_batch": 4},
+    )
+    dims = dimensions(scenario)
+    free = tuple((d, 1.0) for d in dims)
+    slack = tuple((d, 0.55 if d == (0, "slack") else 1.0) for d in dims)
+    uncapped = run_strategy(scenario, optimum_spec(free), 0).result
+    capped = run_strategy(scenario, optimum_spec(slack), 0).result
+    assert uncapped.decisions.get("pipeline", 0) == 0
+    assert capped.decisions.get("pipeline", 0) > 0
+    assert capped.energy_j < uncapped.energy_j
 
 
 def _row(p99_e2e_s: float, p99_ttft_s: float, rps: float) -> StrategyResult:

@@ -26,7 +26,7 @@ CONTRACT = {
     "triserve_gpu_throttle_seconds_total", "triserve_gpu_decisions_total",
     "triserve_gpu_tokens_per_joule", "triserve_gpu_baseline_tokens_per_joule",
     "triserve_gpu_clocks_locked", "triserve_gpu_managed", "triserve_gpu_degraded",
-    "triserve_gpu_restore_failed",
+    "triserve_gpu_restore_failed", "triserve_gpu_pipeline_capped_seconds_total",
     "triserve_gpu_stage_active", "triserve_slo_guard_active", "triserve_slo_guard_trips_total",
     "triserve_policy_info", "triserve_agent_tick_seconds_bucket", "triserve_agent_errors_total",
 }  # fmt: skip
