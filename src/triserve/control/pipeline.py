@@ -24,6 +24,13 @@ The rule, per GPU:
 The strategy applies the ceiling only to what would otherwise run above it in a busy, not
 compute-bound phase: a prefill sets the time to first token, which no downstream queue
 hides, so compute phases keep A's boost; stalls keep D's lower clock.
+
+The other side of the same rule protects the bottleneck itself: while a stage on this GPU
+has requests queued (`protect`), A's ridge lock is lifted and the GPU runs at boost. The
+ridge trades up to `maxThroughputLossPercent` of a stage's rate, which costs nothing while
+the stage keeps up, but a queued stage is the pipeline's pace: every lost percent adds to
+the wait of each request in its queue, and near saturation waits grow far faster than the
+rate falls (an M/M/1 queue's wait scales with 1/(1 - load)).
 """
 
 from __future__ import annotations
@@ -42,30 +49,34 @@ class QueueView:
 
     `downstream_waiting` is the longest queue among stages fed by this GPU's stages and run
     elsewhere (None: no such stage, or none readable); `own_waiting` the longest queue of a
-    stage on this GPU (0 when unknown); `bottleneck` names the downstream stage queued most.
+    stage on this GPU (0 when unknown) and `own_stage` its name; `bottleneck` names the
+    downstream stage queued most.
     """
 
     downstream_waiting: int | None
     own_waiting: int
     bottleneck: str
+    own_stage: str = ""
 
 
 def queue_view(now_s: float, stages: Sequence[StageObservation]) -> QueueView:
     """The queues this GPU's stages see at `now_s` (see `QueueView`)."""
     here = {obs.stage for obs in stages}
     own = 0
+    own_stage = ""
     longest: int | None = None
     bottleneck = ""
     for obs in stages:
         waiting = obs.waiting(now_s)
-        own = max(own, waiting or 0)
+        if (waiting or 0) > own:
+            own, own_stage = waiting or 0, obs.stage
         for peer in obs.downstream:
             if peer.stage in here:  # its queue is this GPU's own: counted above
                 continue
             peer_waiting = peer.waiting(now_s)
             if peer_waiting is not None and (longest is None or peer_waiting > longest):
                 longest, bottleneck = peer_waiting, peer.stage
-    return QueueView(longest, own, bottleneck)
+    return QueueView(longest, own, bottleneck, own_stage)
 
 
 class PipelineGovernor:
@@ -149,3 +160,16 @@ class PipelineGovernor:
         lowest = max(self.min_fraction, self.floor_fraction)
         self.level = max(round(self.level - self.step_fraction, 6), lowest)
         self._last_step_s = now_s
+
+
+def protect(view: QueueView) -> str | None:
+    """Why this GPU must not run below boost now: a stage on it has requests queued.
+
+    None when no stage on the GPU has a queue (see the module doc).
+    """
+    if view.own_waiting < 1:
+        return None
+    return (
+        f"{view.own_stage}: {view.own_waiting} requests queued on this GPU (the pipeline's "
+        "bottleneck now): ridge lifted, full boost"
+    )

@@ -158,6 +158,16 @@ class RidgeSearch:
         self.message = f"ridge search for {_label(key)}: reference window at boost"
         return None
 
+    def interrupt(self, now_s: float) -> None:
+        """Another component overrode this tick's clock: drop the open window.
+
+        A trial window that ran at boost (or a reference that ran capped) would judge a clock
+        it never measured, so the window starts again once the search's clock is back.
+        """
+        st = self.keys.get(self._key) if self._key is not None else None
+        if st is not None and st.mode is not Mode.SETTLED:
+            self._restart(st, now_s)
+
     def _restart(self, st: KeyState, now_s: float) -> None:
         st.window_start_s = now_s
         st.fresh = True

@@ -15,7 +15,9 @@ One `TriServeStrategy` runs per GPU inside a `ControlLoop`. Each tick it asks, i
    `source` says which); compute-bound? full boost (``compute``);
 4. P (off unless the policy enables it) — do this GPU's stages feed a stage elsewhere on
    the node whose queue has lasted? cap a busy, not compute-bound phase below boost
-   (``pipeline``; `triserve.control.pipeline`); never while the guard holds clocks back;
+   (``pipeline``; `triserve.control.pipeline`); never while the guard holds clocks back.
+   Does a stage on this GPU have requests queued? then it is the bottleneck: lift A's ridge
+   lock (``pipeline``, at boost);
 5. T — would the temperature reach slowdown - headroom within the horizon? cap the clock at
    a sustainable value (``thermal``).
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 from triserve.control.decisions import Decision, Reason, TickContext
 from triserve.control.intensity import IntensityEstimator
 from triserve.control.phases import PhaseTracker
-from triserve.control.pipeline import PipelineGovernor
+from triserve.control.pipeline import PipelineGovernor, protect, queue_view
 from triserve.control.settings import ControlSettings
 from triserve.control.sloguard import SloGuard
 from triserve.control.thermal import ThermalGovernor
@@ -76,8 +78,14 @@ class TriServeStrategy:
                 )
             return Decision(None, Reason.SLO_GUARD, guard.message, guard_tripped=tripped)
         decision = self._base(ctx)
+        if self.pipeline is not None and decision.reason is Reason.RIDGE:
+            why = protect(queue_view(ctx.now_s, ctx.stages))
+            if why is not None:
+                decision = Decision(None, Reason.PIPELINE, why, source=decision.source)
         if ceiling is not None and self.pipeline is not None:
             decision = _pipeline_capped(decision, ceiling, self.pipeline.message)
+        if decision.reason is Reason.PIPELINE:
+            self.intensity.search.interrupt(ctx.now_s)  # its window did not run its clock
         if cap is not None and (
             decision.target_sm_clock_mhz is None or decision.target_sm_clock_mhz > cap
         ):
@@ -119,8 +127,8 @@ def _pipeline_capped(decision: Decision, ceiling_mhz: int, message: str) -> Deci
     A stall already runs lower; a compute-bound phase (prefill) sets the time to first
     token, which a downstream queue does not hide.
     """
-    if decision.reason in (Reason.STALL, Reason.COMPUTE):
-        return decision
+    if decision.reason in (Reason.STALL, Reason.COMPUTE, Reason.PIPELINE):
+        return decision  # PIPELINE here: a queue on this GPU itself lifted the ridge
     target = decision.target_sm_clock_mhz
     if target is not None and target <= ceiling_mhz:
         return decision

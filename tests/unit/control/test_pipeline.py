@@ -8,9 +8,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from triserve.control import ControlSettings, Decision, DeviceLimits, Reason
-from triserve.control.pipeline import PipelineGovernor, queue_view
-from triserve.control.tristrategy import _pipeline_capped
+from tests.unit.decode_stage import DecodeStage
+from triserve.control import (
+    ControlSettings,
+    Decision,
+    DeviceLimits,
+    IntensitySource,
+    Reason,
+    StageSignals,
+    TickContext,
+)
+from triserve.control.pipeline import PipelineGovernor, protect, queue_view
+from triserve.control.search import Mode, RidgeSearch
+from triserve.control.tristrategy import TriServeStrategy, _pipeline_capped
 from triserve.sim import Simulation, load_scenario
 from triserve.telemetry import DownstreamStage, ServingSnapshot, StageHint, StageObservation
 
@@ -250,3 +260,68 @@ def test_any_graph_and_queue_series_never_raises_never_caps_below_the_floor_nor_
         ]
         assert queues and max(queues) >= gov.drained_below
         assert all((o.waiting(now_s) or 0) < queued for o in stages)
+
+
+def test_a_queue_on_this_gpu_is_the_bottleneck_and_lifts_the_ridge() -> None:
+    """The other half of P: the GPU hosting a queued stage must not trade its rate."""
+    queued = queue_view(1.0, [thinker(1.0, talker_waiting=0, own_waiting=3)])
+    why = protect(queued)
+    assert why is not None and "thinker" in why and "3 requests queued" in why
+    assert protect(queue_view(1.0, [thinker(1.0, talker_waiting=5, own_waiting=0)])) is None
+    # A protected decision (boost) is not capped again by a downstream queue.
+    protected = Decision(None, Reason.PIPELINE, why)
+    assert _pipeline_capped(protected, 1200, "capped") is protected
+
+
+def test_an_override_restarts_the_ridge_searchs_open_window(limits: DeviceLimits) -> None:
+    """A trial window that P ran at boost would judge a clock it never measured."""
+    search = RidgeSearch(0.5)
+    key = (("talker", "decode"),)
+    stage = DecodeStage()
+    env = limits
+    now = 0.0
+    while search.keys.get(key) is None or search.keys[key].mode is not Mode.TRIAL:
+        search.clock(now, key, [stage.observe(now, 0.02)], env)
+        now += 0.25
+    state = search.keys[key]
+    opened_s = state.window_start_s
+    for _ in range(2):  # the first scrape of a window only marks its start
+        search.clock(now, key, [stage.observe(now, 0.02)], env)
+        now += 0.25
+    assert state.trial.count > 0
+    search.interrupt(now)
+    assert state.trial.count == 0 and state.window_start_s > opened_s
+
+
+def test_the_strategy_runs_a_queued_stage_at_boost_instead_of_its_ridge(
+    limits: DeviceLimits,
+) -> None:
+    """A decode the profile would lock at its ridge runs at boost while its queue stands,
+    and goes back to the ridge when the queue is gone; without P the ridge stays. The queue
+    comes from the engine's hints, as it does between scrapes (a scraped queue already reads
+    as prefill to come, which runs at boost anyway)."""
+    ridge = (("talker", "decode", 1200),)
+    base = ControlSettings(intensity_source=IntensitySource.PROFILE, ridge_profile=ridge)
+    sample = Simulation(load_scenario("reference")).backend.sample(1)
+    busy = StageSignals(True, False, False, False, 0.0, 4)
+
+    def decide(
+        strategy: TriServeStrategy, stage: DecodeStage, now_s: float, waiting: int
+    ) -> Decision:
+        obs = stage.observe(now_s, 0.02)
+        hint = StageHint(now_s, busy=True, phase="decode", waiting=waiting, running=4)
+        obs = replace(obs, hint=hint)
+        return strategy.decide(TickContext(now_s, 0.25, sample, [obs], busy, limits))
+
+    with_p = TriServeStrategy(replace(base, pipeline_enabled=True))
+    without = TriServeStrategy(base)
+    stages = DecodeStage(), DecodeStage()
+    for i in range(4):  # phase detection needs two scrapes
+        decide(with_p, stages[0], i * 0.25, 0)
+        decide(without, stages[1], i * 0.25, 0)
+    assert decide(with_p, stages[0], 1.0, 0).reason is Reason.RIDGE
+    queued = decide(with_p, stages[0], 1.25, 3)
+    assert queued.reason is Reason.PIPELINE and queued.target_sm_clock_mhz is None
+    assert "talker: 3 requests queued" in queued.message
+    assert decide(without, stages[1], 1.25, 3).reason is Reason.RIDGE
+    assert decide(with_p, stages[0], 1.5, 0).reason is Reason.RIDGE
