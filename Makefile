@@ -58,7 +58,7 @@ tri-serve-counters
 	$(BENCH) --scenario hot --scenario a100 --scenario bursty --seeds 3 \
 		--strategies default,tri-serve-profile,tri-serve-counters --json out/bench/sources.json
 	for s in reference hot a100; do $(BENCH) --scenario $$s --duration-s 480 \
-		--strategies default,tri-serve,static-best,phase-dvfs,optimum \
+		--strategies default,tri-serve,tri-serve-P,static-best,phase-dvfs,optimum \
 		--json out/bench/optimum-$$s.json || exit 1; done
 	$(BIN)/triserve bench --summary out/bench/*.json
 
