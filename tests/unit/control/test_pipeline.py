@@ -25,7 +25,7 @@ from triserve.sim import Simulation, load_scenario
 from triserve.telemetry import DownstreamStage, ServingSnapshot, StageHint, StageObservation
 
 P = ControlSettings(pipeline_enabled=True)
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def _ticks(draw: st.DrawFn) -> list[tuple[float, list[StageObservation]]]:
     edges = {s: draw(st.lists(st.sampled_from(STAGES), max_size=3, unique=True)) for s in here}
     now_s = 0.0
     out = []
-    for _ in range(draw(st.integers(1, 60))):
+    for _ in range(draw(st.integers(1, 30))):
         now_s += draw(st.floats(0.0, 3.0))
         waiting = st.one_of(st.none(), st.integers(0, 40))
         obs = []
@@ -225,7 +225,7 @@ def _ticks(draw: st.DrawFn) -> list[tuple[float, list[StageObservation]]]:
     queued=st.integers(1, 8),
     sustain_s=st.floats(0.0, 5.0),
     min_fraction=st.floats(0.1, 1.0),
-    guard=st.lists(st.booleans(), min_size=60, max_size=60),
+    guard=st.lists(st.booleans(), min_size=30, max_size=30),
 )
 def test_any_graph_and_queue_series_never_raises_never_caps_below_the_floor_nor_without_a_queue(
     limits: DeviceLimits,
