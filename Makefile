@@ -53,6 +53,8 @@ tri-serve-counters
 		--json out/bench/reference-high.json
 	$(BENCH) --scenario reference --seeds 5 --strategies default,tri-serve-hints,tri-serve-hints-P \
 		--json out/bench/reference-hints.json
+	$(BENCH) --scenario a100 --seeds 5 --strategies default,tri-serve-hints \
+		--json out/bench/a100-hints.json
 	$(BENCH) --scenario reference --seeds 3 --strategies default,tri-serve \
 		--idle-hold-s 0.25,1.5,10 --json out/bench/hold-sweep.json
 	$(BENCH) --scenario hot --scenario a100 --scenario bursty --seeds 3 \
