@@ -32,7 +32,6 @@ from triserve.control.decisions import Reason, TickContext
 from triserve.control.phases import (
     DECODE,
     DRAM_SATURATION,
-    PHASE_ACTIVITY_MAX_PERIOD_S,
     PhaseView,
     busy_fraction,
     phase_activity,
@@ -141,7 +140,7 @@ class IntensityEstimator:
 def _no_counters(ctx: TickContext) -> str:
     """Why the Counters source cannot decide on this GPU (the search decides instead)."""
     act = ctx.sample.activity
-    if act is not None and act.period_s is not None and act.period_s > PHASE_ACTIVITY_MAX_PERIOD_S:
+    if act is not None and act.period_s is not None and phase_activity(ctx.sample) is None:
         return (
             f"source Counters refused: pipe counters here average over {act.period_s:.0f} s "
             "(dcgm-exporter's collection interval; this GPU has no per-tick GPM counters), "

@@ -93,6 +93,8 @@ class PipelineGovernor:
         #: The current ceiling as a fraction of boost (1.0: no cap).
         self.level = 1.0
         self.message = ""
+        #: This tick's queues (None while the guard holds clocks back): `protect` reads it.
+        self.view: QueueView | None = None
         self._queued_since_s: float | None = None
         self._last_step_s: float | None = None
 
@@ -117,9 +119,10 @@ class PipelineGovernor:
     ) -> int | None:
         """The ceiling in MHz for the GPU running `stages` at `now_s`, or None (no cap)."""
         if guard_active:
+            self.view = None
             self.release("latency guard active: no pipeline cap")
             return None
-        view = queue_view(now_s, stages)
+        view = self.view = queue_view(now_s, stages)
         down = view.downstream_waiting
         if down is None:
             self.release("no readable downstream queue: no pipeline cap")

@@ -29,7 +29,7 @@ from __future__ import annotations
 from triserve.control.decisions import Decision, Reason, TickContext
 from triserve.control.intensity import IntensityEstimator
 from triserve.control.phases import PhaseTracker
-from triserve.control.pipeline import PipelineGovernor, protect, queue_view
+from triserve.control.pipeline import PipelineGovernor, protect
 from triserve.control.settings import ControlSettings
 from triserve.control.sloguard import SloGuard
 from triserve.control.thermal import ThermalGovernor
@@ -78,8 +78,9 @@ class TriServeStrategy:
                 )
             return Decision(None, Reason.SLO_GUARD, guard.message, guard_tripped=tripped)
         decision = self._base(ctx)
-        if self.pipeline is not None and decision.reason is Reason.RIDGE:
-            why = protect(queue_view(ctx.now_s, ctx.stages))
+        view = self.pipeline.view if self.pipeline is not None else None
+        if view is not None and decision.reason is Reason.RIDGE:
+            why = protect(view)  # the queues P read this tick, not read again
             if why is not None:
                 decision = Decision(None, Reason.PIPELINE, why, source=decision.source)
         if ceiling is not None and self.pipeline is not None:
