@@ -22,12 +22,12 @@ from unittest import mock
 
 from triserve.api.models import EnergyPolicySpec
 from triserve.api.status import GpuState, NodeEnergyReportStatus, ReportPhase
+from triserve.control import ProbeSettings
 from triserve.gpu import nvml as nvml_mod
 from triserve.node_agent import safety
 from triserve.node_agent.agent import NodeAgent, PolicyRef
-from triserve.node_agent.gpus import ProbeSettings
 from triserve.node_agent.podresources import ContainerGpus
-from triserve.node_agent.reports import build_status
+from triserve.node_agent.reports import Reporter
 from triserve.node_agent.safety import GuardRails, StateFile
 from triserve.node_agent.stages import ServingPod
 
@@ -114,6 +114,7 @@ class FaultNode:
             sleep=lambda _s: None,
         )
         self.agent = agent
+        self.reporter = Reporter(agent)
         agent.startup()
         self.check()
         agent.set_pods(self.pods)
@@ -155,7 +156,7 @@ class FaultNode:
     def check(self) -> NodeEnergyReportStatus:
         """Build the report a user would read and hold it against the hardware."""
         assert self.agent is not None
-        status = build_status(self.agent, dt.datetime.now(dt.UTC))
+        status = self.reporter.build(dt.datetime.now(dt.UTC))
         self.reports.append(status)
         at_defaults = {g.index: g.at_defaults for g in self.driver.gpus}
         for gpu in status.gpus:

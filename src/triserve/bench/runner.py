@@ -57,9 +57,12 @@ def run_strategy(
     started = time.perf_counter()
     settings = spec.settings
 
-    def make_loop(sim: Simulation, backend: GpuBackend, index: int) -> ControlLoop:
+    def make_loop(
+        sim: Simulation, backend: GpuBackend, index: int, asked: ControlSettings
+    ) -> ControlLoop:
+        # The row's own settings, except whether to actuate: the agent decides that (Observe).
         strategy = spec.factory(sim, index, settings) if spec.factory is not None else None
-        return ControlLoop(backend, index, strategy, settings)
+        return ControlLoop(backend, index, strategy, settings, actuate=asked.actuate)
 
     timelines: dict[int, Timeline] = {}
 
@@ -94,9 +97,9 @@ def run_strategy(
     decisions: dict[str, int] = {}
     trips = 0
     for gpu in run.agent.gpus.values():
-        for k, v in gpu.decisions.items():
+        for k, v in gpu.totals.decisions.items():
             decisions[k] = decisions.get(k, 0) + v
-        trips += gpu.slo_guard_trips
+        trips += gpu.totals.slo_guard_trips
     result = StrategyResult(
         strategy=spec.name,
         setting=spec.setting,

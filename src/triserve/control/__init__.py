@@ -27,7 +27,8 @@ from triserve.control.decisions import (
     Strategy,
     TickContext,
 )
-from triserve.control.loop import ControlLoop, LoopStats, TickResult
+from triserve.control.loop import ControlLoop, TickResult
+from triserve.control.probes import ProbeSchedule, ProbeSettings
 from triserve.control.settings import ControlSettings, IntensitySource, StrategyKind
 from triserve.control.tristrategy import TriServeStrategy
 
@@ -38,9 +39,10 @@ __all__ = [
     "DefaultStrategy",
     "DeviceLimits",
     "IntensitySource",
-    "LoopStats",
     "PhaseDvfsStrategy",
     "PowerCapStrategy",
+    "ProbeSchedule",
+    "ProbeSettings",
     "Reason",
     "SloDvfsStrategy",
     "StageSignals",

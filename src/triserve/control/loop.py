@@ -1,7 +1,8 @@
 """The per-GPU control loop: sample → signals → decide → actuate, once per tick.
 
 Every tick returns one immutable `TickResult` (sample, signals, decision, energy of the
-period); `LoopStats` and the node agent's report windows and baseline are folds over them.
+period); the node agent's counters, report windows and baseline are one fold over them
+(`triserve.node_agent.accounting`).
 
 `ControlLoop` is the single object the node agent runs per managed GPU in production and the
 bench runs on the simulated backend. It sees only what the agent sees: the GPU sample of
@@ -14,15 +15,17 @@ policy's limits (`_clamp`: the only place that bounds a lock by them), and in Ob
 back to the PMU and restores any power limit it changed.
 `hold_default(until_s)` makes the ticks before `until_s` decide the PMU default (reason
 ``default``) whatever the strategy says, except a thermal cap, which ends the hold: the node
-agent's baseline probes use it, so that the loop stays the only thing that sets clocks.
+agent's baseline probes use it, so that the loop stays the only thing that sets clocks. The
+loop also schedules those probes (`use_probes`, `triserve.control.probes`): at the end of a
+tick that left a lock in force in a state the agent wants priced, it starts one.
 A stage observation older than its `max_age_s` (a scrape that stopped) makes the tick decide
 the PMU default too, with the reason text naming the stale input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from triserve.control.baselines import build_strategy
 from triserve.control.decisions import (
@@ -33,6 +36,7 @@ from triserve.control.decisions import (
     Strategy,
     TickContext,
 )
+from triserve.control.probes import ProbeSchedule
 from triserve.control.settings import ControlSettings
 from triserve.control.signals import SignalTracker
 from triserve.gpu.backend import GpuBackend, GpuSample
@@ -76,53 +80,8 @@ class TickResult:
         return self.sample.clock_event_reasons.is_thermal
 
 
-@dataclass(slots=True)
-class LoopStats:
-    """A fold over `TickResult`s: decisions and seconds by reason, stalls, throttling, energy."""
-
-    ticks: int = 0
-    decisions: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in Reason})
-    seconds_by_reason: dict[str, float] = field(
-        default_factory=lambda: {r.value: 0.0 for r in Reason}
-    )
-    stall_s: float = 0.0
-    throttle_s: float = 0.0
-    thermal_throttle_s: float = 0.0
-    energy_j: float = 0.0
-    clock_sets: int = 0
-    power_sets: int = 0
-    slo_guard_trips: int = 0
-
-    def fold(self, result: TickResult) -> None:
-        """Add one tick's result."""
-        reason = result.decision.reason.value
-        self.ticks += 1
-        self.decisions[reason] = self.decisions.get(reason, 0) + 1
-        self.seconds_by_reason[reason] = self.seconds_by_reason.get(reason, 0.0) + result.dt_s
-        if result.stalled:
-            self.stall_s += result.dt_s
-        if result.throttled:
-            self.throttle_s += result.dt_s
-        if result.thermal:
-            self.thermal_throttle_s += result.dt_s
-        self.energy_j += result.energy_j
-        if result.decision.guard_tripped:
-            self.slo_guard_trips += 1
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain-data form for reports and JSON."""
-        return {
-            "ticks": self.ticks,
-            "decisions": dict(self.decisions),
-            "seconds_by_reason": {k: round(v, 3) for k, v in self.seconds_by_reason.items()},
-            "stall_s": round(self.stall_s, 3),
-            "throttle_s": round(self.throttle_s, 3),
-            "thermal_throttle_s": round(self.thermal_throttle_s, 3),
-            "energy_j": round(self.energy_j, 3),
-            "clock_sets": self.clock_sets,
-            "power_sets": self.power_sets,
-            "slo_guard_trips": self.slo_guard_trips,
-        }
+#: Whether a baseline probe would help now: (this tick's sample, its stages) -> bool.
+ProbeWanted = Callable[[GpuSample, Sequence[StageObservation]], bool]
 
 
 class ControlLoop:
@@ -145,7 +104,9 @@ class ControlLoop:
         self.limits = DeviceLimits.from_backend(
             backend, gpu_index, settings.clock_min_mhz, settings.clock_max_mhz
         )
-        self.stats = LoopStats()
+        #: Clock-lock and power-limit calls this loop made (it sets only on a change).
+        self.clock_sets = 0
+        self.power_sets = 0
         self.last_decision: Decision | None = None
         self.last_sample: GpuSample | None = None
         self.last_result: TickResult | None = None
@@ -156,6 +117,17 @@ class ControlLoop:
         self._last_now_s: float | None = None
         self._hold_until_s: float | None = None
         self._hold_message = ""
+        self._probes: ProbeSchedule | None = None
+        self._wants_probe: ProbeWanted | None = None
+
+    def use_probes(self, schedule: ProbeSchedule, wanted: ProbeWanted) -> None:
+        """Start baseline probes on `schedule` when `wanted(sample, stages)` says so."""
+        self._probes = schedule
+        self._wants_probe = wanted
+
+    def resume_from(self, sample: GpuSample | None) -> None:
+        """The GPU's last sample before this loop: its first period is measured from it."""
+        self.last_sample = sample
 
     @property
     def applied_lock_mhz(self) -> tuple[int, int] | None:
@@ -222,11 +194,29 @@ class ControlLoop:
         result = TickResult(
             now_s, dt_s, sample, signals, decision, energy_j, span_s, at_default_before
         )
-        self.stats.fold(result)
         self.last_sample = sample
         self.last_decision = decision
         self.last_result = result
+        self._maybe_probe(now_s, sample, stages)
         return result
+
+    def _maybe_probe(
+        self, now_s: float, sample: GpuSample, stages: Sequence[StageObservation]
+    ) -> None:
+        """Start a baseline probe if a lock is held in a state the agent wants priced."""
+        schedule, wanted = self._probes, self._wants_probe
+        if schedule is None or wanted is None or schedule.settings.interval_s <= 0:
+            return
+        if not self.actuate or self.at_default or self.holding_default:
+            return
+        # Never lift a thermal cap: that lock protects the GPU, not energy.
+        decision = self.last_decision
+        if now_s < schedule.next_s or decision is None or decision.reason is Reason.THERMAL:
+            return
+        if not wanted(sample, stages):
+            return
+        self.hold_default(now_s + schedule.settings.hold_s(self.settings.control_interval_s))
+        schedule.start(now_s)
 
     def release(self) -> None:
         """Hand the clock back to the PMU and restore any power limit this loop changed."""
@@ -282,7 +272,7 @@ class ControlLoop:
             else:
                 self.backend.lock_sm_clocks(self.gpu_index, lock[0], lock[1])
             self._applied_lock = lock
-            self.stats.clock_sets += 1
+            self.clock_sets += 1
         self._apply_power(decision.power_limit_mw)
 
     def _apply_power(self, limit_mw: int | None) -> None:
@@ -295,7 +285,7 @@ class ControlLoop:
             self._original_power_mw = self.backend.power_limit_mw(self.gpu_index)
         self.backend.set_power_limit_mw(self.gpu_index, limit_mw)
         self._applied_power_mw = limit_mw
-        self.stats.power_sets += 1
+        self.power_sets += 1
 
     def release_power(self) -> None:
         """Restore the power limit this loop changed (clocks stay as they are)."""
@@ -307,7 +297,7 @@ class ControlLoop:
             self.backend.set_power_limit_mw(self.gpu_index, self._original_power_mw)
         self._original_power_mw = None
         self._applied_power_mw = None
-        self.stats.power_sets += 1
+        self.power_sets += 1
 
 
 def _unless_stale(decision: Decision, stages: Sequence[StageObservation], now_s: float) -> Decision:

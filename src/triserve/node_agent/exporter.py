@@ -2,7 +2,8 @@
 
 `AgentCollector` builds every metric family in `collect()` from the agent's live state at
 scrape time (no global gauges); `build_registry` puts it in a fresh registry next to the
-agent's own tick-time `Histogram` (`NodeAgent.tick_seconds`, observed once per tick).
+agent's own tick-time `Histogram` (`accounting.TickMeter.seconds`, observed once per tick).
+Every `ErrorKind` is published from the start, at 0 until it happens.
 Metric names and labels are the contract in docs/architecture.md — dashboards and alerts are
 built on exactly these. Per-GPU series carry `node`, `gpu`, `UUID`, `pod`, `namespace`,
 `container`, `stage`, `policy` (empty where unknown) so they join with dcgm-exporter's; a GPU
@@ -35,7 +36,6 @@ from triserve.node_agent.hints import RESULTS as HINT_RESULTS
 log = logging.getLogger(__name__)
 
 GPU_LABELS = ("node", "gpu", "UUID", "pod", "namespace", "container", "stage", "policy")
-ERROR_KINDS = ("nvml", "scrape", "scrape-foreign", "scrape-task", "stale", "annotation", "report")
 #: Seconds a client may take to send its request or read the answer.
 REQUEST_TIMEOUT_S = 5.0
 #: Connections served at once; more are closed at once (each costs a thread).
@@ -163,9 +163,9 @@ class AgentCollector(Collector):
                 "target": (decision.target_sm_clock_mhz or 0) if decision else 0,
                 "power": sample.power_mw / 1000.0 if sample else 0.0,
                 "temp": sample.temperature_c if sample else 0.0,
-                "energy": gpu.energy_j,
-                "stall": gpu.stall_s,
-                "throttle": gpu.throttle_s,
+                "energy": gpu.totals.energy_j,
+                "stall": gpu.totals.stall_s,
+                "throttle": gpu.totals.throttle_s,
                 "tpj": gpu.tokens_per_joule,
                 "base_tpj": gpu.baseline_tokens_per_joule,
                 "locked": 1.0 if gpu.locked else 0.0,
@@ -173,14 +173,14 @@ class AgentCollector(Collector):
                 "degraded": 1.0 if gpu.state is GpuState.DEGRADED else 0.0,
                 "restore_failed": 1.0 if gpu.state is GpuState.RESTORE_FAILED else 0.0,
                 "guard": 1.0 if gpu.slo_guard_active else 0.0,
-                "trips": gpu.slo_guard_trips,
-                "pipeline": gpu.pipeline_capped_s,
+                "trips": gpu.totals.slo_guard_trips,
+                "pipeline": gpu.totals.pipeline_capped_s,
             }
             running = {o.pod: (o.serving.running if o.serving else 0) for o in gpu.stages}
             for labels in _gpu_label_sets(agent, gpu):
                 for key, family in g.items():
                     family.add_metric(labels, float(values[key]))
-                for reason, count in sorted(gpu.decisions.items()):
+                for reason, count in sorted(gpu.totals.decisions.items()):
                     decisions.add_metric([*labels, reason], float(count))
                 if labels[3]:
                     active.add_metric(labels, 1.0 if running.get(labels[3], 0) > 0 else 0.0)
@@ -207,8 +207,8 @@ class AgentCollector(Collector):
         errors = CounterMetricFamily(
             "triserve_agent_errors", "Errors by kind", labels=("node", "kind")
         )
-        for kind in sorted(set(ERROR_KINDS) | set(agent.errors)):
-            errors.add_metric([agent.node_name, kind], float(agent.errors.get(kind, 0)))
+        for kind, count in agent.errors.items():
+            errors.add_metric([agent.node_name, kind.value], float(count))
         yield errors
         hints = CounterMetricFamily(
             "triserve_agent_hints",
@@ -223,7 +223,7 @@ class AgentCollector(Collector):
             "GPU control steps run on receipt of a stage hint, between regular ticks",
             labels=("node",),
         )
-        hint_ticks.add_metric([agent.node_name], float(agent.hint_ticks))
+        hint_ticks.add_metric([agent.node_name], float(agent.ticks.hint_ticks))
         yield hint_ticks
 
 
@@ -231,7 +231,7 @@ def build_registry(agent: NodeAgent) -> CollectorRegistry:
     """A fresh registry holding the agent's collector and its tick-time histogram."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AgentCollector(agent))
-    registry.register(agent.tick_seconds)
+    registry.register(agent.ticks.seconds)
     return registry
 
 
@@ -345,7 +345,7 @@ def liveness(agent: NodeAgent, max_silence_s: float) -> Callable[[], bool]:
     state = {"last": time.monotonic(), "ticks": -1}
 
     def check() -> bool:
-        ticks = agent.ticks_run
+        ticks = agent.ticks.ticks_run
         if ticks != state["ticks"]:
             state["ticks"], state["last"] = ticks, time.monotonic()
         return time.monotonic() - state["last"] <= max_silence_s

@@ -2,25 +2,29 @@
 
 Serving engines send tiny events (`triserve.hints`) through the agent's hint socket
 (`triserve.node_agent.hintserver`), or the simulated node hands the same bytes in. Every
-message goes through `HintBook.receive`: a per-pod token bucket first (a flooding pod loses
-its excess messages, never the agent's time), then `parse_hint`, which accepts only the
-documented events and raises `HintError` naming the field for anything else. Accepted
-events fold into one immutable `StageHint` per pod, stamped with the agent's clock.
+message goes through `HintBook.admit`, a per-pod token bucket (a flooding pod loses its
+excess messages, never the agent's time; the hint server pauses that connection), then
+`HintBook.receive_admitted`, which parses it with `parse_hint` — only the documented events,
+a `HintError` naming the field for anything else — and folds it into one immutable
+`StageHint` per pod, stamped with the agent's clock. `HintBook.receive` does both at once.
 
-`receive` returns whether the event changes what a controller would decide now (the stage
-turned busy or idle, its phase changed, it handed off work): the agent then runs the
+`receive_admitted` returns whether the event changes what a controller would decide now (the
+stage turned busy or idle, its phase changed, it handed off work): the agent then runs the
 affected GPUs' control step at once instead of waiting for the next tick.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, replace
 
 from triserve.hints import EVENTS, MAX_MESSAGE_BYTES, MAX_QUEUE, PHASES
 from triserve.telemetry import StageHint
+
+log = logging.getLogger("triserve.node_agent.agent")
 
 #: Messages per second a pod may send on average, and the burst it may send at once.
 RATE_PER_S = 200.0
@@ -169,6 +173,34 @@ class HintBook:
         if was is None:
             return new.has_work
         return (was.has_work, was.phase) != (new.has_work, new.phase)
+
+    def take(self, key: tuple[str, str] | None, data: bytes, now_s: float) -> tuple[bool, bool]:
+        """One message from pod `key` (None: not a pod of this node): (admitted, changed).
+
+        Never raises: an unknown pod or a malformed message is counted and dropped (admitted,
+        unchanged); a message over the pod's rate is not admitted (the server then pauses
+        that connection). `changed`: the hint changes what a controller would decide now.
+        """
+        if key is None:
+            self.unknown_pod()
+            return True, False
+        if not self.admit(key, now_s):
+            return False, False
+        try:
+            return True, self.receive_admitted(key, data, now_s)
+        except HintError as exc:
+            # Counted, logged quietly: a broken sender must not flood the agent's log.
+            log.debug("hint from pod %s/%s dropped: %s", *key, exc)
+            return True, False
+
+    def refused(self, why: str) -> None:
+        """Count a connection the hint server refused (its sender could not be identified)."""
+        self.counts[REFUSED] += 1
+        log.debug("stage hints: connection refused (%s)", why)
+
+    def unknown_pod(self) -> None:
+        """Count a message from a pod that is not a serving pod of this node."""
+        self.counts[UNKNOWN_POD] += 1
 
     def hint(self, key: tuple[str, str]) -> StageHint | None:
         """Pod `key`'s latest hint (possibly stale), or None."""

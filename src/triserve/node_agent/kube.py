@@ -5,7 +5,8 @@ this node (its `triserve.io/policy` label names the policy), EnergyPolicies (the
 is followed live; a label change switches, a removed label releases), and the pods with
 `spec.nodeName=<node>`. Selectors are also checked client-side, so a server that ignores
 them (or an emulator) gives the same answer. Every change is handed to the asyncio loop with
-`call_soon_threadsafe`, so the `NodeAgent` is only ever touched from the loop's thread.
+`call_soon_threadsafe`: these threads never call the `NodeAgent` themselves (the tick runs on
+the loop's thread; the agent's lock covers the exporter and watchdog threads).
 
 Each thread lists once, then watches from the list's `resourceVersion` with a server-side
 `timeoutSeconds` (about five minutes, jittered so a thousand agents do not reconnect in step)
@@ -13,8 +14,8 @@ and bookmarks, so an idle agent re-opens three watches every few minutes and lis
 when the server answers 410 Gone (its history no longer reaches our version). This follows the
 "Efficient detection of changes" section of the Kubernetes API Concepts page
 (kubernetes.io, docs, "API Concepts").
-A watch that breaks is retried after a jittered exponential back-off; nothing here can stop the
-control tick.
+A watch that breaks is retried after a jittered exponential back-off (`triserve.backoff`);
+nothing here can stop the control tick.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +30,7 @@ from typing import Any
 
 from triserve.api.annotations import GROUP, POLICY_LABEL, VERSION
 from triserve.api.errors import PolicyError, parse_policy_spec
+from triserve.backoff import Backoff, jittered
 from triserve.node_agent.agent import NodeAgent, PolicyRef
 from triserve.node_agent.stages import pod_from_manifest, pod_on_node
 
@@ -51,11 +52,6 @@ READ_GRACE_S = 30.0
 
 class Gone(Exception):
     """The server no longer has our resourceVersion (HTTP 410): list again."""
-
-
-def jittered(value_s: float, spread: float = 0.1) -> float:
-    """`value_s` moved by up to ±`spread` of itself, so many agents spread their requests."""
-    return value_s * (1.0 + random.uniform(-spread, spread))
 
 
 def _name(obj: Mapping[str, Any]) -> tuple[str, str]:
@@ -135,14 +131,14 @@ class ClusterSource:
 
     def _run(self, kind: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
         version: str | None = None  # None: list before watching
-        failures = 0
+        backoff = Backoff(self.backoff_s, self.backoff_max_s)
         while not self._stop.is_set():
             try:
                 if version is None:
                     version = self._list(kind, fn, kwargs)
                 started_s = time.monotonic()
                 version = self._watch(kind, fn, kwargs, version)
-                failures = 0
+                backoff.succeeded()
                 if time.monotonic() - started_s < MIN_WATCH_S:
                     # A server that ends every watch at once must not turn this into a busy loop.
                     self._stop.wait(jittered(self.backoff_s, 0.5))
@@ -155,9 +151,7 @@ class ClusterSource:
                 if self._stop.is_set():
                     return
                 self._post(self.agent.error, "watch", f"{kind} watch: {exc}")
-                wait_s = min(self.backoff_max_s, self.backoff_s * 2.0**failures)
-                failures += 1
-                self._stop.wait(jittered(wait_s, 0.5))
+                self._stop.wait(jittered(backoff.failed(0.0, str(exc)), 0.5))
 
     def _list(self, kind: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> str:
         """List every object and replace the state; returns the list's resourceVersion."""

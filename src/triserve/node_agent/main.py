@@ -25,10 +25,10 @@ from kubernetes.config import ConfigException
 
 from triserve import cliargs
 from triserve.api.errors import PolicyError, load_policy_file
+from triserve.control import ProbeSettings
 from triserve.gpu.backend import GpuError
 from triserve.kubeconfig import api_client
 from triserve.node_agent.agent import PolicyRef
-from triserve.node_agent.gpus import ProbeSettings
 from triserve.node_agent.podresources import DEFAULT_SOCKET
 from triserve.node_agent.runtime import AgentOptions, AgentRuntime
 from triserve.node_agent.safety import DEFAULT_STATE_FILE, GuardRails, StateFileBusyError

@@ -1,13 +1,15 @@
 """The NodeEnergyReport: per-GPU state and the window's energy and efficiency.
 
-`build_status(agent, now)` closes every GPU's report window and turns the agent's state into
-a `NodeEnergyReportStatus`; `ReportWriter` creates the cluster-scoped report (named after
-the node, owned by the Node so it is garbage-collected with it) and patches its status
-subresource. Standalone runs log the same status instead (`log_status`). A node whose GPU
-restore did not verify reports phase `RestoreFailed` under the policy it was released from
+`Reporter(agent).build(now)` closes every GPU's report window and turns the agent's state
+into a `NodeEnergyReportStatus` (the reporter remembers when each condition last changed, so
+a lastTransitionTime moves only with its status); `ReportWriter` creates the cluster-scoped
+report (named after the node, owned by the Node so it is garbage-collected with it) and
+patches its status subresource. Standalone runs log the same status instead (`log_status`).
+A node whose GPU restore did not verify reports phase `RestoreFailed` under the policy it
+was released from
 (so the operator keeps waiting for it), never `Released`; its conditions say which GPUs.
 Tokens come from the serving engines' generation counters; the PMU-default baseline is the
-agent's own counterfactual estimate (`triserve.node_agent.gpus.BASELINE_METHOD`), never
+agent's own counterfactual estimate (`triserve.node_agent.accounting.BASELINE_METHOD`), never
 simulator data.
 """
 
@@ -29,8 +31,8 @@ from triserve.api.status import (
     NodeEnergyReportStatus,
     ReportPhase,
 )
+from triserve.node_agent.accounting import BASELINE_METHOD
 from triserve.node_agent.agent import NodeAgent
-from triserve.node_agent.gpus import BASELINE_METHOD
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +62,33 @@ def _phase(agent: NodeAgent) -> ReportPhase:
     return ReportPhase.MANAGING
 
 
+#: Report condition type → (status, lastTransitionTime) as last reported.
+ConditionSince = dict[str, tuple[str, str]]
+
+
 def _condition(
-    agent: NodeAgent, kind: str, status: ConditionStatus, reason: str, message: str, now: str
+    since_of: ConditionSince,
+    kind: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    now: str,
 ) -> Condition:
     """A condition whose lastTransitionTime moves only when its status changes."""
-    seen = agent.condition_since.get(kind)
+    seen = since_of.get(kind)
     since = seen[1] if seen is not None and seen[0] == status.value else now
-    agent.condition_since[kind] = (status.value, since)
+    since_of[kind] = (status.value, since)
     return Condition(
         type=kind, status=status, reason=reason, message=message, last_transition_time=since
     )
 
 
-def conditions(agent: NodeAgent, now: str) -> list[Condition]:
+def conditions(agent: NodeAgent, now: str, since_of: ConditionSince) -> list[Condition]:
     """RestoreFailed, StateFileWritable and GuardRailClamped, from the agent's state."""
     failed = {g.index: g.message for g in agent.gpus.values() if g.state is GpuState.RESTORE_FAILED}
     restore = (
         _condition(
-            agent,
+            since_of,
             "RestoreFailed",
             ConditionStatus.TRUE,
             "RestoreNotVerified",
@@ -86,7 +97,7 @@ def conditions(agent: NodeAgent, now: str) -> list[Condition]:
         )
         if failed
         else _condition(
-            agent,
+            since_of,
             "RestoreFailed",
             ConditionStatus.FALSE,
             "AllRestoresVerified",
@@ -97,7 +108,7 @@ def conditions(agent: NodeAgent, now: str) -> list[Condition]:
     error = agent.state_file.write_error
     writable = (
         _condition(
-            agent,
+            since_of,
             "StateFileWritable",
             ConditionStatus.FALSE,
             "WriteFailed",
@@ -106,7 +117,7 @@ def conditions(agent: NodeAgent, now: str) -> list[Condition]:
         )
         if error is not None
         else _condition(
-            agent,
+            since_of,
             "StateFileWritable",
             ConditionStatus.TRUE,
             "Written",
@@ -117,7 +128,7 @@ def conditions(agent: NodeAgent, now: str) -> list[Condition]:
     clamped = dict(agent.backend.clamped)
     rails = (
         _condition(
-            agent,
+            since_of,
             "GuardRailClamped",
             ConditionStatus.TRUE,
             "BelowFloor",
@@ -126,7 +137,7 @@ def conditions(agent: NodeAgent, now: str) -> list[Condition]:
         )
         if clamped
         else _condition(
-            agent,
+            since_of,
             "GuardRailClamped",
             ConditionStatus.FALSE,
             "WithinFloors",
@@ -137,17 +148,29 @@ def conditions(agent: NodeAgent, now: str) -> list[Condition]:
     return [restore, writable, rails]
 
 
-def build_status(agent: NodeAgent, now: dt.datetime) -> NodeEnergyReportStatus:
-    """The report for the window that ends now (resets every GPU's window)."""
+class Reporter:
+    """Builds one node's reports; keeps when each of its conditions last changed."""
+
+    def __init__(self, agent: NodeAgent) -> None:
+        self.agent = agent
+        self._since: ConditionSince = {}
+
+    def build(self, now: dt.datetime) -> NodeEnergyReportStatus:
+        """The report for the window that ends now (closes every GPU's window)."""
+        return _build_status(self.agent, now, self._since)
+
+
+def _build_status(
+    agent: NodeAgent, now: dt.datetime, since_of: ConditionSince
+) -> NodeEnergyReportStatus:
     with agent.lock:
-        now_s = agent.last_tick_s or 0.0
         gpu_reports: list[GpuReport] = []
         energy_j = baseline_j = tokens = window_s = 0.0
         pods: dict[str, int] = {}
-        for pod in agent.pods.values():
+        for pod in agent.inputs.pods.values():
             pods[pod.stage] = pods.get(pod.stage, 0) + 1
         for gpu in agent.gpus.values():
-            window = gpu.close_window(now_s)
+            window = gpu.close_window()
             sample = gpu.last_sample
             decision = gpu.last_decision
             # A window accrues only while governed; count it even if the GPU was released
@@ -178,10 +201,10 @@ def build_status(agent: NodeAgent, now: dt.datetime) -> NodeEnergyReportStatus:
             )
         policy = agent.policy
         # Until every GPU's restore verified, report under the policy released from.
-        policy_name = policy.name if policy else agent.releasing_policy
+        policy_name = policy.name if policy else agent.releases.releasing_policy
         managed = sum(g.state is GpuState.MANAGED for g in agent.gpus.values())
         phase = _phase(agent)
-        found = conditions(agent, rfc3339(now))
+        found = conditions(agent, rfc3339(now), since_of)
     tpj = tokens / energy_j if energy_j > 0 else 0.0
     base_tpj = tokens / baseline_j if baseline_j > 0 else 0.0
     return NodeEnergyReportStatus(

@@ -9,7 +9,6 @@ read-back is "the reset call returned success" (`NvmlBackend` forgets a lock onl
 the power half is a true read of the enforced limit.
 
 - `restore_gpu(backend, index)` — one attempt; None when verified, else what is still wrong.
-- `RetryPlan` — exponential backoff between attempts (the agent retries on its ticks).
 - `restore_stale(backend, state)` — at start-up, restore every GPU the state file lists
   (everything when the file is unreadable); each GPU on its own, a lost one does not stop
   the others, and only verified GPUs leave the file.
@@ -58,33 +57,26 @@ def restore_gpu(backend: GpuBackend, index: int) -> str | None:
 
 
 @dataclass(slots=True)
-class RetryPlan:
-    """When to try a failed restore again: `first_s`, doubling up to `max_s`."""
-
-    first_s: float = 0.5
-    max_s: float = 30.0
-    attempts: int = 0
-    next_s: float = 0.0
-    problem: str = ""
-
-    def failed(self, now_s: float, problem: str) -> None:
-        """Record a failed attempt at `now_s` and schedule the next one."""
-        self.attempts += 1
-        self.problem = problem
-        self.next_s = now_s + min(self.first_s * 2 ** (self.attempts - 1), self.max_s)
-
-    def due(self, now_s: float) -> bool:
-        """True when the next attempt may run."""
-        return now_s >= self.next_s
-
-
-@dataclass(slots=True)
 class StartupRestore:
     """What the start-up restore did: GPUs verified at defaults, and those still failing."""
 
     restored: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     everything: bool = False
+
+
+def entry_index(entry: dict[str, object], count: int | None = None) -> int | None:
+    """The GPU index a state-file entry names, or None when it names none we can use.
+
+    The one index check for records: an int (not a bool), not negative, and below `count`
+    when the device count is known.
+    """
+    index = entry.get("index")
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        return None
+    if count is not None and index >= count:
+        return None
+    return index
 
 
 def _uuids(backend: GpuBackend, count: int) -> dict[str, int]:
@@ -112,8 +104,8 @@ def stale_indices(
         if uuid in by_uuid:
             indices.add(by_uuid[uuid])
             continue
-        index = entry.get("index")
-        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < count:
+        index = entry_index(entry, count)
+        if index is not None:
             indices.add(index)
             uuid_of.setdefault(index, uuid)
         else:

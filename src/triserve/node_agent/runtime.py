@@ -27,16 +27,17 @@ from typing import Any, Protocol
 import httpx
 
 from triserve.api.models import LabelSelector
+from triserve.api.status import NodeEnergyReportStatus
+from triserve.control import ProbeSettings
 from triserve.gpu.backend import GpuBackend
 from triserve.node_agent.agent import NodeAgent, PolicyRef
 from triserve.node_agent.dcgmsource import DcgmSource
+from triserve.node_agent.errors import ErrorKind
 from triserve.node_agent.exporter import MetricsServer, build_registry, liveness
-from triserve.node_agent.gpus import ProbeSettings
-from triserve.node_agent.hints import REFUSED
 from triserve.node_agent.hintserver import HintServer
 from triserve.node_agent.kube import WATCH_TIMEOUT_S
 from triserve.node_agent.podresources import PodResourcesClient
-from triserve.node_agent.reports import ReportWriter, build_status, log_status
+from triserve.node_agent.reports import Reporter, ReportWriter, log_status
 from triserve.node_agent.safety import GuardRails, StateFile, Watchdog
 from triserve.node_agent.scraping import Scrapers, supervise
 
@@ -109,7 +110,8 @@ class AgentOptions:
     hints_socket: Path | None = None  # stage-hint endpoint (None: hints off, scrapes only)
     proc_root: Path = Path("/proc")  # where hint senders' cgroups are read (host PIDs)
     on_step: Callable[[NodeAgent, float], None] | None = None
-    on_report: list[Any] = field(default_factory=list)
+    #: Called with every report built (the demo keeps its estimate); None: nothing extra.
+    on_report: Callable[[NodeEnergyReportStatus], None] | None = None
 
 
 class AgentRuntime:
@@ -135,8 +137,14 @@ class AgentRuntime:
         self.watchdog: Watchdog | None = None
         self.sim_node: NodeDriver | None = None
         self.writer: ReportWriter | None = None
-        self.reports: list[Any] = options.on_report
+        self.reporter = Reporter(self.agent)
+        #: The last report built (standalone runs and the demo read it).
+        self.last_report: NodeEnergyReportStatus | None = None
         self._next_report_s: float | None = None
+        self._group: asyncio.TaskGroup | None = None
+        self._unrestored: list[int] = []
+        self._report_pending = False
+        self._finishing = False
 
     def stop(self) -> None:
         """Ask the run to end (signal handlers call this)."""
@@ -157,86 +165,105 @@ class AgentRuntime:
 
         Raises `StateFileBusyError` when another agent holds this node's state file.
         """
-        _opts, agent = self.options, self.agent
-        agent.state_file.acquire()
+        state_file = self.agent.state_file
+        state_file.acquire()
         try:
             return await self._run_locked()
         finally:
-            agent.state_file.release()
+            state_file.release()
 
     async def _run_locked(self) -> int:
         opts, agent = self.options, self.agent
         agent.startup()
-        self.server = self._serve_metrics()
-        self.server.start()
-        self.watchdog = Watchdog(opts.watchdog_timeout_s, agent.on_watchdog)
-        self.watchdog.start()
-        loop = asyncio.get_running_loop()
-        agent.on_policy_change = lambda _policy: self._report_soon()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop)
-        tasks: list[asyncio.Task[Any]] = []
-        source = None
-        try:
-            if opts.standalone:
-                agent.set_policy(opts.policy)
-            else:
-                from triserve.node_agent.kube import ClusterSource
+        # Torn down in reverse: tasks, hint server, scrapers, HTTP client, cluster source,
+        # then every GPU restored and the final report, then the watchdog and /metrics.
+        async with contextlib.AsyncExitStack() as stack:
+            self.server = self._serve_metrics()
+            self.server.start()
+            stack.callback(self.server.stop)
+            self.watchdog = Watchdog(opts.watchdog_timeout_s, agent.on_watchdog)
+            self.watchdog.start()
+            stack.callback(self.watchdog.stop)
+            stack.push_async_callback(self._finish)
+            loop = asyncio.get_running_loop()
+            agent.on_policy_change = lambda _policy: self._report_soon()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self.stop)
+            self._follow_policy(stack, loop)
+            client = await stack.enter_async_context(httpx.AsyncClient())
+            podres = (
+                PodResourcesClient(opts.pod_resources_socket) if opts.pod_resources_socket else None
+            )
+            if podres is not None:
+                stack.push_async_callback(podres.close)
+            scrapers = Scrapers(
+                agent,
+                client,
+                clock=self._clock,
+                interval_s=opts.scrape_interval_s,
+                dcgm=self._dcgm_source(),
+                dcgm_hostnames=opts.dcgm_hostnames,
+                pod_resources=podres,
+                scrape_serving=not (opts.node_driver is not None and opts.standalone),
+            )
+            stack.callback(scrapers.close)
+            hints = self._hint_server()
+            if hints is not None:
+                await hints.start()
+                stack.push_async_callback(hints.close)
+            await self._drive_with_tasks(scrapers)
+        return 1 if self._unrestored else 0
 
-                source = ClusterSource(
-                    opts.api_client, agent, loop, watch_timeout_s=opts.watch_timeout_s
-                )
-                source.start()
-                self.writer = ReportWriter(opts.api_client, opts.node_name)
-            if opts.node_driver is not None:
-                self.sim_node = opts.node_driver(agent, opts.standalone, opts.scrape_interval_s)
-                if opts.standalone:
-                    selector = opts.policy.spec.pod_selector if opts.policy else None
-                    self.sim_node.publish_pods(selector)
-            async with httpx.AsyncClient() as client:
-                podres = (
-                    PodResourcesClient(opts.pod_resources_socket)
-                    if opts.pod_resources_socket
-                    else None
-                )
-                scrapers = Scrapers(
-                    agent,
-                    client,
-                    clock=self._clock,
-                    interval_s=opts.scrape_interval_s,
-                    dcgm=self._dcgm_source(),
-                    dcgm_hostnames=opts.dcgm_hostnames,
-                    pod_resources=podres,
-                    scrape_serving=not (opts.node_driver is not None and opts.standalone),
-                )
-                tasks.append(
-                    asyncio.create_task(
-                        supervise("scrapers", scrapers.run, agent.error), name="scrapers"
-                    )
-                )
-                hints = self._hint_server()
-                if hints is not None:
-                    await hints.start()
-                try:
-                    await self._drive()
-                finally:
-                    if hints is not None:
-                        await hints.close()
-                    scrapers.close()
-                    if podres is not None:
-                        await podres.close()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if source is not None:
-                source.stop()
-            unrestored = agent.shutdown("agent stopping")
-            await self._report(final=True)
-            self.watchdog.stop()
-            self.server.stop()
-        return 1 if unrestored else 0
+    def _follow_policy(self, stack: contextlib.AsyncExitStack, loop: Any) -> None:
+        """The policy from the file (standalone) or the cluster; the simulated node, if any."""
+        opts, agent = self.options, self.agent
+        if opts.standalone:
+            agent.set_policy(opts.policy)
+        else:
+            from triserve.node_agent.kube import ClusterSource
+
+            source = ClusterSource(
+                opts.api_client, agent, loop, watch_timeout_s=opts.watch_timeout_s
+            )
+            source.start()
+            stack.callback(source.stop)
+            self.writer = ReportWriter(opts.api_client, opts.node_name)
+        if opts.node_driver is not None:
+            self.sim_node = opts.node_driver(agent, opts.standalone, opts.scrape_interval_s)
+            if opts.standalone:
+                selector = opts.policy.spec.pod_selector if opts.policy else None
+                self.sim_node.publish_pods(selector)
+
+    async def _drive_with_tasks(self, scrapers: Scrapers) -> None:
+        """Run the tick with the scrapers and reports as tasks of one group, until stopped.
+
+        A failure of the tick itself is raised as it is, not wrapped in an exception group.
+        """
+        failure: Exception | None = None
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            if self._report_pending:
+                self._report_pending = False
+                group.create_task(self._report(), name="report")
+            scraping = group.create_task(
+                supervise("scrapers", scrapers.run, self.agent.error), name="scrapers"
+            )
+            try:
+                await self._drive()
+            except Exception as exc:
+                failure = exc
+            finally:
+                scraping.cancel()
+                self._finishing = True
+                self._group = None  # reports still running finish; no new ones start here
+        if failure is not None:
+            raise failure
+
+    async def _finish(self) -> None:
+        """Restore every GPU, then send the final report."""
+        self._unrestored = self.agent.shutdown("agent stopping")
+        await self._report(final=True)
 
     def _hint_server(self) -> HintServer | None:
         path = self.options.hints_socket
@@ -249,13 +276,12 @@ class AgentRuntime:
 
         log.info("stage hints: listening on %s", path)
 
-        def refused(why: str) -> None:
-            with agent.lock:
-                agent.hints.counts[REFUSED] += 1
-            log.debug("stage hints: connection refused (%s)", why)
-
         return HintServer(
-            path, deliver, agent.knows_pod, proc_root=self.options.proc_root, on_refused=refused
+            path,
+            deliver,
+            agent.knows_pod,
+            proc_root=self.options.proc_root,
+            on_refused=agent.hint_refused,
         )
 
     def _dcgm_source(self) -> DcgmSource:
@@ -316,15 +342,25 @@ class AgentRuntime:
             self._next_report_s = now_s + self._report_interval_s()
         elif now_s >= self._next_report_s:
             self._next_report_s = now_s + self._report_interval_s()
-            asyncio.get_running_loop().create_task(self._report())
+            self._report_soon()
 
     def _report_soon(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().create_task(self._report())
+        """Report now, as a task of the running group (before it starts: once it does)."""
+        if self._group is not None:
+            self._group.create_task(self._report(), name="report")
+        elif not self._finishing:
+            self._report_pending = True
 
     async def _report(self, final: bool = False) -> None:
-        status = build_status(self.agent, dt.datetime.now(dt.UTC))
-        self.reports.append(status)
+        try:
+            status = self.reporter.build(dt.datetime.now(dt.UTC))
+        except Exception as exc:  # a broken report must never stop the control tick
+            log.exception("building the NodeEnergyReport failed")
+            self.agent.error(ErrorKind.REPORT, f"building the report failed: {exc}")
+            return
+        self.last_report = status
+        if self.options.on_report is not None:
+            self.options.on_report(status)
         if self.writer is None:
             if not final:
                 log_status(status)
@@ -332,4 +368,4 @@ class AgentRuntime:
         try:
             await asyncio.to_thread(self.writer.write, status)
         except Exception as exc:
-            self.agent.error("report", f"NodeEnergyReport {self.options.node_name}: {exc}")
+            self.agent.error(ErrorKind.REPORT, f"NodeEnergyReport {self.options.node_name}: {exc}")

@@ -35,7 +35,7 @@ from typing import Any
 
 from triserve.gpu.backend import GpuBackend, GpuError
 from triserve.gpu.delegating import DelegatingBackend
-from triserve.node_agent.restore import StartupRestore, restore_gpu, stale_indices
+from triserve.node_agent.restore import StartupRestore, entry_index, restore_gpu, stale_indices
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,11 @@ class StateFile:
         #: Why the last write failed (None: the file on disk matches memory).
         self.write_error: str | None = None
         self.write_failures = 0
-        #: Called with the error message after a failed write (the agent counts and alerts).
-        self.on_write_error: Callable[[str], None] | None = None
+        self._on_write_error: Callable[[str], None] | None = None
+
+    def report_write_errors(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(message)` after every failed write (the agent counts and alerts)."""
+        self._on_write_error = callback
 
     def acquire(self) -> None:
         """Take the node-wide lock; raises `StateFileBusyError` if another agent holds it.
@@ -163,6 +166,27 @@ class StateFile:
         with self._lock:
             return {k: dict(v) for k, v in self._held.items()}
 
+    def records_of(self, uuid: str, index: int) -> list[str]:
+        """The records (by UUID) that may stand for GPU `index` with UUID `uuid`.
+
+        The one "is this GPU held?" check: a record under its UUID, or one whose index is
+        `index` (a GPU that did not answer at start-up has a blank UUID).
+        """
+        with self._lock:
+            return [
+                u
+                for u, entry in self._held.items()
+                if (uuid and u == uuid) or entry_index(entry) == index
+            ]
+
+    def held_indices(self) -> dict[int, str]:
+        """GPU index → UUID of every record that names a usable index."""
+        return {
+            index: uuid
+            for uuid, entry in self.held().items()
+            if (index := entry_index(entry)) is not None
+        }
+
     def adopt(self, uuid: str, index: int) -> None:
         """Take over an earlier run's record of a GPU whose restore did not verify yet."""
         self.mark(uuid, index, clocks=True, power=True)
@@ -176,8 +200,8 @@ class StateFile:
         self.write_error = message
         self.write_failures += 1
         log.error("state file: %s; keeping the record in memory", message)
-        if self.on_write_error is not None:
-            self.on_write_error(message)
+        if self._on_write_error is not None:
+            self._on_write_error(message)
 
     def _write(self) -> bool:
         payload = json.dumps({"version": 1, "writtenAt": time.time(), "gpus": self._held})
@@ -334,6 +358,10 @@ class GuardedBackend(DelegatingBackend):
         self._record(index, power=True)
         self.inner.set_power_limit_mw(index, clamped)
 
+    def forget_clamps(self) -> None:
+        """Start a clean record of guard-rail clamps (a new policy)."""
+        self.clamped.clear()
+
     def restore(self, index: int) -> str | None:
         """Reset clocks and power limit, read back, and drop the record once both verify.
 
@@ -344,10 +372,8 @@ class GuardedBackend(DelegatingBackend):
         """
         problem = restore_gpu(self.inner, index)
         if problem is None:
-            known = self._uuids.get(index)
-            for uuid, entry in self.state.held().items():
-                if uuid == known or entry.get("index") == index:
-                    self.state.mark(uuid, index, clocks=False, power=False)
+            for uuid in self.state.records_of(self._uuids.get(index, ""), index):
+                self.state.mark(uuid, index, clocks=False, power=False)
         return problem
 
 

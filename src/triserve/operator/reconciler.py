@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
+from triserve.backoff import Backoff
 from triserve.operator import aggregation, placement, policy_status
 from triserve.operator.placement import NodeView, Plan, PolicyView
 from triserve.operator.settings import OperatorSettings
@@ -66,8 +67,8 @@ class Placer:
         self.kube = kube
         self._lock = asyncio.Lock()
         self._pending: dict[str, tuple[str | None, float]] = {}
-        #: node → (consecutive failed label writes, monotonic time of the next try)
-        self._failing: dict[str, tuple[int, float]] = {}
+        #: node → the backoff of its label writes that keep failing (monotonic clock)
+        self._failing: dict[str, Backoff] = {}
 
     async def post(
         self, ref: Mapping[str, Any], reason: str, message: str, *, warning: bool = False
@@ -77,17 +78,18 @@ class Placer:
 
     def backing_off(self) -> dict[str, int]:
         """Nodes whose label writes keep failing → consecutive failures so far."""
-        return {node: count for node, (count, _) in self._failing.items()}
+        return {node: backoff.attempts for node, backoff in self._failing.items()}
 
     def _may_try(self, node: str, now_s: float) -> bool:
-        entry = self._failing.get(node)
-        return entry is None or now_s >= entry[1]
+        backoff = self._failing.get(node)
+        return backoff is None or backoff.due(now_s)
 
     def _failed(self, node: str, now_s: float) -> int:
-        count = self._failing.get(node, (0, 0.0))[0] + 1
-        wait_s = min(LABEL_BACKOFF_MAX_S, LABEL_BACKOFF_FIRST_S * 2.0 ** (count - 1))
-        self._failing[node] = (count, now_s + wait_s)
-        return count
+        backoff = self._failing.setdefault(
+            node, Backoff(LABEL_BACKOFF_FIRST_S, LABEL_BACKOFF_MAX_S)
+        )
+        backoff.failed(now_s)
+        return backoff.attempts
 
     def observe(self, node: NodeView) -> None:
         """The watch stream showed `node`: a write it confirms is no longer in flight."""

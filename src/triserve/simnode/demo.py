@@ -134,7 +134,7 @@ def gpu_table(agent: NodeAgent, now_s: float, duration_s: float) -> Table:
                 f"{sample.power_mw / 1000:.0f}" if sample else "-",
                 f"{sample.temperature_c:.1f}" if sample else "-",
                 _reason(policy, decision) if decision else "-",
-                f"{gpu.energy_j:,.0f}",
+                f"{gpu.totals.energy_j:,.0f}",
             )
     return table
 
@@ -309,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             speed=args.speed,
             duration_s=duration_s,
             on_step=on_step,
-            on_report=reports,
+            on_report=reports.append,
         )
         options.metrics_port_fallback = True
         started = time.monotonic()

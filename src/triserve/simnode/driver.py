@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from triserve.api.models import EnergyPolicySpec
-from triserve.control import ControlLoop, ControlSettings
+from triserve.control import ControlLoop, ControlSettings, ProbeSettings
 from triserve.gpu.backend import GpuBackend
 from triserve.node_agent.agent import NodeAgent, PolicyRef
-from triserve.node_agent.gpus import ProbeSettings
 from triserve.node_agent.safety import StateFile
 from triserve.sim import Scenario, Simulation
 from triserve.simnode.node import SimNode
@@ -29,9 +28,10 @@ __all__ = ["AgentRun", "LoopFactory", "run_agent"]
 #: The agent's default serving and dcgm-exporter scrape interval, in seconds.
 SCRAPE_INTERVAL_S = 0.5
 
-#: Builds one GPU's loop on a simulated node: (simulation, backend, GPU index) -> loop.
+#: Builds one GPU's loop on a simulated node: (simulation, backend, GPU index, the settings the
+#: agent asks for: its `actuate` is the agent's Observe/Enforce choice) -> loop.
 #: `backend` is the agent's safety-wrapped backend; use it, never `sim.backend`.
-LoopFactory = Callable[[Simulation, GpuBackend, int], ControlLoop]
+LoopFactory = Callable[[Simulation, GpuBackend, int, ControlSettings], ControlLoop]
 
 
 @dataclass(slots=True)
@@ -79,8 +79,8 @@ def run_agent(
         if loop_factory is not None:
             make = loop_factory
 
-            def factory(backend: GpuBackend, index: int, _settings: ControlSettings) -> ControlLoop:
-                return make(sim, backend, index)
+            def factory(backend: GpuBackend, index: int, settings: ControlSettings) -> ControlLoop:
+                return make(sim, backend, index, settings)
 
         agent = NodeAgent(
             sim.backend,

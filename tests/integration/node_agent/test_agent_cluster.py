@@ -140,14 +140,22 @@ async def test_agent_discovers_maps_controls_reports_and_follows_its_node_label(
                 assert {p.source for g in gpus.values() for p in g.placements} == {"pod-resources"}
                 assert "omni/elsewhere" not in {p.pod.ref for g in gpus.values()
                                                 for p in g.placements}  # fmt: skip
-                await eventually(lambda: len(agent.serving) >= 3, "serving scrapes")
+                await eventually(lambda: len(agent.inputs.serving) >= 3, "serving scrapes")
+
                 # The controllers act: a stall or ridge lock was decided and applied. Locks
                 # come and go within a tick of simulated time (stalls park), so count the
                 # applied clock changes rather than poll the GPU's lock state.
-                await eventually(lambda: any(g.decisions.get("stall", 0) + g.decisions.get(
-                    "ridge", 0) for g in agent.gpus.values()) and any(
-                    g.loop is not None and g.loop.stats.clock_sets > 0
-                    for g in agent.gpus.values()), "a clock lock")  # fmt: skip
+                def locked() -> bool:
+                    gpus = agent.gpus.values()
+                    decided = any(
+                        g.totals.decisions.get("stall", 0) + g.totals.decisions.get("ridge", 0)
+                        for g in gpus
+                    )
+                    return decided and any(
+                        g.loop is not None and g.loop.clock_sets > 0 for g in gpus
+                    )
+
+                await eventually(locked, "a clock lock")
                 await eventually(lambda: agent.errors["scrape"] > 0, "the broken scrape counted")
 
                 def report() -> dict[str, Any] | None:

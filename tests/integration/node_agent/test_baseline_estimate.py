@@ -41,7 +41,7 @@ def _run_agent(sim: Simulation, tmp_path: Path) -> list[NodeEnergyReportStatus]:
         speed=1000.0,  # as fast as the simulator goes
         duration_s=DURATION_S,
         watchdog_timeout_s=120.0,  # one wall step may cover a minute of simulated time
-        on_report=reports,
+        on_report=reports.append,
     )
     asyncio.run(AgentRuntime(options).run())
     return reports

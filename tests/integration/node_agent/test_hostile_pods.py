@@ -82,9 +82,11 @@ async def test_hostile_pods_leave_the_tick_running(tmp_path: Path) -> None:
                     (ticks_per_round if hostile else calm_ticks).append(await ticker)
         finally:
             scrapers.close()
-    assert agent.serving[("omni", "p4")].running == 2  # the good pod
-    assert agent.serving[("omni", "p3")].running == 18000  # the bulky one parsed, off the loop
-    assert ("omni", "p2") not in agent.serving  # +Inf rejected
+    assert agent.inputs.serving[("omni", "p4")].running == 2  # the good pod
+    assert (
+        agent.inputs.serving[("omni", "p3")].running == 18000
+    )  # the bulky one parsed, off the loop
+    assert ("omni", "p2") not in agent.inputs.serving  # +Inf rejected
     assert agent.errors["scrape"] == 3 * ROUNDS  # trickle, huge (cut at 1 MiB), +Inf
     assert min(ticks_per_round) >= 5, f"the tick starved during a scrape round: {ticks_per_round}"
     print(

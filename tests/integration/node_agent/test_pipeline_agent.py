@@ -52,7 +52,7 @@ def test_the_thinker_gpu_is_capped_while_the_talker_queues_and_released_at_the_e
     # The talker's own GPU hosts the queue: P never caps it (here its queued ticks are prefill
     # and search windows at boost already, so P's protection of it has nothing to lift).
     assert all(target is None for target, _ in talker_gpu_pipeline)
-    capped_s = run.agent.gpus[0].pipeline_capped_s
+    capped_s = run.agent.gpus[0].totals.pipeline_capped_s
     # Prefill and the ridge search's boost windows keep their clock, so the cap shows in
     # the thinker's decode ticks only.
     assert capped_s > 0.0

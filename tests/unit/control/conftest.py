@@ -9,6 +9,7 @@ import pytest
 
 from triserve.control import ControlLoop, ControlSettings, Decision, Strategy
 from triserve.gpu.backend import GpuBackend, GpuSample
+from triserve.node_agent.agent import NodeAgent
 from triserve.sim import Phase, Scenario, Simulation, load_scenario, with_overrides
 from triserve.simnode import AgentRun, run_agent
 
@@ -51,6 +52,7 @@ class Run:
     """A simulation driven by one loop per GPU, with every tick recorded."""
 
     sim: Simulation
+    agent: NodeAgent
     loops: dict[int, ControlLoop]
     ticks: dict[int, list[Tick]] = field(default_factory=dict)
 
@@ -67,7 +69,9 @@ def drive(
     loops: dict[int, ControlLoop] = {}
     ticks: dict[int, list[Tick]] = {}
 
-    def make(sim: Simulation, backend: GpuBackend, index: int) -> ControlLoop:
+    def make(
+        sim: Simulation, backend: GpuBackend, index: int, _asked: ControlSettings
+    ) -> ControlLoop:
         loop = ControlLoop(backend, index, strategy(index) if strategy else None, settings, actuate)
         loops[index] = loop
         return loop
@@ -96,7 +100,7 @@ def drive(
         tick_s=settings.control_interval_s,
         after_tick=record,
     )
-    return Run(run.sim, loops, ticks)
+    return Run(run.sim, run.agent, loops, ticks)
 
 
 @pytest.fixture

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import pytest
 
 from triserve.api.status import GpuState
-from triserve.control import ControlLoop, ControlSettings, Decision, Reason, TickContext
+from triserve.control import (
+    ControlLoop,
+    ControlSettings,
+    Decision,
+    ProbeSettings,
+    Reason,
+    TickContext,
+)
 from triserve.control.phases import ActivityClass
 from triserve.control.phases import classify_activity as classify
 from triserve.gpu.backend import (
@@ -19,7 +26,8 @@ from triserve.gpu.backend import (
     PowerLimitConstraints,
     ThermalThresholds,
 )
-from triserve.node_agent.gpus import LOAD_BUCKETS, GpuRuntime, ProbeSettings, baseline_bin
+from triserve.node_agent.accounting import LOAD_BUCKETS, baseline_bin
+from triserve.node_agent.gpus import GpuRuntime
 
 TICK_S = 0.05
 
@@ -185,7 +193,7 @@ def test_the_transition_tick_after_a_prefill_never_prices_decode() -> None:
     r = rig(ProbeSettings(interval_s=0))
     prefill_then_decode(r, decode_ticks=40)
     assert r.memory_bound_samples() == 0
-    assert r.runtime.probes == 0
+    assert r.runtime.probes.count == 0
     compute = r.runtime.baseline.samples(ActivityClass.COMPUTE_BOUND * LOAD_BUCKETS)
     assert compute > 0  # settled prefill at default is learned
     w = r.runtime.window
@@ -197,7 +205,7 @@ def test_probe_samples_are_the_only_memory_bound_default_samples_learned() -> No
     probe = ProbeSettings(interval_s=60.0, measure_ticks=4)
     r = rig(probe)
     prefill_then_decode(r, decode_ticks=1)
-    assert r.runtime.probes == 1 and r.loop.holding_default
+    assert r.runtime.probes.count == 1 and r.loop.holding_default
     held = []
     while r.loop.holding_default:
         held.append(r.tick("decode"))
@@ -212,7 +220,9 @@ def test_probe_samples_are_the_only_memory_bound_default_samples_learned() -> No
     energy0, base0 = r.runtime.window.energy_j, r.runtime.window.baseline_energy_j
     for _ in range(100):
         r.tick("decode")
-    assert r.runtime.probes == 1  # the bin stays short of samples, but a minute has not passed
+    assert (
+        r.runtime.probes.count == 1
+    )  # the bin stays short of samples, but a minute has not passed
     w = r.runtime.window
     assert w.energy_j - energy0 == pytest.approx(100 * 190.0 * TICK_S)
     assert w.baseline_energy_j - base0 == pytest.approx(100 * 260.0 * TICK_S)
@@ -222,7 +232,7 @@ def test_probes_repeat_only_after_the_interval_and_stop_when_a_bin_has_enough() 
     probe = ProbeSettings(interval_s=2.0, measure_ticks=4, enough_samples=8)
     r = rig(probe)
     prefill_then_decode(r, decode_ticks=200)  # 10 s of decode
-    assert r.runtime.probes == 2
+    assert r.runtime.probes.count == 2
     assert r.memory_bound_samples() == 8
 
 
@@ -231,8 +241,8 @@ def test_no_probe_in_observe_mode_under_a_thermal_cap_or_when_disabled(case: str
     probe = ProbeSettings(interval_s=0.0 if case == "disabled" else 1.0)
     r = rig(probe, actuate=case != "observe", thermal=case == "thermal")
     prefill_then_decode(r, decode_ticks=100)
-    assert r.runtime.probes == 0
-    assert r.loop.stats.decisions["default"] == 0
+    assert r.runtime.probes.count == 0
+    assert r.runtime.totals.decisions.get("default", 0) == 0
     if case == "observe":
         # Nothing is locked: the estimate is the measured energy.
         w = r.runtime.window

@@ -233,7 +233,7 @@ def test_prefill_hint_unlocks_a_ridge_locked_gpu_before_the_next_tick(
     assert result.now_s == now_s
     assert result.decision.reason.value == "compute"
     assert result.decision.target_sm_clock_mhz is None
-    assert agent.hint_ticks == 2  # the thinker's GPU, and the talker's GPU it feeds
+    assert agent.ticks.hint_ticks == 2  # the thinker's GPU, and the talker's GPU it feeds
 
 
 def test_stale_hints_fall_back_to_the_scrapes(
@@ -259,11 +259,11 @@ def test_flooding_and_garbage_never_stop_the_agent(
     counts = agent.hints.counts
     assert counts[RATE_LIMITED] > 1_500
     assert counts[INVALID] > 0 and counts[UNKNOWN_POD] == 1
-    loop = agent.gpus[0].loop
-    assert loop is not None
-    ticks_before = loop.stats.ticks
+    gpu = agent.gpus[0]
+    assert gpu.loop is not None
+    ticks_before = sum(gpu.totals.decisions.values())
     run(sim, node, 11.0)
-    assert loop.stats.ticks > ticks_before
+    assert sum(gpu.totals.decisions.values()) > ticks_before
 
 
 def test_simulated_engines_send_hints_that_drive_event_ticks(tmp_path: Path) -> None:
@@ -275,4 +275,4 @@ def test_simulated_engines_send_hints_that_drive_event_ticks(tmp_path: Path) -> 
     assert ran.node.hints_sent > 0
     assert counts[ACCEPTED] == ran.node.hints_sent
     assert counts[INVALID] == counts[RATE_LIMITED] == 0
-    assert ran.agent.hint_ticks > 0
+    assert ran.agent.ticks.hint_ticks > 0

@@ -122,12 +122,12 @@ def test_repeated_gpu_errors_degrade_that_gpu_only(sim: Simulation, make_agent: 
     run(sim, node, 16.0)
     # A lost GPU cannot be read back at its defaults: never "Released", always retried.
     assert agent.gpus[0].state is GpuState.RESTORE_FAILED
-    assert 0 in agent.unrestored
+    assert 0 in agent.releases.unrestored
     assert agent.gpus[1].governed and agent.errors["nvml"] >= 3
-    decided_s16 = sum(agent.gpus[1].decisions.values())
+    decided_s16 = sum(agent.gpus[1].totals.decisions.values())
     run(sim, node, 20.0)  # the healthy GPU keeps being controlled
     assert agent.gpus[1].governed
-    assert sum(agent.gpus[1].decisions.values()) > decided_s16, "GPU 1 stopped deciding"
+    assert sum(agent.gpus[1].totals.decisions.values()) > decided_s16, "GPU 1 stopped deciding"
 
 
 def test_observe_never_actuates(sim: Simulation, make_agent: Make) -> None:
@@ -146,7 +146,7 @@ def test_observe_never_actuates(sim: Simulation, make_agent: Make) -> None:
     agent.set_policy(None)
     agent.shutdown()
     assert calls == [] and locks(sim) == [None, None]
-    assert sum(agent.gpus[0].decisions.values()) > 0  # it did decide, and recorded it
+    assert sum(agent.gpus[0].totals.decisions.values()) > 0  # it did decide, and recorded it
 
 
 def test_watchdog_restores_when_the_tick_stalls(sim: Simulation, make_agent: Make) -> None:

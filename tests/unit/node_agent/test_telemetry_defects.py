@@ -75,7 +75,7 @@ async def test_1_a_cluster_service_url_is_counted_as_foreign(
     async with hostile_server() as base, httpx.AsyncClient() as client:
         scrapers = Scrapers(agent, client, dcgm=DcgmSource(url=f"{base}/dcgm-other"))
         await scrapers.scrape_once()
-    assert agent.errors["scrape-foreign"] == 1 and agent.dcgm is None
+    assert agent.errors["scrape-foreign"] == 1 and agent.inputs.dcgm is None
 
 
 # ---- 2. +Inf kills scraping; stale data keeps driving clocks ---------------------------
@@ -89,8 +89,8 @@ async def test_2_an_inf_value_is_counted_and_the_other_pods_still_get_scraped(
         scrapers = Scrapers(agent, client)
         await scrapers.scrape_once()
         await scrapers.scrape_once()
-    assert agent.serving[("omni", "good")].running == 2
-    assert ("omni", "bad") not in agent.serving
+    assert agent.inputs.serving[("omni", "good")].running == 2
+    assert ("omni", "bad") not in agent.inputs.serving
     assert agent.errors["scrape"] == 2 and scrapers.rounds == 2
 
 
@@ -159,14 +159,14 @@ async def test_3_a_trickling_pod_is_cut_off_by_the_total_deadline(
     limits = ScrapeLimits(deadline_s=1.0, max_body_bytes=1 << 20)
     paths = {"slow": "/trickle", "good": "/good"}
     agent, scrapers, messages = await scrape_round(sim, tmp_path, paths, limits)
-    assert scrapers.rounds == 1 and agent.serving[("omni", "good")].running == 2
+    assert scrapers.rounds == 1 and agent.inputs.serving[("omni", "good")].running == 2
     assert [m for m in messages if "no complete answer within 1 s" in m]
 
 
 async def test_3_a_huge_body_is_abandoned_at_the_cap(sim: Simulation, tmp_path: Path) -> None:
     limits = ScrapeLimits(deadline_s=30.0, max_body_bytes=256 * 1024)
     agent, scrapers, messages = await scrape_round(sim, tmp_path, {"big": "/huge"}, limits)
-    assert scrapers.rounds == 1 and ("omni", "big") not in agent.serving
+    assert scrapers.rounds == 1 and ("omni", "big") not in agent.inputs.serving
     assert [m for m in messages if "body over 262144 bytes" in m]
 
 
