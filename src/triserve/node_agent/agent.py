@@ -58,12 +58,13 @@ class NodeAgent:
         max_input_age_s: float = 5.0,
         hint_tick_min_s: float = 0.005,
         dcgm_period_s: float = 30.0,
+        on_policy_change: Callable[[PolicyRef | None], None] | None = None,
     ) -> None:
         """Samples `backend` (`GpuSampler`), sets it through a `GuardedBackend` over `state`.
 
         `loop_factory` None: the policy's strategy (the bench injects rows); `rails`: cluster
         floors; `max_input_age_s`: the oldest scrape acted on; `hint_tick_min_s`: least time
-        between hint steps of a GPU; `dcgm_period_s`: dcgm-exporter's collection interval.
+        between hint steps of a GPU; `on_policy_change(policy)`: called after a change.
         """
         self.node_name = node_name
         self.backend = GuardedBackend(backend, state, rails)
@@ -92,8 +93,7 @@ class NodeAgent:
         self.last_tick_s: float | None = None
         self.ready = False
         self._rebuild_loops = False
-        #: Called (on the caller's thread) after the policy changed, e.g. to report at once.
-        self.on_policy_change: Callable[[PolicyRef | None], None] | None = None
+        self._on_policy_change = on_policy_change
 
     def is_ready(self) -> bool:
         """Ready once the first tick ran (for `/readyz`)."""
@@ -129,9 +129,9 @@ class NodeAgent:
                     "following policy %s (generation %d, was %s)",
                     policy.name, policy.generation, old.name if old else "none",
                 )  # fmt: skip
-            self.inputs.remap_due = True
-        if self.on_policy_change is not None:
-            self.on_policy_change(policy)
+            self.inputs.invalidate_mapping()
+        if self._on_policy_change is not None:
+            self._on_policy_change(policy)
 
     def set_pods(self, pods: Iterable[ServingPod]) -> None:
         """Replace the set of serving pods on this node."""
@@ -180,7 +180,7 @@ class NodeAgent:
             key = self.inputs.pod_of(uid)
             admitted, changed = self.hints.take(key, data, now_s)
             if admitted and key is not None:
-                self.inputs.stages_due = True
+                self.inputs.invalidate_stages()
                 if changed and self.ready:
                     self._hint_tick(key, now_s)
             return admitted
@@ -224,7 +224,7 @@ class NodeAgent:
             if self.inputs.stages_due:
                 self._refresh_stages()
             if self.releases.retry(self.gpus, now_s):
-                self.inputs.remap_due = True  # a released GPU may be governed again
+                self.inputs.invalidate_mapping()  # a released GPU may be governed again
             if self.policy is None:
                 self.releases.settled()
             age_s = self.sampler.expire_dcgm(now_s, self.max_input_age_s)
@@ -261,7 +261,7 @@ class NodeAgent:
     def _refresh_stages(self) -> None:
         """Rebuild each GPU's stage observations from the latest scrapes and hints."""
         inputs = self.inputs
-        inputs.stages_due = False
+        inputs.stages_refreshed()
         index = StageIndex(
             self._selected(),
             inputs.serving,
@@ -290,7 +290,7 @@ class NodeAgent:
     def restore_all(self, reason: str) -> list[int]:
         """Reset every GPU this agent may hold, read back, retry; the indices still failing."""
         failed = self.releases.restore_all(self.gpus, reason, self.last_tick_s or 0.0)
-        self.inputs.remap_due = True  # a GPU whose restore verified may be governed again
+        self.inputs.invalidate_mapping()  # a GPU whose restore verified may be governed again
         return failed
 
     def on_watchdog(self, silent_s: float) -> None:

@@ -6,7 +6,8 @@ message goes through `HintBook.admit`, a per-pod token bucket (a flooding pod lo
 excess messages, never the agent's time; the hint server pauses that connection), then
 `HintBook.receive_admitted`, which parses it with `parse_hint` — only the documented events,
 a `HintError` naming the field for anything else — and folds it into one immutable
-`StageHint` per pod, stamped with the agent's clock. `HintBook.receive` does both at once.
+`StageHint` per pod, stamped with the agent's clock. `HintBook.take` does both, and never
+raises.
 
 `receive_admitted` returns whether the event changes what a controller would decide now (the
 stage turned busy or idle, its phase changed, it handed off work): the agent then runs the
@@ -125,16 +126,6 @@ class HintBook:
             return False
         bucket.tokens -= 1.0
         return True
-
-    def receive(self, key: tuple[str, str], data: bytes, now_s: float) -> bool:
-        """Take one message from pod `key`; True when it changes what a controller decides.
-
-        Raises `HintError` for a malformed message (counted as invalid); a rate-limited
-        message is dropped and returns False.
-        """
-        if not self.admit(key, now_s):
-            return False
-        return self.receive_admitted(key, data, now_s)
 
     def receive_admitted(self, key: tuple[str, str], data: bytes, now_s: float) -> bool:
         """`receive` for a message `admit` already let through."""

@@ -43,6 +43,18 @@ class NodeInputs:
         #: The stage observations must be rebuilt from the scrapes before the next tick.
         self.stages_due = True
 
+    def invalidate_mapping(self) -> None:
+        """The mapping must be rebuilt before the next tick (a policy or a GPU changed)."""
+        self.remap_due = True
+
+    def invalidate_stages(self) -> None:
+        """The stage observations must be rebuilt (a hint arrived)."""
+        self.stages_due = True
+
+    def stages_refreshed(self) -> None:
+        """The stage observations were just rebuilt from these inputs."""
+        self.stages_due = False
+
     def set_pods(self, pods: Iterable[ServingPod]) -> None:
         """Replace the serving pods; scrapes of pods that left are dropped."""
         self.pods = {p.key: p for p in pods}

@@ -131,6 +131,7 @@ class AgentRuntime:
             rails=options.rails,
             shutdown_retry_s=options.shutdown_retry_s,
             dcgm_period_s=options.dcgm_period_s,
+            on_policy_change=lambda _policy: self._report_soon(),
         )
         self.stop_event = asyncio.Event()
         self.server: MetricsServer | None = None
@@ -186,7 +187,6 @@ class AgentRuntime:
             stack.callback(self.watchdog.stop)
             stack.push_async_callback(self._finish)
             loop = asyncio.get_running_loop()
-            agent.on_policy_change = lambda _policy: self._report_soon()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self.stop)
