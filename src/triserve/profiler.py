@@ -15,18 +15,17 @@ point. The sweep itself is `triserve.control.profiling.sweep`.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from triserve import cliargs
 from triserve.control.profiling import RidgeProfile, sweep
 from triserve.gpu.backend import GpuError
+from triserve.telemetry import ServingSnapshot
 
 
 def _at_least_two(text: str) -> int:
@@ -81,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sim_profile(args: argparse.Namespace) -> RidgeProfile:
-    sim_mod: Any = importlib.import_module("triserve.sim")
-    sim = sim_mod.Simulation(sim_mod.load_scenario(args.sim), seed=args.seed)
+    # Imported here, not at the top: `triserve profile --nvml` never loads the simulator.
+    from triserve.sim import Simulation, load_scenario
+
+    sim = Simulation(load_scenario(args.sim), seed=args.seed)
     placement = sim.placement(args.stage)
     gpu = placement.gpu_index if args.gpu is None else args.gpu
 
@@ -106,13 +107,15 @@ def _sim_profile(args: argparse.Namespace) -> RidgeProfile:
 def _nvml_profile(args: argparse.Namespace) -> RidgeProfile:
     import httpx
 
-    serving: Any = importlib.import_module("triserve.node_agent.serving")
-    nvml: Any = importlib.import_module("triserve.gpu.nvml")
-    backend = nvml.NvmlBackend()
+    # Imported here: only a real GPU needs pynvml and the serving-metrics parser.
+    from triserve.gpu.nvml import NvmlBackend
+    from triserve.node_agent.serving import parse_serving
 
-    def read() -> Any:
+    backend = NvmlBackend()
+
+    def read() -> ServingSnapshot:
         body = httpx.get(args.metrics_url, timeout=5.0).text
-        return serving.parse_serving(body, time.monotonic())
+        return parse_serving(body, time.monotonic())
 
     return sweep(
         backend,

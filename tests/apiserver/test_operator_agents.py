@@ -273,6 +273,7 @@ def test_an_agent_cannot_write_another_nodes_report(fleet: Fleet) -> None:
 def test_idle_agents_watch_instead_of_listing_again(fleet: Fleet) -> None:
     # Only the agents list pods. The old agent re-listed every 5 s; a watching one does not.
     before = fleet.plane.request_counts()
+    # An observation window: that nothing is listed in it cannot be polled for.
     time.sleep(15)
     after = fleet.plane.request_counts()
     assert after.get(("LIST", "pods"), 0) == before.get(("LIST", "pods"), 0)
@@ -320,7 +321,24 @@ def test_a_node_that_refuses_its_label_is_retried_with_backoff_and_one_warning(
 ) -> None:
     plane = fleet.plane
     plane.apply(*REFUSE_LABEL)
-    time.sleep(2)  # the API server loads admission policies asynchronously
+    # The API server loads admission policies asynchronously: poll until this one refuses,
+    # with server-side dry runs on a node of that name without GPUs (which the operator does
+    # not place), deleted again before the GPU node the test is about arrives.
+    plane.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-refuses"}})
+
+    def refused() -> bool:
+        dry_run = plane.kubectl(
+            "label",
+            "node",
+            "gpu-refuses",
+            "triserve.io/policy=probe",
+            "--dry-run=server",
+            check=False,
+        )
+        return "gpu-refuses takes no triserve label" in dry_run.stderr
+
+    eventually_sync(refused, "the admission policy to refuse the triserve label", 30)
+    plane.kubectl("delete", "node", "gpu-refuses")
     before = plane.request_counts().get(("PATCH", "nodes"), 0)
     plane.apply(gpu_node("gpu-refuses"))
     eventually_sync(
@@ -328,7 +346,9 @@ def test_a_node_that_refuses_its_label_is_retried_with_backoff_and_one_warning(
         "a LabelFailed warning",
         30,
     )
-    time.sleep(20)  # about ten status passes at --status-interval 2
+    # An observation window, not a wait for a condition: count the label attempts over about
+    # ten status passes at --status-interval 2.
+    time.sleep(20)
     attempts = plane.request_counts().get(("PATCH", "nodes"), 0) - before
     assert len(json.loads(policy_events(plane, "LabelFailed", "-o", "json"))["items"]) == 1
     # Back-off of 5 s, 10 s, 20 s: three tries in those ~22 s, not one per pass.

@@ -14,12 +14,11 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-import kopf
 import pytest
 
 from tests.support.eventually import eventually
 from triserve.api.annotations import GPU_PRESENT_LABEL, POLICY_LABEL
-from triserve.operator import handlers
+from triserve.operator import main as operator_main
 from triserve.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.e2e
@@ -30,12 +29,9 @@ T = TypeVar("T")
 @contextlib.asynccontextmanager
 async def operator(settings: OperatorSettings) -> AsyncIterator[None]:
     """The real operator, in-process, logged in with the kubeconfig."""
-    registry = kopf.OperatorRegistry()
-    handlers.register(registry, settings)
+    registry = operator_main.registered(settings).registry
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        kopf.operator(registry=registry, standalone=True, clusterwide=True, stop_flag=stop)
-    )
+    task = asyncio.create_task(operator_main.operate(registry, stop_flag=stop))
     try:
         yield
     finally:

@@ -1,9 +1,9 @@
 """Opt-in: the GpuBackend contract against a real GPU through NVML (marked `gpu`).
 
-The only run of the contract against NvmlBackend (tests/unit/gpu runs it against the
-simulator). Skipped without `--with-gpu` (tests/gpu/conftest.py), and with it where NVML or
-a GPU is missing. Setter checks change clocks and power limits and restore them; run on a
-machine you may reconfigure (needs root or CAP_SYS_ADMIN):
+The only run of the contract against NvmlBackend (tests/unit/sim/test_backend_contract.py
+runs it against the simulator). Skipped without `--with-gpu` (tests/gpu/conftest.py), and
+with it where NVML or a GPU is missing. Setter checks change clocks and power limits and
+restore them; run on a machine you may reconfigure (needs root or CAP_SYS_ADMIN):
 
     .venv/bin/pytest tests/gpu --with-gpu --no-cov
 """

@@ -1,9 +1,10 @@
-"""GPU access for triserve: the `GpuBackend` protocol, its errors, and two backends.
+"""GPU access for triserve: the `GpuBackend` protocol, its errors, and the NVML backend.
 
-`SimBackend` (over the simulator) and `NvmlBackend` (real GPUs through nvidia-ml-py) are
-chosen by explicit argument by the node agent, benchmarks and tests — never via a global.
-Both backends are imported lazily: simulator users never load pynvml, and the controllers
-and a production agent (which import only `triserve.gpu.backend`) never load the simulator.
+`NvmlBackend` (real GPUs through nvidia-ml-py) is chosen by explicit argument by the node
+agent, the profiler and tests — never via a global — and imported lazily, so that simulator
+users never load pynvml. The simulated backend is the simulator's own:
+`triserve.sim.backend.SimBackend`, built by every `triserve.sim.Simulation` (`sim.backend`);
+this package knows nothing of the simulator.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from triserve.gpu.backend import (
 
 if TYPE_CHECKING:
     from triserve.gpu.nvml import NvmlBackend
-    from triserve.gpu.sim import SimBackend
 
 __all__ = [
     "Activity",
@@ -44,7 +44,6 @@ __all__ = [
     "GpuUnavailableError",
     "NvmlBackend",
     "PowerLimitConstraints",
-    "SimBackend",
     "ThermalThresholds",
 ]
 
@@ -54,8 +53,4 @@ def __getattr__(name: str) -> Any:
         from triserve.gpu.nvml import NvmlBackend
 
         return NvmlBackend
-    if name == "SimBackend":
-        from triserve.gpu.sim import SimBackend
-
-        return SimBackend
     raise AttributeError(f"module 'triserve.gpu' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """The GPU abstraction every controller and the node agent talk to.
 
 `GpuBackend` is a protocol with two real implementations: `triserve.gpu.nvml.NvmlBackend`
-(the only module that imports pynvml) and `triserve.gpu.sim.SimBackend` (over the
+(the only module that imports pynvml) and `triserve.sim.backend.SimBackend` (over the
 simulator). A backend is chosen by an explicit argument, never by a module-global.
 Every quantity carries its unit in its name: `_mhz`, `_mw`, `_mj`, `_c`, `_pct`, `_s`.
 Vendor errors are mapped onto the exception types below in exactly one place per backend.

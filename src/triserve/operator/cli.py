@@ -1,15 +1,17 @@
-"""`triserve operator`: run the kopf operator (`kopf run -m triserve.operator.main`).
+"""`triserve operator`: parse the flags, build the settings, and run the kopf operator.
 
-Called by `triserve.cli` with the remaining arguments. Operator settings travel to
-`main.py` as `TRISERVE_OPERATOR_*` environment variables (kopf imports `main` in this
-process); kopf's own flags (cluster-wide watching, liveness probe) are passed on to
-`kopf run`. There is one operator replica and no kopf peering (`--standalone`).
+Called by `triserve.cli` with the remaining arguments. The flags become `OperatorSettings`
+and the start options of `main.operate`, the same start the tests use, run here with
+`asyncio.run` (what `kopf.run` does). kopf's logging is configured as its own ``kopf run``
+would configure it for ``--verbose`` / ``--quiet``. There is one operator replica and no
+kopf peering (standalone), always.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import asyncio
+import contextlib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -66,36 +68,45 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def kopf_args(args: argparse.Namespace) -> list[str]:
-    """The `kopf run` argument list for parsed `triserve operator` arguments."""
-    out = ["run", "-m", "triserve.operator.main", "--all-namespaces", "--standalone"]
-    if args.liveness:
-        out += ["--liveness", args.liveness]
-    if args.log_level == "DEBUG":
-        out.append("--verbose")
-    elif args.log_level in ("WARNING", "ERROR", "CRITICAL"):
-        out.append("--quiet")
-    return out
+def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
+    """The operator settings that parsed `triserve operator` flags ask for."""
+    return OperatorSettings(
+        status_interval_s=args.status_interval, release_timeout_s=args.release_timeout
+    )
+
+
+def configure_logging(log_level: str) -> None:
+    """Set up kopf's log handler: DEBUG is kopf's verbose, WARNING and above its quiet."""
+    import kopf
+
+    # kopf has three levels (verbose, normal, quiet); ERROR and CRITICAL map to quiet as they
+    # did when this command ran `kopf run --quiet`. ``kopf run`` prefixes object-related
+    # messages with the object's name by default; kopf.configure does not, so ask for it.
+    kopf.configure(
+        verbose=log_level == "DEBUG",
+        quiet=log_level in ("WARNING", "ERROR", "CRITICAL"),
+        log_prefix=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse flags, export the settings, and hand over to `kopf run`."""
+    """Parse flags, then run the operator until SIGTERM; exit 2 without a Kubernetes API."""
     args = parser().parse_args(argv)
-    settings = OperatorSettings(
-        status_interval_s=args.status_interval, release_timeout_s=args.release_timeout
-    )
-    os.environ.update(settings.to_env())
+    settings = settings_from_args(args)
     problem = _credentials_problem()
     if problem is not None:
         # Checked before kopf starts: its login would log a retrying traceback first.
         return _no_api(problem)
     import kopf  # imported late: `triserve --help` need not load kopf
-    from kopf import cli as kopf_cli
 
+    from triserve.operator import main as operator_main
+
+    configure_logging(args.log_level)
+    registry = operator_main.registered(settings).registry
     try:
-        kopf_cli.main.main(
-            args=kopf_args(args), prog_name="triserve operator", standalone_mode=False
-        )
+        # As kopf.run does: a cancelled operator is a stopped one, not an error.
+        with contextlib.suppress(asyncio.CancelledError):
+            asyncio.run(operator_main.operate(registry, liveness_endpoint=args.liveness or None))
     except kopf.LoginError as exc:
         return _no_api(str(exc))
     return 0

@@ -1,8 +1,8 @@
 """kopf handler registration: thin handlers that hand cached views to `reconciler.Placer`.
 
 `register(registry, settings)` is the single place the operator's handlers are declared;
-`main.py` calls it on kopf's default registry, tests call it on a fresh
-`kopf.OperatorRegistry()` with their own `OperatorSettings`. Three kopf indices cache the
+`main.registered()` calls it on a fresh `kopf.OperatorRegistry()`, for `triserve operator`
+and for the tests alike (each with its own `OperatorSettings`). Three kopf indices cache the
 cluster (nodes, policies, reports) as slim views, so placement and status never list the
 API; kopf holds every handler until those indices are populated, which is what makes the
 start-up sweep of stale node labels safe.

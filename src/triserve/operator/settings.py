@@ -1,19 +1,14 @@
 """Operator settings: every knob that changes the operator's behaviour, injected, never global.
 
-`triserve operator` (cli.py) turns command-line flags into `TRISERVE_OPERATOR_*` environment
-variables because `kopf run -m triserve.operator.main` imports `main` in the same process;
-`main` reads them once with `OperatorSettings.from_env()`. Tests build `OperatorSettings`
-directly and hand it to `handlers.register()`.
+`triserve operator` (cli.py) builds `OperatorSettings` from its flags, tests build it
+directly; both hand it to `main.registered()`, which passes it to `handlers.register()`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
-
-ENV_PREFIX = "TRISERVE_OPERATOR_"
 
 #: A kopf login function: called with kopf's login kwargs, returns a `kopf.ConnectionInfo`.
 LoginFn = Callable[..., Any]
@@ -42,32 +37,3 @@ class OperatorSettings:
     stale_report_intervals: float = 3.0
     max_event_nodes: int = 5
     login: LoginFn | None = None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
-        """Read `TRISERVE_OPERATOR_<FIELD>` variables (upper-case field names); unset → default.
-
-        Raises ValueError naming the variable when a value is not a number.
-        """
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            if field.name == "login":
-                continue
-            var = ENV_PREFIX + field.name.upper()
-            if var not in env:
-                continue
-            kind = int if field.type in (int, "int") else float
-            try:
-                values[field.name] = kind(env[var])
-            except ValueError:
-                raise ValueError(f"{var}={env[var]!r} is not a number") from None
-        return cls(**values)
-
-    def to_env(self) -> dict[str, str]:
-        """The environment variables that make `from_env()` return these settings."""
-        return {
-            ENV_PREFIX + field.name.upper(): str(getattr(self, field.name))
-            for field in dataclasses.fields(self)
-            if field.name != "login"
-        }

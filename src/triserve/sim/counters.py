@@ -1,7 +1,7 @@
 """Activity counters of a simulated GPU, with the meaning the real counters have.
 
 Called by `triserve.sim.physics` (per-phase counter rates, integrated over time by
-`GpuModel`) and by `triserve.gpu.sim.SimBackend` and `triserve.sim.simulation.Simulation`
+`GpuModel`) and by `triserve.sim.backend.SimBackend` and `triserve.sim.simulation.Simulation`
 (what an NVML, GPM or dcgm-exporter read returns). docs/calibration.md gives the definitions
 and their public sources; in short:
 
@@ -27,15 +27,22 @@ from dataclasses import dataclass
 
 __all__ = [
     "COUNTER_NAMES",
+    "DRAM",
+    "FP32",
+    "GR",
     "IDLE_COUNTERS",
     "N_COUNTERS",
+    "OCC",
+    "SM",
+    "TENSOR",
     "PeriodTrack",
     "Snapshot",
     "noisy",
     "stream_id",
 ]
 
-#: Order of the integrated counters. Index 0 is the busy (any kernel running) share.
+#: Order of the integrated counters. Index 0 is the busy (any kernel running) share. The
+#: index names below are the one definition; `triserve.sim.backend` reads counters by them.
 COUNTER_NAMES: tuple[str, ...] = ("gr_engine", "sm", "occupancy", "tensor", "fp32", "dram")
 N_COUNTERS = len(COUNTER_NAMES)
 GR, SM, OCC, TENSOR, FP32, DRAM = range(N_COUNTERS)

@@ -14,7 +14,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from triserve.gpu.sim import DcgmValues
+from triserve.sim.backend import DcgmValues
 from triserve.telemetry import Histogram, ServingSnapshot
 
 __all__ = [

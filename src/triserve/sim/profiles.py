@@ -2,7 +2,7 @@
 
 Called by `triserve.sim.physics` (which turns a profile into power, clock and temperature
 behaviour), by `triserve.sim.scenario` (scenario files name a profile) and by
-`triserve.gpu.sim.SimBackend` (identity, clock list, power-limit range, thresholds).
+`triserve.sim.backend.SimBackend` (identity, clock list, power-limit range, thresholds).
 
 Datasheet columns are public datasheet and `nvidia-smi -q` values (docs/calibration.md).
 The physical constants below them (static, clock-tree, dynamic, leakage and memory power, the

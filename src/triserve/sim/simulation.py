@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from triserve.gpu.backend import ClockEventReason
-from triserve.gpu.sim import SimBackend
+from triserve.sim.backend import SimBackend
 from triserve.sim.engines import ArEngine, GpuRunner, OneshotEngine, PipelineRequest
 from triserve.sim.metrics import DcgmRow, render_dcgm, render_vllm
 from triserve.sim.oracle import OracleView, build_oracle_view

@@ -3,9 +3,10 @@
 `Cluster` wraps a `ClusterEmulator` (kmock's emulator plus the API-server behaviour the
 operator relies on: uid, creationTimestamp, generation bumps on spec changes, generateName
 for events) served on 127.0.0.1, with the CRDs from `crds/` registered. `running_operator()`
-starts `kopf.operator()` with a fresh registry from `triserve.operator.handlers.register()`
-and stops it on exit. Helpers create nodes, policies and agent reports over real HTTP, so
-every change reaches kopf through the watch streams as in a cluster.
+starts the operator as `triserve operator` does — `triserve.operator.main.registered()` then
+`main.operate()` — logged in to the emulator, and stops it on exit. Helpers create nodes,
+policies and agent reports over real HTTP, so every change reaches kopf through the watch
+streams as in a cluster.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import yaml
 
 from tests.support.eventually import eventually as eventually  # the tests import it from here
 from triserve.api.annotations import GPU_RESOURCE, POLICY_LABEL
-from triserve.operator import handlers
+from triserve.operator import main as operator_main
 from triserve.operator.reconciler import Placer
 from triserve.operator.settings import OperatorSettings
 
@@ -250,19 +251,16 @@ async def emulated_cluster() -> AsyncIterator[Cluster]:
 @contextlib.asynccontextmanager
 async def running_operator(cluster: Cluster, settings: OperatorSettings) -> AsyncIterator[Placer]:
     """Run the real operator (fresh kopf registry) until the block exits."""
-    registry = kopf.OperatorRegistry()
     url = cluster.url
 
     def login(**_: Any) -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(server=url)
 
-    placer = handlers.register(registry, dataclasses.replace(settings, login=login))
+    operator = operator_main.registered(dataclasses.replace(settings, login=login))
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        kopf.operator(registry=registry, standalone=True, clusterwide=True, stop_flag=stop)
-    )
+    task = asyncio.create_task(operator_main.operate(operator.registry, stop_flag=stop))
     try:
-        yield placer
+        yield operator.placer
     finally:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):

@@ -41,6 +41,8 @@ def test_bench_writes_the_table_and_the_json_shape(
     assert rows["tri-serve"]["energy_j"] < rows["default"]["energy_j"]
 
 
+# Slow: a static-best sweep, tri-serve and default on the simulator, then plots (about 10 s).
+@pytest.mark.slow
 def test_bench_sweeps_pick_a_setting_and_plots_are_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -15,6 +15,8 @@ from triserve.sim import with_overrides
 from .scenarios import short_reference, split_scenario
 
 
+# Slow: a static-best sweep on the simulator (about 3 s).
+@pytest.mark.slow
 def test_static_best_gives_each_gpu_its_own_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(catalog, "STATIC_FRACTIONS", (0.4, 0.7, 1.0))
     scenario = split_scenario()
@@ -32,6 +34,8 @@ def test_static_best_gives_each_gpu_its_own_clock(monkeypatch: pytest.MonkeyPatc
     assert outcome.evaluations <= catalog.SWEEP_MAX_EVALS
 
 
+# Slow: the optimum search simulates many candidate locks (about 7 s).
+@pytest.mark.slow
 def test_the_optimum_saves_energy_within_its_latency_rule_on_its_seed() -> None:
     scenario = short_reference(duration_s=60.0)
     default = run_strategy(scenario, catalog.spec_for("default"), 0)
@@ -50,6 +54,8 @@ def test_the_optimum_saves_energy_within_its_latency_rule_on_its_seed() -> None:
     assert again.energy_j == pytest.approx(best.energy_j)
 
 
+# Slow: the optimum search and a static-lock sweep on the simulator (about 6 s).
+@pytest.mark.slow
 def test_the_optimum_is_never_worse_than_a_uniform_static_lock_within_its_rule() -> None:
     """The hindsight optimum must bound static-best too: a uniform lock at one fraction of
     boost on every GPU is one of its start plans, so no such lock that keeps the rule beats it

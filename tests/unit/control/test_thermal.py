@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
+
 from triserve.control import ControlSettings, DefaultStrategy, Reason
 from triserve.control.thermal import ThermalModel
 
@@ -27,6 +29,8 @@ def test_the_thermal_model_learns_an_rc_circuit_from_samples() -> None:
     assert abs(model.sustainable_power_w(limit_c) - (limit_c - ambient_c) / r_c_per_w) < 40.0
 
 
+# Slow: 300 simulated seconds of a hot GPU, twice, under the control loop (about 6 s).
+@pytest.mark.slow
 def test_a_hot_gpu_is_held_below_slowdown_instead_of_throttling() -> None:
     scenario = short("hot", 300.0)
     default = drive(scenario, ControlSettings().only("T"), strategy=lambda g: DefaultStrategy())

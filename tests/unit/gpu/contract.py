@@ -1,7 +1,8 @@
 """The GpuBackend contract: behaviour every backend (SimBackend, NvmlBackend) must show.
 
-Imported by tests/unit/gpu/test_contract.py (SimBackend, always) and tests/gpu/ (NvmlBackend,
-opt-in with --with-gpu, where NVML and a GPU exist). Each function takes a backend and a GPU index.
+Imported by tests/unit/sim/test_backend_contract.py (SimBackend, always) and tests/gpu/
+(NvmlBackend, opt-in with --with-gpu, where NVML and a GPU exist). Each function takes a
+backend and a GPU index.
 """
 
 from __future__ import annotations

@@ -209,6 +209,9 @@ def test_no_lock_leaves_the_device_range_or_the_policys_clock_limits(
             assert allowed[0] <= lo <= hi <= allowed[1], (ask_mhz, limits, lo, hi)
 
 
+# Slow: shutdown retries the lost GPU's restore for its whole shutdown_retry_s (10 s)
+# of wall clock.
+@pytest.mark.slow
 def test_lost_gpu_restore_failure_is_logged_not_raised(sim: Simulation, make_agent: Make) -> None:
     agent, node = make_agent()
     run(sim, node, 20.0)

@@ -400,6 +400,8 @@ def test_8_the_metrics_annotation_is_a_port_and_a_plain_path(value: str) -> None
     assert parse_metrics_annotation(":8000/v1/metrics") == (8000, "/v1/metrics")
 
 
+# Slow: waits out the exporter's per-connection timeouts on real sockets (about 5 s).
+@pytest.mark.slow
 def test_8_the_exporter_bounds_connections_and_binds_the_address_given(
     sim: Simulation, tmp_path: Path
 ) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from triserve.gpu.backend import ClockEventReason, GpuPermissionError
-from triserve.gpu.sim import SimBackend
 from triserve.sim import ORACLE_WARNING, Simulation, load_scenario
+from triserve.sim.backend import SimBackend
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""The GpuBackend contract suite against SimBackend (NvmlBackend: tests/gpu, opt-in)."""
+"""The GpuBackend contract (tests/unit/gpu/contract.py) against SimBackend.
+
+NvmlBackend runs the same checks in tests/gpu, opt-in.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.unit.gpu import contract
 from triserve.gpu.backend import GpuBackend
 from triserve.sim import Simulation, load_scenario
-
-from . import contract
 
 
 @pytest.fixture

@@ -1,21 +1,23 @@
-"""`SimBackend`: the `GpuBackend` over a `triserve.sim.Simulation`'s simulated GPUs.
+"""`SimBackend`: the `GpuBackend` over a `Simulation`'s simulated GPUs.
 
-Created by `Simulation` itself (`sim.backend`) and handed explicitly to controllers, the node
-agent and benchmarks in place of `NvmlBackend` — never chosen through a module-global.
-It behaves like NVML: setters validate their arguments the way the driver does, a backend
-built with ``privileged=False`` refuses setters like an unprivileged container, a GPU marked
-lost raises `GpuLostError`. Reads carry the counters' documented meanings
-(docs/calibration.md): utilisation is the driver's last completed sample period as an
-integer percent; activity is GPM (Hopper and newer only, None elsewhere, like NVML)
-averaged since the previous read under the same key, None on the first read as NVML needs
-two samples; every counter carries seeded noise. A scenario with ``counters: ideal`` gets
-the older exact per-read averages instead, for a reference row.
+Created by `triserve.sim.simulation.Simulation` itself (`sim.backend`) and handed explicitly
+to controllers, the node agent (through `triserve.simnode`), the profiler and benchmarks in
+place of `triserve.gpu.nvml.NvmlBackend` — never chosen through a module-global. It behaves
+like NVML: setters validate their arguments the way the driver does, a backend built with
+``privileged=False`` refuses setters like an unprivileged container, a GPU marked lost raises
+`GpuLostError`. Reads carry the counters' documented meanings (docs/calibration.md):
+utilisation is the driver's last completed sample period as an integer percent; activity is
+GPM (Hopper and newer only, None elsewhere, like NVML) averaged since the previous read under
+the same key, None on the first read as NVML needs two samples; every counter carries seeded
+noise. A scenario with ``counters: ideal`` gets the older exact per-read averages instead,
+for a reference row. `triserve.sim.metrics` renders `dcgm_values` as dcgm-exporter text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from triserve.gpu.backend import (
     Activity,
@@ -29,16 +31,11 @@ from triserve.gpu.backend import (
     PowerLimitConstraints,
     ThermalThresholds,
 )
+from triserve.sim.counters import DRAM, FP32, GR, OCC, SM, TENSOR, noisy, stream_id
+from triserve.sim.physics import GpuModel
+from triserve.sim.scenario import Scenario
 
-if TYPE_CHECKING:
-    from triserve.sim.physics import GpuModel
-    from triserve.sim.simulation import Simulation
-
-# Counter indices, as in triserve.sim.counters.COUNTER_NAMES (not imported: this module
-# must stay importable without loading the simulator).
-_GR, _SM, _OCC, _TENSOR, _FP32, _DRAM = range(6)
-
-__all__ = ["DcgmValues", "SimBackend"]
+__all__ = ["DcgmValues", "SimBackend", "SimulatedGpus"]
 
 _PERMISSION_HINT = "run the agent as root or add CAP_SYS_ADMIN to its container"
 
@@ -58,38 +55,65 @@ class DcgmValues:
     @property
     def gr_engine_active(self) -> float:
         """GR_ENGINE_ACTIVE."""
-        return self.counters[_GR]
+        return self.counters[GR]
 
     @property
     def sm_active(self) -> float:
         """SM_ACTIVE."""
-        return self.counters[_SM]
+        return self.counters[SM]
 
     @property
     def sm_occupancy(self) -> float:
         """SM_OCCUPANCY."""
-        return self.counters[_OCC]
+        return self.counters[OCC]
 
     @property
     def tensor_active(self) -> float:
         """PIPE_TENSOR_ACTIVE."""
-        return self.counters[_TENSOR]
+        return self.counters[TENSOR]
 
     @property
     def fp32_active(self) -> float:
         """PIPE_FP32_ACTIVE."""
-        return self.counters[_FP32]
+        return self.counters[FP32]
 
     @property
     def dram_active(self) -> float:
         """DRAM_ACTIVE."""
-        return self.counters[_DRAM]
+        return self.counters[DRAM]
+
+
+class SimulatedGpus(Protocol):
+    """What the backend reads of the simulation driving it (`Simulation` provides it).
+
+    Named here so that this module needs only the GPU models, not the simulation that owns
+    them: `Simulation` builds its backend, so importing it back would be a cycle.
+    """
+
+    @property
+    def gpus(self) -> Sequence[GpuModel]:
+        """The simulated GPUs, by index."""
+        ...
+
+    @property
+    def scenario(self) -> Scenario:
+        """The scenario (its ``telemetry`` section sets counter noise and ideal mode)."""
+        ...
+
+    @property
+    def seed(self) -> int:
+        """The run's seed, from which every noise stream derives."""
+        ...
+
+    def on_actuation(self, g: int) -> None:
+        """Called after a setter changed GPU `g`, so the simulation re-plans it."""
+        ...
 
 
 class SimBackend:
     """A GpuBackend whose GPUs are the simulation's `GpuModel`s (indices 0..n-1)."""
 
-    def __init__(self, sim: Simulation, *, privileged: bool = True, host_seed: int = 0) -> None:
+    def __init__(self, sim: SimulatedGpus, *, privileged: bool = True, host_seed: int = 0) -> None:
         self._sim = sim
         self.privileged = privileged
         self._lost: set[int] = set()
@@ -213,8 +237,6 @@ class SimBackend:
         self, values: tuple[float, ...], index: int, source: str, read: int
     ) -> tuple[float, ...]:
         """`values` with this run's seeded noise for GPU `index`, `source`, read number."""
-        from triserve.sim.counters import noisy, stream_id
-
         stream = self._streams.get((index, source))
         if stream is None:
             stream = self._streams[(index, source)] = stream_id(self._sim.seed, index, source)
@@ -230,7 +252,7 @@ class SimBackend:
             avg, _ = self._since_last(index, key)
             if avg is None:
                 return 100.0 if gpu.phase is not None else 0.0
-            return avg[_GR] * 100.0
+            return avg[GR] * 100.0
         track = gpu.tracks["util"]
         cached = self._util_cache.get(index)
         if cached is not None and cached[0] == track.index:
@@ -251,12 +273,12 @@ class SimBackend:
             if avg is None:
                 avg = gpu.rates
             return Activity(
-                tensor_active=avg[_TENSOR],
-                dram_active=avg[_DRAM],
-                sm_active=avg[_SM],
-                sm_occupancy=avg[_OCC],
-                fp32_active=avg[_FP32],
-                gr_engine_active=avg[_GR],
+                tensor_active=avg[TENSOR],
+                dram_active=avg[DRAM],
+                sm_active=avg[SM],
+                sm_occupancy=avg[OCC],
+                fp32_active=avg[FP32],
+                gr_engine_active=avg[GR],
             )
         if not gpu.profile.has_gpm:
             return None
@@ -266,12 +288,12 @@ class SimBackend:
 
         avg = self._noisy(avg, index, f"gpm:{key}", count)
         return Activity(
-            tensor_active=avg[_TENSOR],
-            dram_active=avg[_DRAM],
-            sm_active=avg[_SM],
-            sm_occupancy=avg[_OCC],
-            fp32_active=avg[_FP32],
-            gr_engine_active=avg[_GR],
+            tensor_active=avg[TENSOR],
+            dram_active=avg[DRAM],
+            sm_active=avg[SM],
+            sm_occupancy=avg[OCC],
+            fp32_active=avg[FP32],
+            gr_engine_active=avg[GR],
         )
 
     def sample(self, index: int, *, window_key: str = "sample") -> GpuSample:
@@ -307,7 +329,7 @@ class SimBackend:
                 gpu.temperature_c,
                 gpu.power_w,
                 gpu.energy_j * 1000.0,
-                avg[_GR] * 100.0,
+                avg[GR] * 100.0,
                 avg,
             )
         track = gpu.tracks["dcgm"]
@@ -324,7 +346,7 @@ class SimBackend:
             snap.temperature_c,
             snap.power_w,
             snap.energy_j * 1000.0,
-            float(round(avg[_GR] * 100.0)),
+            float(round(avg[GR] * 100.0)),
             avg,
         )
 
