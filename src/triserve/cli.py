@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("triserve.simnode.demo", "run the agent on a simulated 2-GPU node (no cluster)"),
@@ -43,9 +44,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"triserve: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if name == "agent":
+        return _agent(rest)
     module = importlib.import_module(SUBCOMMANDS[name][0])
     result: int = module.main(rest)
     return result
+
+
+def _agent(argv: Sequence[str]) -> int:
+    """`triserve agent`, with `--sim` opening a simulated node (loaded only when asked)."""
+    from triserve.node_agent import main as agent_main
+
+    def open_sim(scenario: str, seed: int) -> Any:
+        from triserve.simnode import open_node
+
+        return open_node(scenario, seed=seed)
+
+    return agent_main.main(argv, open_sim=open_sim)
 
 
 if __name__ == "__main__":

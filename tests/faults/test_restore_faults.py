@@ -13,8 +13,8 @@ from pathlib import Path
 import pynvml
 import pytest
 
+from triserve import cli
 from triserve.api.status import GpuState, ReportPhase
-from triserve.node_agent.main import main as agent_main
 from triserve.node_agent.safety import GuardRails, StateFile, StateFileBusyError
 
 from .fakenvml import POWER_DEFAULT_MW, FakeDriver
@@ -266,8 +266,8 @@ def test_second_agent_cli_exits_with_a_clear_message(
 ) -> None:
     state = StateFile(tmp_path / "state.json")
     state.acquire()  # the first agent
-    code = agent_main(
-        ["--standalone", "--policy", str(EXAMPLE), "--sim", "reference", "--duration", "1",
+    code = cli.main(
+        ["agent", "--standalone", "--policy", str(EXAMPLE), "--sim", "reference", "--duration", "1",
          "--state-file", str(tmp_path / "state.json"), "--metrics-port", "0"]
     )  # fmt: skip
     assert code == 2

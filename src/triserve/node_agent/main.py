@@ -12,25 +12,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from kubernetes.config import ConfigException
 
 from triserve import cliargs
 from triserve.api.errors import PolicyError, load_policy_file
 from triserve.control import ProbeSettings
-from triserve.gpu.backend import GpuError
+from triserve.gpu.backend import GpuBackend, GpuError
 from triserve.kubeconfig import api_client
 from triserve.node_agent.agent import PolicyRef
 from triserve.node_agent.podresources import DEFAULT_SOCKET
-from triserve.node_agent.runtime import AgentOptions, AgentRuntime
+from triserve.node_agent.runtime import AgentOptions, AgentRuntime, NodeDriverFactory
 from triserve.node_agent.safety import DEFAULT_STATE_FILE, GuardRails, StateFileBusyError
 
 log = logging.getLogger("triserve.agent")
@@ -185,22 +183,29 @@ def load_policy(path: Path) -> PolicyRef:
     )
 
 
-def options_from_args(args: argparse.Namespace) -> AgentOptions:
+#: Opens a simulated node for `--sim SCENARIO`: (scenario, seed) -> (backend, driver, host).
+#: Injected by the `triserve` command (`triserve.cli`), which sits above the simulator: the
+#: agent package itself never imports it.
+OpenSim = Callable[[str, int], tuple[GpuBackend, NodeDriverFactory, str]]
+
+
+def options_from_args(args: argparse.Namespace, open_sim: OpenSim | None = None) -> AgentOptions:
     """Turn parsed flags into `AgentOptions` (raises PolicyError, ValueError)."""
     node_driver = None
     sim_host = None
     node_name = args.node_name or os.environ.get("NODE_NAME")
     if not node_name and not args.standalone:
         raise ValueError("NODE_NAME is not set: give it from the downward API or --node-name")
+    backend: GpuBackend
     if args.sim:
-        # Loaded by name, only for --sim: the production agent never imports the simulator
-        # (an import-linter contract checks the static imports).
-        simnode: Any = importlib.import_module("triserve.simnode")
-        backend, node_driver, sim_host = simnode.open_node(args.sim, seed=args.seed)
+        if open_sim is None:
+            raise ValueError("--sim needs the simulated node: run it as `triserve agent --sim …`")
+        backend, node_driver, sim_host = open_sim(args.sim, args.seed)
     else:
-        # Imported lazily: only a real GPU node needs pynvml.
-        nvml: Any = importlib.import_module("triserve.gpu.nvml")
-        backend = nvml.NvmlBackend()
+        # Imported here: only a real GPU node needs pynvml.
+        from triserve.gpu.nvml import NvmlBackend
+
+        backend = NvmlBackend()
     if not node_name:
         node_name = sim_host or socket.gethostname()
     return AgentOptions(
@@ -236,7 +241,7 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, open_sim: OpenSim | None = None) -> int:
     """Entry point of `triserve agent`; exit 2 on a bad policy file or flags."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -248,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dcgm_host_port and not os.environ.get("HOST_IP"):
         parser.error("--dcgm-host-port needs HOST_IP (status.hostIP from the downward API)")
     try:
-        options = options_from_args(args)
+        options = options_from_args(args, open_sim)
         # The state file lists the locks to undo after a crash: a start that cannot write it
         # must fail now, not at the first clock lock.
         cliargs.writable_dir(args.state_file.parent, "--state-file")

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from triserve.node_agent import main as agent_main
+from triserve import cli
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    code = agent_main.main(argv)
+    code = cli.main(["agent", *argv])
     return code, capsys.readouterr().err
 
 
