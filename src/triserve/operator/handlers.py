@@ -49,7 +49,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Pla
     """Declare every handler on `registry`; returns the placer (tests inspect it)."""
     kube = KubeClient()
     placer = Placer(settings, kube)
-    # kopf runs the handlers of one cause in declaration order: this order is the old one.
+    # kopf runs the handlers of one cause in declaration order, so the order below matters:
+    # connection and indices first, placement before status, release last.
     _register_connection(registry, settings, kube)
     _register_indices(registry)
     _register_placement(registry, placer)
