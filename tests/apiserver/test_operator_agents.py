@@ -41,7 +41,12 @@ POLICY = {
     "apiVersion": "triserve.io/v1alpha1",
     "kind": "EnergyPolicy",
     "metadata": {"name": "omni"},
-    "spec": {"podSelector": {"matchLabels": {"app": "omni"}}, "reportIntervalSeconds": 10},
+    "spec": {
+        "podSelector": {"matchLabels": {"app": "omni"}},
+        "reportIntervalSeconds": 10,
+        # The agents run --sim without a kubelet: the pods name their GPUs by annotation.
+        "gpuAnnotations": {"trustedNamespaces": ["omni"]},
+    },
 }
 
 

@@ -49,7 +49,8 @@ def eight_gpu_node(tmp: Path) -> tuple[Simulation, NodeAgent, SimNode]:
         manifests.append(m)
     node.pods = [p for p in (pod_from_manifest(m) for m in manifests) if p is not None]
     agent.set_pods(node.pods)
-    agent.set_policy(PolicyRef("bench", EnergyPolicySpec.model_validate({}), 1))
+    trust = {"gpuAnnotations": {"trustedNamespaces": ["omni"]}}  # 8 pods named by annotation
+    agent.set_policy(PolicyRef("bench", EnergyPolicySpec.model_validate(trust), 1))
     sim.run_until(30.0, on_tick=node.on_tick, tick_s=INTERVAL_S)  # warm: loops built, locks on
     return sim, agent, node
 

@@ -88,6 +88,10 @@ class SelectorOperator(enum.StrEnum):
 
 
 LabelKey = Annotated[str, Field(min_length=1, max_length=316)]
+#: A Kubernetes namespace name (an RFC 1123 label).
+NamespaceName = Annotated[
+    str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+]
 
 
 class LabelSelectorRequirement(ApiModel):
@@ -272,6 +276,21 @@ class MigSpec(ApiModel):
     )
 
 
+class GpuAnnotationSpec(ApiModel):
+    """Who may place a pod on a GPU with the `triserve.io/gpus` annotation."""
+
+    trusted_namespaces: list[NamespaceName] = Field(
+        default_factory=list,
+        max_length=256,
+        description=(
+            "Namespaces whose triserve.io/gpus annotations are honoured for GPUs the kubelet's "
+            "pod-resources API does not show the pod holding (shared or DRA-allocated GPUs). "
+            "Any other pod's annotation is ignored there, and no annotation ever claims a GPU "
+            "pod-resources shows held by a pod of another namespace."
+        ),
+    )
+
+
 class EnergyPolicySpec(ApiModel):
     """What the user asks for: which nodes and pods, and how to manage their GPU clocks."""
 
@@ -307,6 +326,10 @@ class EnergyPolicySpec(ApiModel):
     )
     slo: SloSpec = Field(default_factory=SloSpec, description="Service-level guard rails.")
     mig: MigSpec = Field(default_factory=MigSpec, description="GPUs in MIG mode.")
+    gpu_annotations: GpuAnnotationSpec = Field(
+        default_factory=GpuAnnotationSpec,
+        description="Which namespaces may place pods on GPUs with the triserve.io/gpus annotation.",
+    )
     control_interval_ms: int = Field(
         default=50, ge=10, le=10_000, description="Control tick per GPU, in milliseconds."
     )

@@ -208,8 +208,7 @@ class NodeAgent:
     def scrape_targets(self) -> list[tuple[PodKey, str]]:
         """(pod key, metrics URL) of every pod the policy selects that exposes metrics."""
         with self.lock:
-            pods = self._selected()
-        return [(p.key, url) for p in pods if (url := p.metrics_url()) is not None]
+            return [(p.key, url) for p in self._selected() if (url := p.metrics_url()) is not None]
 
     def tick(self, now_s: float) -> None:
         """One control step for every GPU at `now_s` (seconds, the backend's clock)."""
@@ -252,8 +251,9 @@ class NodeAgent:
 
     def _remap(self) -> None:
         selected = self._selected()
+        trusted = self.policy.spec.gpu_annotations.trusted_namespaces if self.policy else []
         mapping = self.inputs.placements(
-            selected, on_unmapped=lambda _pod, why: self.error(ErrorKind.MAPPING, why)
+            selected, lambda _pod, why: self.error(ErrorKind.MAPPING, why), trusted
         )
         now_s = self.last_tick_s or 0.0
         self.governor.apply(self.gpus, self.policy, selected, mapping, self.inputs, now_s)

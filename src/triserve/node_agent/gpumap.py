@@ -7,7 +7,11 @@ Three sources, tried in order for each pod (the first that places the pod wins):
 2. the `pod`/`namespace` labels of dcgm-exporter series (`triserve.node_agent.dcgm`), for
    nodes where the agent cannot reach the kubelet socket;
 3. the pod's `triserve.io/gpus` annotation (indices or UUIDs), for pods that hold GPUs
-   outside the device plugin (shared or DRA-allocated GPUs).
+   outside the device plugin (shared or DRA-allocated GPUs). An annotation is a tenant's
+   claim, so it is honoured only for pods of the namespaces the policy trusts
+   (`spec.gpuAnnotations.trustedNamespaces`), and never for a GPU that pod-resources shows
+   held by a pod of another namespace: otherwise any pod could attach itself to another
+   team's GPU, opt it out, or feed its controller.
 
 Device ids are matched against the backend's GPU UUIDs and indices; a MIG device
 (``MIG-GPU-<uuid>/<gi>/<ci>``, as older device plugins name it) resolves to its parent GPU,
@@ -64,33 +68,57 @@ def map_pods(
     pod_resources: Sequence[ContainerGpus] | None,
     dcgm: DcgmSnapshot | None,
     on_unmapped: Callable[[ServingPod, str], None] | None = None,
+    trusted_namespaces: frozenset[str] = frozenset(),
 ) -> dict[int, list[Placement]]:
-    """Placements per GPU index for every pod any source can place."""
+    """Placements per GPU index for every pod any source can place.
+
+    `trusted_namespaces`: namespaces whose `triserve.io/gpus` annotations are honoured.
+    """
     by_pod_res: dict[tuple[str, str], list[ContainerGpus]] = {}
+    held_by: dict[int, set[str]] = {}  # GPU index → namespaces pod-resources shows on it
     for entry in pod_resources or ():
         by_pod_res.setdefault((entry.namespace, entry.pod), []).append(entry)
+        for device_id in entry.device_ids:
+            index = gpu_index.resolve(device_id)
+            if index is not None:
+                held_by.setdefault(index, set()).add(entry.namespace)
     by_pod_dcgm = _dcgm_pods(dcgm)
     result: dict[int, list[Placement]] = {}
     for pod in pods:
         placements = (
             _from_pod_resources(pod, by_pod_res.get(pod.key, ()), gpu_index)
             or _from_dcgm(pod, by_pod_dcgm.get(pod.key, ()), gpu_index)
-            or _from_annotation(pod, gpu_index)
+            or _from_annotation(pod, gpu_index, trusted_namespaces, held_by)
         )
         if not placements and on_unmapped is not None:
-            on_unmapped(pod, _why_unmapped(pod, pod_resources, dcgm))
+            on_unmapped(pod, _why_unmapped(pod, pod_resources, dcgm, trusted_namespaces))
         for placement in placements:
             result.setdefault(placement.gpu_index, []).append(placement)
     return result
 
 
 def _why_unmapped(
-    pod: ServingPod, pod_resources: Sequence[ContainerGpus] | None, dcgm: DcgmSnapshot | None
+    pod: ServingPod,
+    pod_resources: Sequence[ContainerGpus] | None,
+    dcgm: DcgmSnapshot | None,
+    trusted_namespaces: frozenset[str],
 ) -> str:
     sources = []
     sources.append("pod-resources has no GPU for it" if pod_resources is not None else "")
     sources.append("dcgm-exporter does not label a GPU with it" if dcgm is not None else "")
-    sources.append("no triserve.io/gpus annotation" if pod.gpu_ids is None else "")
+    if pod.gpu_ids is None:
+        sources.append("no triserve.io/gpus annotation")
+    elif pod.namespace not in trusted_namespaces:
+        sources.append(
+            f"its triserve.io/gpus annotation is ignored: namespace {pod.namespace} is not in "
+            "the policy's spec.gpuAnnotations.trustedNamespaces (add it there if that "
+            "namespace's annotations are trusted)"
+        )
+    else:
+        sources.append(
+            "its triserve.io/gpus annotation names no GPU of this node that pods of other "
+            "namespaces do not hold"
+        )
     detail = "; ".join(s for s in sources if s)
     return f"pod {pod.ref} (stage {pod.stage}) is on no known GPU: {detail}"
 
@@ -141,11 +169,19 @@ def _from_dcgm(
     return _dedupe(placements)
 
 
-def _from_annotation(pod: ServingPod, gpu_index: GpuIndex) -> list[Placement]:
+def _from_annotation(
+    pod: ServingPod,
+    gpu_index: GpuIndex,
+    trusted_namespaces: frozenset[str],
+    held_by: Mapping[int, set[str]],
+) -> list[Placement]:
+    if pod.namespace not in trusted_namespaces:
+        return []
     placements = []
     container = pod.containers[0] if pod.containers else ""
     for device in pod.gpu_ids or ():
         index = gpu_index.resolve(device)
-        if index is not None:
+        # Never a GPU the kubelet shows allocated to another namespace's pod.
+        if index is not None and held_by.get(index, set()) <= {pod.namespace}:
             placements.append(Placement(pod, index, container, "annotation"))
     return _dedupe(placements)

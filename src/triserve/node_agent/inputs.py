@@ -96,13 +96,24 @@ class NodeInputs:
         return [p for p in self.pods.values() if matches(selector, p.labels)]
 
     def placements(
-        self, selected: Sequence[ServingPod], on_unmapped: Callable[[ServingPod, str], None]
+        self,
+        selected: Sequence[ServingPod],
+        on_unmapped: Callable[[ServingPod, str], None],
+        trusted_namespaces: Iterable[str] = (),
     ) -> dict[int, list[Placement]]:
-        """GPU index → the selected pods placed on it; clears `remap_due`."""
+        """GPU index → the selected pods placed on it; clears `remap_due`.
+
+        `trusted_namespaces`: whose `triserve.io/gpus` annotations count (`gpumap`).
+        """
         self.remap_due = False
         self.stages_due = True
         return map_pods(
-            selected, self.gpu_index, self.pod_resources, self.dcgm, on_unmapped=on_unmapped
+            selected,
+            self.gpu_index,
+            self.pod_resources,
+            self.dcgm,
+            on_unmapped=on_unmapped,
+            trusted_namespaces=frozenset(trusted_namespaces),
         )
 
     def mig_reason(

@@ -2,8 +2,9 @@
 
 `SimNode` stands in for the hardware, the kubelet and the exporters of one node: its backend
 is the simulation's `SimBackend`, its stage placements become pods (manifests, resolved by
-the same `stages.pod_from_manifest` as real ones, with the `triserve.io/gpus` annotation as
-their GPU mapping), and telemetry is read the honest way — each stage's vLLM-format
+the same `stages.pod_from_manifest` as real ones) whose GPUs it lists as the kubelet's
+pod-resources API would (their `triserve.io/gpus` annotation counts only where a policy
+trusts the namespace, `spec.gpuAnnotations`), and telemetry is read the honest way — each stage's vLLM-format
 exposition text parsed by `serving.parse_serving`, and the node's dcgm-exporter text parsed
 by `dcgm.parse_dcgm`, at the agent's scrape interval (the exporter itself refreshes its
 values at its own collection interval).
@@ -34,6 +35,7 @@ from triserve.api.models import LabelSelector
 from triserve.gpu.backend import GpuBackend, GpuError
 from triserve.node_agent.agent import NodeAgent
 from triserve.node_agent.dcgm import parse_dcgm
+from triserve.node_agent.podresources import ContainerGpus
 from triserve.node_agent.serving import parse_serving
 from triserve.node_agent.stages import ServingPod, pod_from_manifest
 from triserve.sim import Simulation, load_scenario
@@ -134,6 +136,19 @@ class SimNode:
         resolved = (pod_from_manifest(m, self.agent.error) for m in self.manifests(selector))
         self.pods = [p for p in resolved if p is not None]
         self.agent.set_pods(self.pods)
+        # What the kubelet's pod-resources API would list: each container's allocated GPU.
+        self.agent.set_pod_resources(
+            [
+                ContainerGpus(
+                    p.namespace,
+                    p.pod,
+                    p.container,
+                    "nvidia.com/gpu",
+                    (self.sim.backend.identity(p.gpu_index).uuid,),
+                )
+                for p in self.sim.placements
+            ]
+        )
 
     def now_s(self) -> float:
         """The simulated clock."""
