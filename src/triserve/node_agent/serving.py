@@ -287,7 +287,8 @@ def _histogram(hists: Mapping[str, _Hist], names: tuple[str, ...]) -> Histogram 
             upper_bounds_s=bounds,
             cumulative_counts=counts,
             sum_s=hist.sum_s,
-            count=hist.count or hist.buckets.get(math.inf, 0.0),
+            # Without `_count` and `+Inf` (a trimmed body), the top bucket holds them all.
+            count=hist.count or hist.buckets.get(math.inf, counts[-1]),
         )
     return None
 
