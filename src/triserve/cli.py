@@ -19,12 +19,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "release": ("triserve.operator.release", "unlabel nodes, drop policy finalizers (uninstall)"),
     "crds": ("triserve.api.crds", "generate or --check the CRD manifests in crds/"),
     "profile": ("triserve.profiler", "measure a stage's ridge clocks on one GPU (or simulated)"),
+    "explain-metrics": (
+        "triserve.node_agent.explain",
+        "show what the agent reads from a /metrics body (serving or dcgm-exporter)",
+    ),
 }
 
 
 def _usage() -> str:
     lines = ["usage: triserve <command> [options]", "", "commands:"]
-    lines += [f"  {name:<9} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += [f"  {name:<15} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
     lines += ["", "Run `triserve <command> --help` for a command's options."]
     return "\n".join(lines)
 

@@ -23,8 +23,15 @@ class Histogram:
     count: float
 
     def quantile_s(self, q: float) -> float | None:
-        """Estimate quantile `q` by interpolating inside buckets, as histogram_quantile does."""
+        """Estimate quantile `q` by interpolating inside buckets, as histogram_quantile does.
+
+        A quantile that falls in the ``+Inf`` bucket is the highest finite bound, as in
+        Prometheus; without any finite bucket (a scrape that lost its bucket lines) the
+        histogram cannot say, and the quantile is unknown (None), never 0 s.
+        """
         if self.count <= 0 or not self.upper_bounds_s:
+            return None
+        if not any(b != float("inf") for b in self.upper_bounds_s):
             return None
         rank = q * self.count
         prev_bound, prev_count = 0.0, 0.0
@@ -66,7 +73,18 @@ class Histogram:
 
 @dataclass(frozen=True, slots=True)
 class ServingSnapshot:
-    """One scrape of a serving engine's metrics for one stage (counters are cumulative)."""
+    """One scrape of a serving engine's metrics for one stage (counters are cumulative).
+
+    `unknown` names the signals the engine does not export (``running``, ``waiting``,
+    ``prompt_tokens``, ``generation_tokens``, ``requests_finished``): their fields then
+    read 0 but mean "not known", and the phase logic (`triserve.control.phases`) falls back
+    to the GPU's own counters instead of taking the zero at its word. `prompt_tokens_total`
+    counts the prompt tokens this engine computed itself where the engine says so (vLLM's
+    ``prompt_tokens_by_source_total{source="local_compute"}``); `kv_transfer_tokens_total`
+    those that arrived by KV transfer from a prefill worker (None: not exported).
+    `prefill_running` is the requests the engine reports in their prefill (context) phase,
+    where it reports them (Triton's TensorRT-LLM backend), else None.
+    """
 
     timestamp_s: float
     running: int
@@ -77,6 +95,13 @@ class ServingSnapshot:
     ttft: Histogram | None = None
     inter_token: Histogram | None = None
     e2e: Histogram | None = None
+    unknown: frozenset[str] = frozenset()
+    kv_transfer_tokens_total: float | None = None
+    prefill_running: int | None = None
+
+    def knows(self, signal: str) -> bool:
+        """True when the engine exports `signal` (see `unknown`)."""
+        return signal not in self.unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +174,9 @@ class StageObservation:
     old `serving` may be before a controller must stop trusting it (None: no limit); see
     `stale_reason`. `hint` is the stage's own latest hint and `upstream_hints` those of its
     upstream stages (empty when the engines send none); a stale hint is ignored, never an
-    error, because the scrapes still speak for the stage.
+    error, because the scrapes still speak for the stage. `disaggregated_decode` is True
+    when the pod's role label makes it a disaggregated decode worker (its queue waits for
+    KV transfers, not for prefill).
     """
 
     stage: str
@@ -164,6 +191,7 @@ class StageObservation:
     hint: StageHint | None = None
     upstream_hints: tuple[StageHint, ...] = ()
     downstream: tuple[DownstreamStage, ...] = ()
+    disaggregated_decode: bool = False
 
     def fresh_hint(self, now_s: float) -> StageHint | None:
         """The stage's hint when it is fresh at `now_s`, else None (use the scrapes)."""

@@ -88,6 +88,14 @@ class IntensityEstimator:
         self, ctx: TickContext, phases: PhaseView, estimate: float | None, why: str
     ) -> AChoice:
         if not phases.key:
+            if phases.unknown:
+                return (
+                    Reason.DEFAULT,
+                    None,
+                    f"phase unknown ({'; '.join(phases.unknown)}); the GPU's counters show "
+                    "no compute-bound phase: PMU",
+                    "",
+                )
             return Reason.DEFAULT, None, "busy, but no serving metrics say which phase: PMU", ""
         # The search measures token rates, so its key is the decoding stages; a one-shot
         # stage sharing the GPU (a vocoder) only adds load to what it measures.

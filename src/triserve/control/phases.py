@@ -15,6 +15,14 @@ module reads that from the two sources a node agent has in production:
 
 The result is a `PhaseView` whose `key` names the mix of (stage, phase) pairs active on the
 GPU: the unit a ridge profile or the online ridge search remembers a clock for.
+
+What a scrape cannot say stays unknown (`UNKNOWN`, listed in `PhaseView.unknown` with the
+reason): an engine that exports no token counters (TGI, Triton, trtllm-serve without a
+prefix) or no queue gauges gives no phase, and the controller goes by the GPU's counters. A
+counter that went down (the engine restarted) counts from zero. On a disaggregated decode
+worker (`StageObservation.disaggregated_decode`, or vLLM's by-source counter showing tokens
+arriving by KV transfer) queued requests wait for their KV cache and transferred prompt
+tokens are no prefill work, so neither reads as prefill.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ MEMORY_BOUND_DRAM_SHARE = 0.5
 PREFILL = "prefill"
 DECODE = "decode"
 ONESHOT = "oneshot"
+#: The scrape cannot tell the phase (see the module docstring); never part of a `key`.
+UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +62,13 @@ class PhaseView:
 
     `key` is the sorted (stage, phase) pairs of active stages (empty when none is active);
     `compute_now` is True when the GPU's pipe counters show a compute-bound phase running
-    this tick.
+    this tick; `unknown` says, per stage whose scrape cannot tell its phase, why (e.g.
+    ``tgi-stage: the engine exports no token counters``).
     """
 
     key: tuple[tuple[str, str], ...]
     compute_now: bool
+    unknown: tuple[str, ...] = ()
 
     @property
     def has_prefill(self) -> bool:
@@ -132,6 +144,7 @@ class PhaseTracker:
     ) -> PhaseView:
         """The phase view for this tick (`now_s` None: hints are not consulted)."""
         pairs = []
+        unknown = []
         hinted = 0
         for obs in stages:
             phase = self._stage_phase(obs)
@@ -140,13 +153,15 @@ class PhaseTracker:
                 hinted += 1
                 if hint.phase is not None or not hint.has_work:
                     phase = hint.phase
-            if phase is not None:
+            if phase == UNKNOWN and obs.serving is not None:
+                unknown.append(f"{obs.stage}: {unknown_reason(obs.serving)}")
+            elif phase is not None:
                 pairs.append((obs.stage, phase))
         # The counters cover the period since the last tick; hints from every stage on the
         # GPU say what runs now (a prefill that just ended must not keep the boost).
         all_hinted = bool(stages) and hinted == len(stages)
         compute_now = not all_hinted and classify_activity(sample) is ActivityClass.COMPUTE_BOUND
-        return PhaseView(tuple(sorted(pairs)), compute_now)
+        return PhaseView(tuple(sorted(pairs)), compute_now, tuple(unknown))
 
     def _stage_phase(self, obs: StageObservation) -> str | None:
         snap = obs.serving
@@ -155,22 +170,56 @@ class PhaseTracker:
         last = self._last.get(obs.stage)
         if last is not snap:
             self._last[obs.stage] = snap
-            self._phase[obs.stage] = _classify(last, snap)
+            self._phase[obs.stage] = classify(last, snap, obs.disaggregated_decode)
         return self._phase.get(obs.stage)
 
 
-def _classify(last: ServingSnapshot | None, snap: ServingSnapshot) -> str | None:
-    """The phase of one stage over the window between two scrapes (None: no work)."""
-    if snap.running <= 0 and snap.waiting <= 0:
+def counter_delta(now: float, before: float) -> float:
+    """What a cumulative counter counted between two scrapes; a reset counts from zero."""
+    return now - before if now >= before else now
+
+
+def unknown_reason(snap: ServingSnapshot) -> str:
+    """Why `snap` cannot tell its stage's phase, in words for a decision's message."""
+    if not snap.knows("running") and not snap.knows("waiting"):
+        return "the engine exports no running/waiting gauges"
+    return "the engine exports no token counters"
+
+
+def classify(
+    last: ServingSnapshot | None, snap: ServingSnapshot, disaggregated_decode: bool = False
+) -> str | None:
+    """The phase of one stage over the window between two scrapes (None: no work).
+
+    `UNKNOWN` where the engine's metrics cannot say (see the module docstring).
+    """
+    if not snap.knows("running") and not snap.knows("waiting"):
+        return UNKNOWN
+    prefilling = snap.prefill_running or 0
+    if snap.running <= 0 and snap.waiting <= 0 and prefilling <= 0:
         return None
+    kv_consumer = disaggregated_decode or (snap.kv_transfer_tokens_total or 0.0) > 0
+    # A decode worker's queue holds requests whose KV cache is still in transfer.
+    queue_prefill = snap.waiting > 0 and not kv_consumer
+    if prefilling > 0:
+        return PREFILL  # the engine says requests are in their context (prefill) phase
+    if not snap.knows("generation_tokens"):
+        return PREFILL if queue_prefill else UNKNOWN
     if snap.generation_tokens_total <= 0:
-        # A stage that never counts tokens (a vocoder such as code2wav): one-shot passes.
-        return ONESHOT
+        # No token generated yet. A stage that finished requests without ever counting a
+        # token is a one-shot stage (a vocoder such as code2wav); a fresh engine's first
+        # request is in its prefill.
+        if snap.requests_finished_total > 0 and snap.knows("requests_finished"):
+            return ONESHOT
+        return DECODE if kv_consumer else PREFILL
     if last is None or snap.timestamp_s <= last.timestamp_s:
-        return PREFILL if snap.waiting > 0 else DECODE
-    d_prompt = max(snap.prompt_tokens_total - last.prompt_tokens_total, 0.0)
-    d_gen = max(snap.generation_tokens_total - last.generation_tokens_total, 0.0)
-    if snap.waiting > 0 or (
+        return PREFILL if queue_prefill else DECODE
+    d_prompt = counter_delta(snap.prompt_tokens_total, last.prompt_tokens_total)
+    if disaggregated_decode and snap.kv_transfer_tokens_total is None:
+        # The engine's prompt counter includes transferred tokens and cannot be split.
+        d_prompt = 0.0
+    d_gen = counter_delta(snap.generation_tokens_total, last.generation_tokens_total)
+    if queue_prefill or (
         d_prompt + d_gen > 0 and d_prompt / (d_prompt + d_gen) > PREFILL_TOKEN_SHARE
     ):
         return PREFILL

@@ -18,7 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from triserve.control.decisions import StageSignals
-from triserve.control.phases import IDLE_BUSY_FRACTION, busy_fraction, phase_activity
+from triserve.control.phases import (
+    IDLE_BUSY_FRACTION,
+    busy_fraction,
+    counter_delta,
+    phase_activity,
+)
 from triserve.gpu.backend import GpuSample
 from triserve.telemetry import ServingSnapshot, StageObservation
 
@@ -99,8 +104,8 @@ class SignalTracker:
         rates.last = snap
         if last is None or snap.timestamp_s <= last.timestamp_s:
             return
-        d_prompt = snap.prompt_tokens_total - last.prompt_tokens_total
-        d_gen = snap.generation_tokens_total - last.generation_tokens_total
+        d_prompt = counter_delta(snap.prompt_tokens_total, last.prompt_tokens_total)
+        d_gen = counter_delta(snap.generation_tokens_total, last.generation_tokens_total)
         total = d_prompt + d_gen
         rates.prefill_share = None if total <= 0 else d_prompt / total
 

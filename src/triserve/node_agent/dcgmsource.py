@@ -9,7 +9,11 @@
   node, node-local by construction;
 - `--dcgm-discover SELECTOR` (the chart's default): the running pod matching the label
   selector whose `spec.nodeName` is this node, listed with a field selector every
-  `refresh_s`; also node-local by construction.
+  `refresh_s`; also node-local by construction. Only pods of `namespace` (default
+  `gpu-operator`, where NVIDIA's GPU Operator runs dcgm-exporter) are considered, so a
+  tenant's pod that copies the exporter's labels in its own namespace is never scraped. The
+  discovered pod's name is accepted as a host label: without `NODE_NAME` (the GPU Operator's
+  default) dcgm-exporter labels its series with its own pod name.
 
 Whatever the source, `triserve.node_agent.dcgm.parse_dcgm` still drops series that name
 another host, so cross-node data cannot reach a controller.
@@ -32,6 +36,8 @@ class DcgmTarget:
 
     url: str
     node_local: bool
+    #: The exporter pod's name (discovery only): a valid `Hostname` label for its series.
+    pod_name: str = ""
 
 
 def _host(ip: str) -> str:
@@ -52,6 +58,7 @@ class DcgmSource:
         api_client: Any = None,
         node_name: str = "",
         refresh_s: float = 30.0,
+        namespace: str = "gpu-operator",
     ) -> None:
         """Exactly one of `url`, `host_ip` + `host_port`, `discover_selector` is used."""
         self.url = url
@@ -62,6 +69,7 @@ class DcgmSource:
         self.api_client = api_client
         self.node_name = node_name
         self.refresh_s = refresh_s
+        self.namespace = namespace
         self._found: DcgmTarget | None = None
         self._next_lookup_s = 0.0
 
@@ -87,7 +95,8 @@ class DcgmSource:
         from kubernetes import client as k8s
 
         core = k8s.CoreV1Api(self.api_client)
-        pods = core.list_pod_for_all_namespaces(
+        pods = core.list_namespaced_pod(
+            self.namespace,
             field_selector=f"spec.nodeName={self.node_name}",
             label_selector=self.discover_selector,
         ).items
@@ -96,12 +105,17 @@ class DcgmSource:
             # The field selector is checked again here, in case a server ignores it.
             if spec is None or spec.node_name != self.node_name or status is None:
                 continue
+            meta = pod.metadata
+            if meta is not None and meta.namespace not in (None, self.namespace):
+                continue  # a server that ignored the namespace: never a tenant's pod
             if status.phase == "Running" and status.pod_ip:
                 url = f"http://{_host(status.pod_ip)}:{self.port}/metrics"
                 log.debug("dcgm-exporter on node %s: %s", self.node_name, url)
-                return DcgmTarget(url, node_local=True)
+                name = meta.name if meta is not None and meta.name else ""
+                return DcgmTarget(url, node_local=True, pod_name=name)
         log.warning(
-            "no running dcgm-exporter pod (%s) on node %s; DCGM data unavailable",
-            self.discover_selector, self.node_name,
+            "no running dcgm-exporter pod (%s) in namespace %s on node %s; DCGM data "
+            "unavailable",
+            self.discover_selector, self.namespace, self.node_name,
         )  # fmt: skip
         return None

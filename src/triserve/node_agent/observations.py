@@ -83,6 +83,7 @@ class StageIndex:
                     downstream=tuple(
                         self.downstream.get((pod.namespace, pod.pipeline, pod.stage), ())
                     ),
+                    disaggregated_decode=pod.disaggregated_decode,
                 )
             )
         return tuple(out)
@@ -90,8 +91,9 @@ class StageIndex:
     def serving_for(self, placement: Placement) -> ServingSnapshot | None:
         """The scrape that speaks for this placement's GPU: its engine's, else the pod's.
 
-        A data-parallel server with N engines over G GPUs (G a multiple of N, listed in
-        device order) runs engine i on GPUs i*G/N … (i+1)*G/N - 1.
+        A pod with N units (data-parallel engines, SGLang DP ranks, vLLM-Omni stages) over G
+        GPUs (G a multiple of N, listed in device order) runs unit i on GPUs
+        i*G/N … (i+1)*G/N - 1.
         """
         total = self.serving.get(placement.pod.key)
         engines = self.engines.get(placement.pod.key) or {}

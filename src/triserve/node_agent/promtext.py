@@ -6,7 +6,10 @@ series costs only itself: a line that does not parse (dcgm-exporter prints
 ``ERROR - FAILED TO CONVERT TO STRING`` for some fields), a non-finite value (``NaN``,
 ``+Inf``, ``1e309``) or a repeated series is counted and skipped, and every other series is
 kept. Only the families the caller asks for are parsed at all, so a large dump costs little
-beyond a scan of its lines. A body with no sample at all (empty, or only comments) raises
+beyond a scan of its lines; the names of the others are kept (`ReadResult.ignored_names`) so
+`triserve explain-metrics` can say what it skipped. OpenMetrics exemplars (``# {trace_id=…}
+0.3`` after a bucket's value) are dropped, never a reason to reject the line. A body with
+no sample at all (empty, or only comments) raises
 `ScrapeError`: an exporter that answers 200 with nothing is broken, not idle.
 
 The format is the text exposition format (and OpenMetrics' ``# EOF``), see
@@ -34,6 +37,9 @@ _LABELS_RE = re.compile(rf"(?:{_PAIR},)*(?:{_PAIR})?\s*")
 #: A sample value as the exposition format writes it (Python's float() is laxer).
 _VALUE_RE = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[Ii]nf(?:inity)?|NaN|nan)")
 _UNESCAPE_RE = re.compile(r"\\(.)")
+
+#: At most this many ignored metric names are remembered (a hostile body has many).
+_MAX_IGNORED_NAMES = 4096
 
 #: Decides from a metric name whether the caller wants the series.
 Wanted = Callable[[str], bool]
@@ -63,6 +69,8 @@ class ReadResult:
     duplicates: int = 0
     non_finite_names: set[str] = field(default_factory=set)
     first_problem: str = ""
+    #: Metric names of sample lines the caller did not ask for (not parsed).
+    ignored_names: set[str] = field(default_factory=set)
 
     @property
     def skipped(self) -> int:
@@ -110,7 +118,11 @@ def read_samples(text: str, wanted: Wanted) -> ReadResult:
             continue
         result.lines_seen += 1
         name_match = _NAME_RE.match(line)
-        if name_match is None or not wanted(name_match.group(0)):
+        if name_match is None:
+            continue
+        if not wanted(name_match.group(0)):
+            if len(result.ignored_names) < _MAX_IGNORED_NAMES:
+                result.ignored_names.add(name_match.group(0))
             continue
         _read_line(line, result, seen)
     if result.lines_seen == 0:
@@ -123,7 +135,8 @@ def _read_line(
 ) -> None:
     parts = _split_series(line)
     labels = _parse_labels(parts[1]) if parts is not None else None
-    fields = parts[2].split() if parts is not None else []
+    # An OpenMetrics exemplar follows the value (and timestamp) after " # ".
+    fields = parts[2].split("#", 1)[0].split() if parts is not None else []
     if parts is None or labels is None or not 1 <= len(fields) <= 2:
         result.malformed += 1
         result._problem(f"unparsable series: {line[:160]}")

@@ -3,8 +3,12 @@
 `Scrapers.run()` is an asyncio task beside the control tick. Every `interval_s` it scrapes
 concurrently the serving pods the node's policy selects (`NodeAgent.scrape_targets`) and
 this node's dcgm-exporter (`triserve.node_agent.dcgmsource`), and asks the kubelet's
-pod-resources API every `podres_interval_s`. Results land in the `NodeAgent` through its
-setters; the tick only ever reads the latest, each stamped with the time it was taken.
+pod-resources API every `podres_interval_s`. The dcgm scrape runs as its own task with its
+own, longer deadline (`ScrapeLimits.dcgm_deadline_s`): a slow exporter is never waited for
+by a round, and while it is slow its last snapshot simply ages. A dcgm scrape whose GPUs
+include none of this node's is rejected and counted (`scrape`) with the GPUs it named.
+Results land in the `NodeAgent` through its setters; the tick only ever reads the latest,
+each stamped with the time it was taken.
 
 Every target is untrusted and bounded (`ScrapeLimits`): one total deadline for the whole
 request and body (a pod trickling bytes is cut off), a body-size cap enforced while
@@ -27,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TypeVar
 
@@ -56,6 +60,9 @@ class ScrapeLimits:
 
     deadline_s: float = 0.4  # the whole request, headers to last byte
     max_body_bytes: int = 1024 * 1024  # dcgm-exporter on 8 GPUs is ~100 KB
+    #: dcgm-exporter on MIG-heavy nodes takes seconds (NVIDIA/dcgm-exporter #607, #625); its
+    #: scrape runs beside the rounds, so this longer deadline never delays them or the tick.
+    dcgm_deadline_s: float = 5.0
 
 
 async def fetch_bounded(client: httpx.AsyncClient, url: str, limits: ScrapeLimits) -> str:
@@ -151,10 +158,18 @@ class Scrapers:
         self._podres_next_s = 0.0
         self.rounds = 0
         self.parser = OffLoopParser()
+        self._dcgm_task: asyncio.Task[None] | None = None
 
     def close(self) -> None:
-        """Release the parse worker process, if one was started."""
+        """Release the parse worker process and stop a dcgm scrape still in flight."""
+        if self._dcgm_task is not None and not self._dcgm_task.done():
+            self._dcgm_task.cancel()
         self.parser.close()
+
+    async def dcgm_done(self) -> None:
+        """Wait for the dcgm scrape in flight, if any (tests and shutdown)."""
+        if self._dcgm_task is not None:
+            await asyncio.gather(self._dcgm_task, return_exceptions=True)
 
     async def run(self) -> None:
         """Scrape forever (cancel the task to stop); a failed round is counted, not fatal."""
@@ -173,8 +188,13 @@ class Scrapers:
             return  # a node without a policy idles: nothing to control, nothing to read
         if self.scrape_serving:
             jobs += [self._serving(key, url) for key, url in self.agent.scrape_targets()]
-        if self.dcgm is not None and self.dcgm.enabled:
-            jobs.append(self._dcgm(self.dcgm))
+        if (
+            self.dcgm is not None
+            and self.dcgm.enabled
+            and (self._dcgm_task is None or self._dcgm_task.done())
+        ):
+            # Not awaited by the round: a slow exporter delays only its own data, which ages.
+            self._dcgm_task = asyncio.create_task(self._guarded(self._dcgm(self.dcgm)))
         if self.pod_resources is not None and time.monotonic() >= self._podres_next_s:
             self._podres_next_s = time.monotonic() + self.podres_interval_s
             jobs.append(self._podres(self.pod_resources))
@@ -202,8 +222,10 @@ class Scrapers:
         target: DcgmTarget | None = await source.target()
         if target is None:
             return
+        limits = replace(self.limits, deadline_s=max(self.limits.dcgm_deadline_s, 0.01))
+        hostnames = self.dcgm_hostnames | ({target.pod_name} if target.pod_name else set())
         try:
-            text = await fetch_bounded(self.client, target.url, self.limits)
+            text = await fetch_bounded(self.client, target.url, limits)
             snapshot = await self.parser.parse(
                 len(text),
                 parse_dcgm,
@@ -211,13 +233,28 @@ class Scrapers:
                 self.clock(),
                 self.agent.node_name,
                 accept_unlabelled=target.node_local,
-                hostnames=self.dcgm_hostnames,
+                hostnames=frozenset(hostnames),
             )
         except ForeignScrapeError as exc:
             self.agent.error("scrape-foreign", f"dcgm-exporter at {target.url}: {exc}")
             return
         except ScrapeError as exc:
             self.agent.error("scrape", f"dcgm-exporter at {target.url}: {exc}")
+            return
+        ours = {g.identity.uuid for g in self.agent.gpus.values() if g.identity.uuid}
+        if (
+            snapshot.gpus
+            and ours
+            and not any(
+                snapshot.for_gpu(i, g.identity.uuid) is not None for i, g in self.agent.gpus.items()
+            )
+        ):
+            theirs = ", ".join(sorted(snapshot.gpus)[:3])
+            self.agent.error(
+                "scrape",
+                f"dcgm-exporter at {target.url}: none of its GPUs ({theirs}) is one of this "
+                f"node's ({', '.join(sorted(ours)[:3])}); is the URL another node's exporter?",
+            )
             return
         self.agent.set_dcgm(snapshot)
 

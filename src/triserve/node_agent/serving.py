@@ -1,16 +1,34 @@
-"""Parse a serving engine's `/metrics` text (vLLM, SGLang, TensorRT-LLM) into a snapshot.
+"""Parse a serving engine's `/metrics` text into snapshots, one per engine / rank / stage unit.
 
 `parse_serving_scrape(text, timestamp_s)` is what the scraper (`triserve.node_agent.scraping`)
-runs on every scrape of a stage pod, and `parse_serving` (its pod total) what the simulated
-node runs on the simulator's vLLM-format exposition — the same parser either way. The engine
-is recognised by its metric prefix. Series are grouped by vLLM's data-parallel `engine`
-label, so each engine of a `--data-parallel-size N` server gets its own snapshot; within an
-engine, series that differ only by other labels (model name, finish reason, vLLM-Omni stage)
+runs on every scrape of a stage pod, what `triserve explain-metrics` runs on a saved body, and
+`parse_serving` (its pod total) what the simulated node runs on the simulator's vLLM-format
+exposition: the same parser every time. The engine is recognised by its metric names
+(`ENGINES`; the matrix in docs/serving-pods.md says what each one exports):
+
+- vLLM (``vllm:``), also under Ray Serve LLM (``ray_vllm:``) and vLLM-Omni;
+- SGLang (``sglang:`` and the ``sglang_`` spelling some deployments re-export);
+- TensorRT-LLM: ``trtllm_`` (trtllm-serve, Dynamo), ``pytrtllm:``, and trtllm-serve builds
+  with no prefix at all (recognised by the ``engine_type`` label on every series);
+- Triton Inference Server (``nv_inference_*``; with the TensorRT-LLM backend also
+  ``nv_trt_llm_request_metrics{request_type=…}``);
+- Hugging Face TGI (``tgi_*``).
+
+Series are grouped into **units** by the first label of `UNIT_LABELS` that the scrape carries:
+vLLM-Omni's ``stage`` / ``stage_id``, SGLang's ``dp_rank``, vLLM's data-parallel ``engine``.
+Each unit gets its own snapshot (the agent gives unit i of N to the i-th share of the pod's
+GPUs); within a unit, series that differ only by other labels (model, finish reason, TP rank)
 are summed, and a repeated series counts once.
 
-Only the families listed in `ENGINES` are parsed (`triserve.node_agent.promtext`). A scrape
-without any known serving metric, or with a non-finite or negative value in a family the
-controllers read, raises `ScrapeError` (a `ValueError`) for the caller to count and skip:
+A signal the engine does not export is *unknown*, never zero: it is listed in the snapshot's
+`unknown` and the phase logic falls back to the GPU's counters. On a disaggregated decode
+worker vLLM's ``prompt_tokens_total`` also counts prompt tokens that arrived by KV transfer or
+from the prefix cache; where ``prompt_tokens_by_source_total`` exists, only its
+``local_compute`` part is the engine's own prefill work, and ``external_kv_transfer`` is kept
+apart (`ServingSnapshot.kv_transfer_tokens_total`).
+
+A scrape without any known serving metric, or with a non-finite or negative value in a family
+the controllers read, raises `ScrapeError` (a `ValueError`) for the caller to count and skip:
 the previous snapshot then ages until the controllers stop trusting it.
 """
 
@@ -25,53 +43,100 @@ from dataclasses import dataclass, field
 from triserve.node_agent.promtext import Sample, ScrapeError, read_samples
 from triserve.telemetry import Histogram, ServingSnapshot
 
-#: The label vLLM puts on every series of one data-parallel engine.
+#: Labels that name one unit of a pod, in the order they are tried.
+UNIT_LABELS = ("stage", "stage_id", "dp_rank", "engine")
+#: vLLM's data-parallel engine label (kept for callers that name it).
 ENGINE_LABEL = "engine"
 #: Gauges above this are not a real request count.
 _MAX_REQUESTS = 1e7
+#: Labels a series spec may select on (``name{label=value}``).
+_SELECTOR_LABELS = ("source", "request_type")
 
 
 @dataclass(frozen=True, slots=True)
 class EngineMetrics:
     """The metric names one serving engine uses for what triserve reads.
 
-    Each field lists candidate names, newest first (engines renamed some across releases).
+    Each field lists candidate series, preferred first (engines renamed some across
+    releases); a candidate may select one label value, as ``name{label=value}``.
+    `needs_label` marks engines whose names are too generic to recognise alone: a series
+    must also carry that label.
     """
 
     engine: str
-    running: tuple[str, ...]
-    waiting: tuple[str, ...]
-    prompt_tokens: tuple[str, ...]
-    generation_tokens: tuple[str, ...]
-    finished: tuple[str, ...]
-    ttft: tuple[str, ...]
-    inter_token: tuple[str, ...]
-    e2e: tuple[str, ...]
+    running: tuple[str, ...] = ()
+    waiting: tuple[str, ...] = ()
+    prompt_tokens: tuple[str, ...] = ()
+    generation_tokens: tuple[str, ...] = ()
+    finished: tuple[str, ...] = ()
+    ttft: tuple[str, ...] = ()
+    inter_token: tuple[str, ...] = ()
+    e2e: tuple[str, ...] = ()
+    local_prompt_tokens: tuple[str, ...] = ()
+    kv_transfer_tokens: tuple[str, ...] = ()
+    prefill_running: tuple[str, ...] = ()
+    needs_label: str = ""
+
+    def scalars(self) -> tuple[str, ...]:
+        """Every scalar series spec this engine reads."""
+        return (
+            self.running
+            + self.waiting
+            + self.prompt_tokens
+            + self.generation_tokens
+            + self.finished
+            + self.local_prompt_tokens
+            + self.kv_transfer_tokens
+            + self.prefill_running
+        )
+
+    def histograms(self) -> tuple[str, ...]:
+        """Every histogram family this engine reads."""
+        return self.ttft + self.inter_token + self.e2e
+
+
+def _vllm_like(engine: str, prefix: str) -> EngineMetrics:
+    return EngineMetrics(
+        engine=engine,
+        running=(f"{prefix}num_requests_running",),
+        waiting=(f"{prefix}num_requests_waiting",),
+        prompt_tokens=(f"{prefix}prompt_tokens_total",),
+        generation_tokens=(f"{prefix}generation_tokens_total",),
+        finished=(f"{prefix}request_success_total",),
+        ttft=(f"{prefix}time_to_first_token_seconds",),
+        inter_token=(
+            f"{prefix}inter_token_latency_seconds",
+            f"{prefix}time_per_output_token_seconds",
+        ),
+        e2e=(f"{prefix}e2e_request_latency_seconds",),
+        local_prompt_tokens=(f"{prefix}prompt_tokens_by_source_total{{source=local_compute}}",),
+        kv_transfer_tokens=(
+            f"{prefix}prompt_tokens_by_source_total{{source=external_kv_transfer}}",
+        ),
+    )
+
+
+def _sglang() -> EngineMetrics:
+    def both(name: str) -> tuple[str, ...]:
+        return (f"sglang:{name}", f"sglang_{name}")
+
+    return EngineMetrics(
+        engine="sglang",
+        running=both("num_running_reqs"),
+        waiting=both("num_queue_reqs"),
+        prompt_tokens=both("prompt_tokens_total"),
+        generation_tokens=both("generation_tokens_total"),
+        finished=both("num_requests_total"),
+        ttft=both("time_to_first_token_seconds"),
+        inter_token=both("inter_token_latency_seconds") + both("time_per_output_token_seconds"),
+        e2e=both("e2e_request_latency_seconds"),
+    )
 
 
 ENGINES: tuple[EngineMetrics, ...] = (
-    EngineMetrics(
-        engine="vllm",
-        running=("vllm:num_requests_running",),
-        waiting=("vllm:num_requests_waiting",),
-        prompt_tokens=("vllm:prompt_tokens_total",),
-        generation_tokens=("vllm:generation_tokens_total",),
-        finished=("vllm:request_success_total",),
-        ttft=("vllm:time_to_first_token_seconds",),
-        inter_token=("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
-        e2e=("vllm:e2e_request_latency_seconds",),
-    ),
-    EngineMetrics(
-        engine="sglang",
-        running=("sglang:num_running_reqs",),
-        waiting=("sglang:num_queue_reqs",),
-        prompt_tokens=("sglang:prompt_tokens_total",),
-        generation_tokens=("sglang:generation_tokens_total",),
-        finished=("sglang:num_requests_total",),
-        ttft=("sglang:time_to_first_token_seconds",),
-        inter_token=("sglang:inter_token_latency_seconds", "sglang:time_per_output_token_seconds"),
-        e2e=("sglang:e2e_request_latency_seconds",),
-    ),
+    _vllm_like("vllm", "vllm:"),
+    _vllm_like("ray-vllm", "ray_vllm:"),
+    _sglang(),
     EngineMetrics(
         engine="trtllm",
         running=("trtllm_num_requests_running",),
@@ -83,35 +148,74 @@ ENGINES: tuple[EngineMetrics, ...] = (
         inter_token=("trtllm_inter_token_latency_seconds", "trtllm_time_per_output_token_seconds"),
         e2e=("trtllm_e2e_request_latency_seconds",),
     ),
+    EngineMetrics(
+        engine="pytrtllm",
+        running=("pytrtllm:num_requests_running",),
+        waiting=("pytrtllm:num_requests_waiting",),
+        prompt_tokens=("pytrtllm:prompt_tokens_total",),
+        generation_tokens=("pytrtllm:generation_tokens_total",),
+        finished=("pytrtllm:request_completed_total", "pytrtllm:request_success_total"),
+    ),
+    EngineMetrics(
+        engine="triton",
+        running=("nv_trt_llm_request_metrics{request_type=active}",),
+        waiting=(
+            "nv_trt_llm_request_metrics{request_type=waiting}",
+            "nv_inference_pending_request_count",
+        ),
+        prefill_running=("nv_trt_llm_request_metrics{request_type=context}",),
+        finished=("nv_inference_request_success",),
+    ),
+    EngineMetrics(
+        engine="tgi",
+        running=("tgi_batch_current_size",),
+        waiting=("tgi_queue_size",),
+        finished=("tgi_request_success",),
+        inter_token=("tgi_request_mean_time_per_token_duration",),
+        e2e=("tgi_request_duration",),
+    ),
+    EngineMetrics(
+        engine="trtllm-serve",
+        finished=("request_success_total",),
+        ttft=("time_to_first_token_seconds",),
+        inter_token=("time_per_output_token_seconds",),
+        e2e=("e2e_request_latency_seconds",),
+        needs_label="engine_type",
+    ),
 )
 
 
-def _family_names(engine: EngineMetrics) -> tuple[str, ...]:
-    return (
-        engine.running + engine.waiting + engine.prompt_tokens + engine.generation_tokens
-        + engine.finished + engine.ttft + engine.inter_token + engine.e2e
-    )  # fmt: skip
+def _base_name(spec: str) -> str:
+    return spec.split("{", 1)[0]
 
 
 def _sample_names(families: Iterable[str]) -> frozenset[str]:
     names: set[str] = set()
-    for family in families:
+    for spec in families:
+        family = _base_name(spec)
         base = family.removesuffix("_total")
         names |= {family, base, f"{base}_total"}
         names |= {f"{family}_bucket", f"{family}_sum", f"{family}_count"}
     return frozenset(names)
 
 
-_WANTED = _sample_names(n for engine in ENGINES for n in _family_names(engine))
-_HIST_FAMILIES = frozenset(
-    n for engine in ENGINES for n in engine.ttft + engine.inter_token + engine.e2e
-)
+def _all_specs(engine: EngineMetrics) -> tuple[str, ...]:
+    return engine.scalars() + engine.histograms()
+
+
+_WANTED = _sample_names(s for engine in ENGINES for s in _all_specs(engine))
+_HIST_FAMILIES = frozenset(n for engine in ENGINES for n in engine.histograms())
 #: A histogram's sample name → (family, part), e.g. ``x_bucket`` → (``x``, ``bucket``).
 _HIST_PARTS: dict[str, tuple[str, str]] = {
     f"{family}_{part}": (family, part)
     for family in _HIST_FAMILIES
     for part in ("bucket", "sum", "count")
 }
+
+
+def wanted_name(name: str) -> bool:
+    """True for a metric name some engine's parser reads (the rest is not parsed)."""
+    return name in _WANTED
 
 
 @dataclass(slots=True)
@@ -123,7 +227,7 @@ class _Hist:
 
 @dataclass(slots=True)
 class _Group:
-    """The summed scalars and merged histograms of one engine's series."""
+    """The summed scalars and merged histograms of one unit's series."""
 
     scalars: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     hists: dict[str, _Hist] = field(default_factory=dict)
@@ -133,6 +237,10 @@ class _Group:
         part = _HIST_PARTS.get(name)
         if part is None:
             self.scalars[name] += value
+            for key in _SELECTOR_LABELS:
+                selected = sample.labels.get(key)
+                if selected is not None:
+                    self.scalars[f"{name}{{{key}={selected}}}"] += value
             return
         base, kind = part
         hist = self.hists.get(base)
@@ -152,13 +260,16 @@ class _Group:
             hist.count += value
 
 
-def _scalar(scalars: Mapping[str, float], names: tuple[str, ...]) -> float | None:
-    for name in names:
-        if name in scalars:
-            return scalars[name]
-        # Counters may be exposed without `_total` by older clients.
-        if name.endswith("_total") and name.removesuffix("_total") in scalars:
-            return scalars[name.removesuffix("_total")]
+def _scalar(scalars: Mapping[str, float], specs: tuple[str, ...]) -> float | None:
+    for spec in specs:
+        if spec in scalars:
+            return scalars[spec]
+        # Counters may be exposed without `_total` (older clients) or with it (newer).
+        name, _, selector = spec.partition("{")
+        for alt in (name.removesuffix("_total"), f"{name}_total"):
+            key = f"{alt}{{{selector}" if selector else alt
+            if alt != name and key in scalars:
+                return scalars[key]
     return None
 
 
@@ -176,92 +287,131 @@ def _histogram(hists: Mapping[str, _Hist], names: tuple[str, ...]) -> Histogram 
             upper_bounds_s=bounds,
             cumulative_counts=counts,
             sum_s=hist.sum_s,
-            count=hist.count or hist.buckets.get(math.inf, 0.0),
+            # Without `_count` and `+Inf` (a trimmed body), the top bucket holds them all.
+            count=hist.count or hist.buckets.get(math.inf, counts[-1]),
         )
     return None
 
 
-def detect_engine(names: Iterable[str]) -> EngineMetrics | None:
-    """The engine whose running-requests gauge, token counter or TTFT the names include."""
-    present = frozenset(names)
+def detect_engine(samples: Iterable[Sample]) -> EngineMetrics | None:
+    """The first engine of `ENGINES` that exports any series the scrape holds."""
+    found = list(samples)
     for engine in ENGINES:
-        candidates = _sample_names(engine.running + engine.generation_tokens + engine.ttft)
-        if present & candidates:
+        candidates = _sample_names(_all_specs(engine))
+        if any(
+            s.name in candidates and (not engine.needs_label or engine.needs_label in s.labels)
+            for s in found
+        ):
             return engine
     return None
 
 
 @dataclass(frozen=True, slots=True)
 class ServingScrape:
-    """One scrape of a serving pod: the pod total and, for data-parallel servers, each engine.
+    """One scrape of a serving pod: the pod total and, for multi-unit pods, each unit.
 
-    `engines` maps the `engine` label value to that engine's snapshot; it is empty when the
-    series carry no engine label (one engine).
+    `engines` maps the unit label's value (`unit_label`: ``engine``, ``dp_rank``,
+    ``stage``, …) to that unit's snapshot; it is empty when the series carry no unit label
+    (one engine). `ignored_names` are the metric names of the body that no engine's
+    parser reads.
     """
 
     engine_kind: str
     total: ServingSnapshot
     engines: Mapping[str, ServingSnapshot]
     skipped_series: int = 0
+    unit_label: str = ""
+    ignored_names: frozenset[str] = frozenset()
+
+
+def _unit_label(samples: list[Sample]) -> str:
+    """The first of `UNIT_LABELS` with two values; else the first present at all; else ""."""
+    present = ""
+    for label in UNIT_LABELS:
+        values = {s.labels[label] for s in samples if label in s.labels}
+        if len(values) >= 2:
+            return label
+        if values and not present:
+            present = label
+    return present
 
 
 def parse_serving_scrape(text: str, timestamp_s: float) -> ServingScrape:
     """One scrape → `ServingScrape`; raises `ScrapeError` when it cannot be trusted."""
-    result = read_samples(text, lambda name: name in _WANTED)
-    engine = detect_engine(s.name for s in result.samples)
+    result = read_samples(text, wanted_name)
+    engine = detect_engine(result.samples)
     if engine is None:
         raise ScrapeError(
-            "no vLLM (vllm:*), SGLang (sglang:*) or TensorRT-LLM (trtllm_*) serving metrics "
-            "found; check the pod's triserve.io/metrics port/path"
+            "no serving metrics found (vLLM vllm:*, Ray Serve ray_vllm:*, SGLang sglang:*, "
+            "TensorRT-LLM trtllm_*/pytrtllm:*, Triton nv_inference_*, TGI tgi_*); check the "
+            "pod's triserve.io/metrics port/path, or run `triserve explain-metrics` on it"
         )
     if result.non_finite_names:
         raise ScrapeError(
             f"non-finite value in {', '.join(sorted(result.non_finite_names)[:3])}; "
             "the scrape is ignored"
         )
+    label = _unit_label(result.samples)
+    total = _Group()
     groups: dict[str, _Group] = {}
     for sample in result.samples:
-        key = sample.labels.get(ENGINE_LABEL, "")
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = _Group()
-        group.add(sample)
-    if len(groups) == 1:
-        total = next(iter(groups.values()))
-    else:
-        total = _Group()
-        for sample in result.samples:
-            total.add(sample)
-    engines = (
-        {key: _snapshot(engine, group, timestamp_s) for key, group in sorted(groups.items())}
-        if len(groups) > 1 or "" not in groups
-        else {}
+        total.add(sample)
+        key = sample.labels.get(label) if label else None
+        if key is not None:
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group()
+            group.add(sample)
+    units = {key: _snapshot(engine, g, timestamp_s) for key, g in sorted(groups.items())}
+    return ServingScrape(
+        engine.engine,
+        _snapshot(engine, total, timestamp_s),
+        units,
+        result.skipped,
+        label,
+        frozenset(result.ignored_names),
     )
-    return ServingScrape(engine.engine, _snapshot(engine, total, timestamp_s), engines,
-                         result.skipped)  # fmt: skip
 
 
 def parse_serving(text: str, timestamp_s: float) -> ServingSnapshot:
-    """One scrape → the pod's total `ServingSnapshot` (every engine together)."""
+    """One scrape → the pod's total `ServingSnapshot` (every unit together)."""
     return parse_serving_scrape(text, timestamp_s).total
 
 
 def _snapshot(engine: EngineMetrics, group: _Group, timestamp_s: float) -> ServingSnapshot:
-    running = _scalar(group.scalars, engine.running) or 0.0
-    waiting = _scalar(group.scalars, engine.waiting) or 0.0
-    for what, value in (("running", running), ("waiting", waiting)):
+    unknown: set[str] = set()
+
+    def read(signal: str, specs: tuple[str, ...]) -> float:
+        value = _scalar(group.scalars, specs)
+        if value is None:
+            unknown.add(signal)
+            return 0.0
+        return value
+
+    running = read("running", engine.running)
+    waiting = read("waiting", engine.waiting)
+    prefill = _scalar(group.scalars, engine.prefill_running)
+    for what, value in (("running", running), ("waiting", waiting), ("prefill", prefill or 0)):
         if not 0 <= value <= _MAX_REQUESTS:
             raise ScrapeError(f"{engine.engine} {what} requests = {value!r} is not a count")
+    local = _scalar(group.scalars, engine.local_prompt_tokens)
+    prompt = local if local is not None else read("prompt_tokens", engine.prompt_tokens)
+    kv_transfer = _scalar(group.scalars, engine.kv_transfer_tokens)
     counters = {
-        "prompt": _scalar(group.scalars, engine.prompt_tokens) or 0.0,
-        "generation": _scalar(group.scalars, engine.generation_tokens) or 0.0,
+        "prompt": prompt,
+        "generation": read("generation_tokens", engine.generation_tokens),
+        "kv_transfer": kv_transfer or 0.0,
     }
     if any(v < 0 for v in counters.values()):
         raise ScrapeError(f"{engine.engine} token counters are negative: {counters}")
     e2e = _histogram(group.hists, engine.e2e)
     finished = _scalar(group.scalars, engine.finished)
     if finished is None:
-        finished = e2e.count if e2e is not None else 0.0
+        if e2e is not None:
+            finished = e2e.count
+        else:
+            unknown.add("requests_finished")
+            finished = 0.0
     return ServingSnapshot(
         timestamp_s=timestamp_s,
         running=int(running),
@@ -272,4 +422,7 @@ def _snapshot(engine: EngineMetrics, group: _Group, timestamp_s: float) -> Servi
         ttft=_histogram(group.hists, engine.ttft),
         inter_token=_histogram(group.hists, engine.inter_token),
         e2e=e2e,
+        unknown=frozenset(unknown),
+        kv_transfer_tokens_total=kv_transfer,
+        prefill_running=None if prefill is None else int(prefill),
     )

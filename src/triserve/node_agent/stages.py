@@ -67,6 +67,19 @@ class ServingPod:
     uid: str = ""
 
     @property
+    def disaggregated_decode(self) -> bool:
+        """True when a role label says this pod is the decode half of a disaggregated server.
+
+        Such a worker (llm-d, NVIDIA Dynamo, KServe's `…-decode` components) receives its
+        prompts' KV cache from a prefill worker: its queued requests wait for that transfer,
+        and its prompt-token counter counts transferred tokens, so neither means prefill.
+        """
+        for key in ("llm-d.ai/role", "nvidia.com/dynamo-sub-component-type"):
+            if self.labels.get(key, "").strip().lower() == "decode":
+                return True
+        return self.labels.get("app.kubernetes.io/component", "").lower().endswith("decode")
+
+    @property
     def key(self) -> tuple[str, str]:
         """(namespace, name): how pod-resources and dcgm-exporter name the pod."""
         return (self.namespace, self.name)

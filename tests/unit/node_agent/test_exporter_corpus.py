@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from triserve.node_agent.dcgm import ForeignScrapeError, parse_dcgm
-from triserve.node_agent.promtext import ScrapeError
 from triserve.node_agent.serving import parse_serving_scrape
 
 CORPUS = Path(__file__).parents[2] / "fixtures" / "exporters"
@@ -109,5 +108,9 @@ def test_sglang_finished_counter_is_read() -> None:
 def test_trtllm_prefixed_metrics_and_the_unprefixed_ones_are_told_apart() -> None:
     trt = parse_serving_scrape(text("trtllm-dynamo-doc-example.prom"), 1.0)
     assert trt.engine_kind == "trtllm" and trt.total.requests_finished_total == 155.0
-    with pytest.raises(ScrapeError, match="TensorRT-LLM"):
-        parse_serving_scrape(text("trtllm-serve-unprefixed.prom"), 1.0)
+    # trtllm-serve without a prefix: known by its engine_type label; it has no queue gauges,
+    # so running and waiting are unknown rather than an idle zero.
+    bare = parse_serving_scrape(text("trtllm-serve-unprefixed.prom"), 1.0)
+    assert bare.engine_kind == "trtllm-serve"
+    assert {"running", "waiting"} <= bare.total.unknown
+    assert bare.total.ttft is not None and bare.total.ttft.count == 2.0
