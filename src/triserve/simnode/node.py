@@ -6,8 +6,8 @@ the same `stages.pod_from_manifest` as real ones) whose GPUs it lists as the kub
 pod-resources API would (their `triserve.io/gpus` annotation counts only where a policy
 trusts the namespace, `spec.gpuAnnotations`), and telemetry is read the honest way — each
 stage's vLLM-format exposition text parsed by `serving.parse_serving`, and the node's
-dcgm-exporter text parsed by `dcgm.parse_dcgm`, at the agent's scrape interval (the exporter itself refreshes its
-values at its own collection interval).
+dcgm-exporter text parsed by `dcgm.parse_dcgm`, at the agent's scrape interval (the
+exporter itself refreshes its values at its own collection interval).
 `drive()` advances the simulation with the wall clock times `speed` and runs the agent's
 tick inside it every control interval of simulated time.
 
