@@ -187,6 +187,7 @@ def test_agent_daemonset_runs_on_every_gpu_node_with_least_privilege(tmp_path: P
         "--metrics-port=9402",
         "--state-file=/var/lib/triserve/state.json",
         "--dcgm-discover=app=nvidia-dcgm-exporter",
+        "--dcgm-namespace=gpu-operator",
         "--dcgm-port=9400",
         "--dcgm-collect-interval=30",
         "--log-level=INFO",

@@ -91,6 +91,13 @@ def build_parser(prog: str = "triserve agent") -> argparse.ArgumentParser:
     )
     p.add_argument("--dcgm-port", type=cliargs.port, default=9400, help="port for --dcgm-discover")
     p.add_argument(
+        "--dcgm-namespace",
+        default="gpu-operator",
+        metavar="NAMESPACE",
+        help="the only namespace --dcgm-discover searches (default: %(default)s, the GPU "
+        "Operator's); a pod with the same labels in any other namespace is never scraped",
+    )
+    p.add_argument(
         "--dcgm-collect-interval",
         type=cliargs.positive_float,
         default=30.0,
@@ -221,6 +228,7 @@ def options_from_args(args: argparse.Namespace, open_sim: OpenSim | None = None)
         duration_s=args.duration,
         dcgm_url=args.dcgm_url,
         dcgm_discover=args.dcgm_discover,
+        dcgm_namespace=args.dcgm_namespace,
         dcgm_port=args.dcgm_port,
         dcgm_period_s=args.dcgm_collect_interval,
         dcgm_host_ip=os.environ.get("HOST_IP") if args.dcgm_host_port else None,

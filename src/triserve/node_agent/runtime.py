@@ -92,6 +92,7 @@ class AgentOptions:
     duration_s: float | None = None
     dcgm_url: str | None = None
     dcgm_discover: str | None = None  # label selector of the dcgm-exporter pod on this node
+    dcgm_namespace: str = "gpu-operator"  # the only namespace discovery searches
     dcgm_port: int = 9400
     dcgm_host_ip: str | None = None
     dcgm_host_port: int | None = None
@@ -291,6 +292,7 @@ class AgentRuntime:
             host_ip=opts.dcgm_host_ip,
             host_port=opts.dcgm_host_port,
             discover_selector=opts.dcgm_discover,
+            namespace=opts.dcgm_namespace,
             port=opts.dcgm_port,
             api_client=opts.api_client,
             node_name=opts.node_name,

@@ -57,3 +57,20 @@ def test_unknown_scenario_is_refused(capsys: pytest.CaptureFixture[str]) -> None
     code, err = _run(["--standalone", "--policy", str(policy), "--sim", "nosuch"], capsys)
     assert code == 2
     assert "'nosuch' not found" in err
+
+
+def test_dcgm_discovery_searches_only_the_namespace_the_flag_names() -> None:
+    from triserve.node_agent import main as agent_main
+    from triserve.simnode import open_node
+
+    policy = str(EXAMPLES / "energypolicy-minimal.yaml")
+    base = ["--standalone", "--policy", policy, "--sim", "reference", "--dcgm-discover", "app=x"]
+    parser = agent_main.build_parser()
+
+    def options(*extra: str) -> str:
+        args = parser.parse_args([*base, *extra])
+        opts = agent_main.options_from_args(args, lambda name, seed: open_node(name, seed=seed))
+        return opts.dcgm_namespace
+
+    assert options() == "gpu-operator"  # the GPU Operator's namespace by default
+    assert options("--dcgm-namespace", "monitoring") == "monitoring"
