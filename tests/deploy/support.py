@@ -122,6 +122,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: What `helm template --api-versions` announces for any supported cluster (1.30+).
+CLUSTER_API_VERSIONS = ("admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",)
 #: What `helm template --api-versions` announces for a cluster running the Prometheus Operator.
 MONITORING_API_VERSIONS = tuple(
     f"monitoring.coreos.com/v1/{kind}"
@@ -135,15 +137,19 @@ def render(
     *,
     include_crds: bool = True,
     monitoring_crds: bool = True,
+    cluster_apis: bool = True,
 ) -> list[dict[str, Any]]:
     """`helm template` the chart with these values; the rendered objects, in order.
 
-    `monitoring_crds` renders as for a cluster with the Prometheus Operator's CRDs.
+    `monitoring_crds` renders as for a cluster with the Prometheus Operator's CRDs;
+    `cluster_apis` as for a 1.30+ cluster (False: as plain `helm template` does).
     """
     values_file = tmp_path / "values.json"
     values_file.write_text(json.dumps(values))
     argv = [tool("helm"), "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
     argv += ["--values", str(values_file)]
+    for api_version in CLUSTER_API_VERSIONS if cluster_apis else ():
+        argv += ["--api-versions", api_version]
     if monitoring_crds:
         for api_version in MONITORING_API_VERSIONS:
             argv += ["--api-versions", api_version]

@@ -21,6 +21,7 @@ import yaml
 
 from .support import (
     CHART,
+    CLUSTER_API_VERSIONS,
     DASHBOARD,
     REPO,
     VARIANTS,
@@ -73,6 +74,7 @@ def test_packaged_chart_renders_what_the_chart_directory_renders(tmp_path: Path)
     run([helm, "package", str(CHART), "--destination", str(tmp_path)])
     (package,) = tmp_path.glob("triserve-0.1.0.tgz")
     template = [helm, "template", "triserve", "--namespace", "triserve-system", "--include-crds"]
+    template += [f"--api-versions={api}" for api in CLUSTER_API_VERSIONS]
     from_dir = run([*template, str(CHART)]).stdout
     from_package = run([*template, str(package)]).stdout
     assert from_package == from_dir, "the package misses files (check .helmignore)"
@@ -406,3 +408,20 @@ def test_values_schema_rejects_mistakes(tmp_path: Path, values: Any, complaint: 
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0
     assert complaint in proc.stderr
+
+
+def test_a_render_without_admission_policies_fails_instead_of_dropping_the_report_guard(
+    tmp_path: Path,
+) -> None:
+    # Plain `helm template` (GitOps) announces no ValidatingAdmissionPolicy: the guard that
+    # keeps each agent to its own node's report must not vanish without a word.
+    argv = [tool("helm"), "template", "t", str(CHART), "--namespace", "triserve-system"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0
+    assert "agent.reportAdmission" in proc.stderr and "--api-versions" in proc.stderr
+    (tmp_path / "on").mkdir()
+    (tmp_path / "off").mkdir()
+    guarded = render(tmp_path / "on", {})
+    assert [o["kind"] for o in guarded].count("ValidatingAdmissionPolicy") == 1
+    off = render(tmp_path / "off", {"agent": {"reportAdmission": "Off"}}, cluster_apis=False)
+    assert "ValidatingAdmissionPolicy" not in {o["kind"] for o in off}
