@@ -8,17 +8,21 @@
 # Stage 1 builds wheels for triserve and every dependency; stage 2 installs those wheels only
 # (no compiler, no source tree, no network) and runs as uid 65532.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The base image by digest, so a rebuild gets the same bytes. To move it: run
+# `docker buildx imagetools inspect python:3.11-slim-bookworm` and paste the index digest.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+COPY requirements/runtime.lock ./requirements/
 COPY pyproject.toml README.md ./
 COPY src ./src
-# Wheels for triserve and all its runtime dependencies (binary wheels where PyPI has them).
-RUN pip wheel --wheel-dir /wheels .
+# Wheels for every runtime dependency, exactly as hash-locked (make lock), then triserve's own.
+RUN pip wheel --require-hashes --wheel-dir /wheels -r requirements/runtime.lock \
+    && pip wheel --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0

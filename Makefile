@@ -6,18 +6,30 @@ BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench perf crds clean k8s apiserver-bench
+.PHONY: demo test bench perf crds clean k8s apiserver-bench lock
 
-$(RUNTIME): pyproject.toml
+# Dependencies come from the hash-locked files under requirements/ (the image builds from the
+# same runtime lock); triserve itself is installed editable on top, without dependencies.
+$(RUNTIME): pyproject.toml requirements/runtime.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q --require-hashes -r requirements/runtime.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(RUNTIME)
 
-$(STAMP): $(RUNTIME)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+$(STAMP): $(RUNTIME) requirements/dev.lock
+	$(BIN)/python -m pip install -q --require-hashes -r requirements/dev.lock
 	$(BIN)/python tools/install_binaries.py --dest $(BIN)
 	touch $(STAMP)
+
+# Re-resolve the locks after a dependency change in pyproject.toml (existing pins are kept
+# where they still fit; `UPGRADE=1` takes the newest allowed versions).
+LOCK = $(BIN)/uv pip compile pyproject.toml --generate-hashes --universal --python-version 3.11 \
+	--no-annotate --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade,)
+lock: $(RUNTIME)
+	$(BIN)/python -m pip install -q uv
+	$(LOCK) -o requirements/runtime.lock
+	$(LOCK) --extra dev -o requirements/dev.lock
 
 demo: $(RUNTIME)
 	$(BIN)/triserve demo

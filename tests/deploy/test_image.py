@@ -43,6 +43,11 @@ def test_image_is_multi_stage_wheel_only_and_non_root() -> None:
         arg.split("=", 1) for keyword, arg in instructions if keyword == "ARG" and "=" in arg
     )
     assert args["PYTHON_IMAGE"].startswith("python:3.11-slim")
+    _image, _, digest = args["PYTHON_IMAGE"].partition("@sha256:")
+    assert len(digest) == 64 and int(digest, 16) >= 0, "the base image is pinned by digest"
+    builder = instructions[: max(i for i, (k, _) in enumerate(instructions) if k == "FROM")]
+    wheels = " ".join(a for k, a in builder if k == "RUN")
+    assert "--require-hashes" in wheels and "requirements/runtime.lock" in wheels
     assert froms == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE}"]
     last_from = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
     runtime = instructions[last_from:]
@@ -81,7 +86,13 @@ def _build_context(dest: Path) -> None:
 def test_dockerignore_context_builds_the_wheel_with_its_data_files(tmp_path: Path) -> None:
     context = tmp_path / "context"
     _build_context(context)
-    assert sorted(p.name for p in context.iterdir()) == ["README.md", "pyproject.toml", "src"]
+    assert sorted(p.name for p in context.iterdir()) == [
+        "README.md",
+        "pyproject.toml",
+        "requirements",
+        "src",
+    ]
+    assert [p.name for p in (context / "requirements").iterdir()] == ["runtime.lock"]
     assert not list(context.rglob("__pycache__"))
     wheels = tmp_path / "wheels"
     pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
