@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
-
 from triserve.api.models import LabelSelector
 from triserve.api.status import NodeEnergyReportStatus
 from triserve.control import ProbeSettings
@@ -39,7 +37,7 @@ from triserve.node_agent.kube import WATCH_TIMEOUT_S
 from triserve.node_agent.podresources import PodResourcesClient
 from triserve.node_agent.reports import Reporter, ReportWriter, log_status
 from triserve.node_agent.safety import GuardRails, StateFile, Watchdog
-from triserve.node_agent.scraping import Scrapers, supervise
+from triserve.node_agent.scraping import Scrapers, http_client, supervise
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +190,7 @@ class AgentRuntime:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self.stop)
             self._follow_policy(stack, loop)
-            client = await stack.enter_async_context(httpx.AsyncClient())
+            client = await stack.enter_async_context(http_client())
             podres = (
                 PodResourcesClient(opts.pod_resources_socket) if opts.pod_resources_socket else None
             )

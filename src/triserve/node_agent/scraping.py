@@ -10,12 +10,18 @@ include none of this node's is rejected and counted (`scrape`) with the GPUs it 
 Results land in the `NodeAgent` through its setters; the tick only ever reads the latest,
 each stamped with the time it was taken.
 
+Each serving target runs on its own schedule, so no tenant can starve the others: a round
+starts a target only when its previous scrape has finished, and `run()` waits for a round's
+targets at most `ScrapeLimits.round_wait_s` (a slower one carries on and lands when it
+lands, while the next round goes ahead for everyone else).
+
 Every target is untrusted and bounded (`ScrapeLimits`): one total deadline for the whole
 request and body (a pod trickling bytes is cut off), a body-size cap enforced while
 streaming (a huge body is abandoned, never buffered), no compression (no zip bombs), and
 the parse runs off the event loop (`OffLoopParser`): a small body in a worker thread, a
 large one in a worker process, so the control tick never waits on it — a thread parsing a
-megabyte would still hold the interpreter lock for most of the loop's time slices. A
+megabyte would still hold the interpreter lock for most of the loop's time slices — and a
+parse that takes longer than `ScrapeLimits.parse_deadline_s` fails that scrape. A
 failed or rejected scrape is counted (`triserve_agent_errors_total{kind}`: `scrape`,
 `scrape-foreign` for another node's DCGM data) and skipped; the previous snapshot stays
 and ages. A round that fails as a whole is counted (`scrape-task`) and the next one runs:
@@ -52,6 +58,8 @@ T = TypeVar("T")
 
 #: Bodies longer than this (characters) are parsed in the worker process, not a thread.
 PROCESS_PARSE_ABOVE = 64 * 1024
+#: Seconds a parse may take before its scrape fails (`ScrapeLimits.parse_deadline_s`).
+PARSE_DEADLINE_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,23 @@ class ScrapeLimits:
     #: dcgm-exporter on MIG-heavy nodes takes seconds (NVIDIA/dcgm-exporter #607, #625); its
     #: scrape runs beside the rounds, so this longer deadline never delays them or the tick.
     dcgm_deadline_s: float = 5.0
+    #: A parse still running after this fails its scrape (a queue of bulky bodies must not
+    #: keep a target's data, or the round, waiting).
+    parse_deadline_s: float = PARSE_DEADLINE_S
+    #: How long `run()` waits for a round's scrapes; slower ones finish on their own.
+    round_wait_s: float = 0.6
+
+
+#: Connections the agent's scrape client may hold at once: at least one per target of a large
+#: node, so that no target queues for a connection behind slow ones (httpx's default is 100).
+MAX_CONNECTIONS = 1024
+
+
+def http_client() -> httpx.AsyncClient:
+    """The agent's scrape client: enough connections that targets never queue for one."""
+    return httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=256)
+    )
 
 
 async def fetch_bounded(client: httpx.AsyncClient, url: str, limits: ScrapeLimits) -> str:
@@ -105,8 +130,22 @@ class OffLoopParser:
         self.process_above = process_above
         self._pool: ProcessPoolExecutor | None = None
 
-    async def parse(self, size: int, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
-        """`fn(*args, **kwargs)` off the loop; `size` (the body's length) picks the worker."""
+    async def parse(
+        self,
+        size: int,
+        fn: Callable[..., T],
+        *args: object,
+        deadline_s: float = PARSE_DEADLINE_S,
+        **kwargs: object,
+    ) -> T:
+        """`fn(*args, **kwargs)` off the loop within `deadline_s`; `size` picks the worker."""
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await self._parse(size, fn, *args, **kwargs)
+        except TimeoutError:
+            raise ScrapeError(f"parse of {size} characters took over {deadline_s:g} s") from None
+
+    async def _parse(self, size: int, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         if size <= self.process_above:
             return await asyncio.to_thread(fn, *args, **kwargs)
         if self._pool is None:
@@ -125,6 +164,13 @@ class OffLoopParser:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+@dataclass(slots=True)
+class _Target:
+    """One serving target's schedule: its scrape in flight, if any."""
+
+    task: asyncio.Task[None] | None = None
 
 
 class Scrapers:
@@ -159,11 +205,15 @@ class Scrapers:
         self.rounds = 0
         self.parser = OffLoopParser()
         self._dcgm_task: asyncio.Task[None] | None = None
+        self._targets: dict[tuple[str, str], _Target] = {}
 
     def close(self) -> None:
-        """Release the parse worker process and stop a dcgm scrape still in flight."""
+        """Release the parse worker process and stop every scrape still in flight."""
         if self._dcgm_task is not None and not self._dcgm_task.done():
             self._dcgm_task.cancel()
+        for target in self._targets.values():
+            if target.task is not None and not target.task.done():
+                target.task.cancel()
         self.parser.close()
 
     async def dcgm_done(self) -> None:
@@ -176,18 +226,20 @@ class Scrapers:
         while True:
             started = time.monotonic()
             try:
-                await self.scrape_once()
+                await self.scrape_once(wait_s=self.limits.round_wait_s)
             except Exception as exc:
                 self.agent.error("scrape-task", f"scrape round failed: {type(exc).__name__}: {exc}")
             await asyncio.sleep(max(self.interval_s - (time.monotonic() - started), 0.01))
 
-    async def scrape_once(self) -> None:
-        """One round of every scrape that is due, concurrently."""
+    async def scrape_once(self, wait_s: float | None = None) -> None:
+        """One round of every scrape that is due, concurrently.
+
+        Waits for the round's serving scrapes at most `wait_s` (None: until all finished).
+        """
         jobs: list[Awaitable[None]] = []
         if self.agent.policy is None:
             return  # a node without a policy idles: nothing to control, nothing to read
-        if self.scrape_serving:
-            jobs += [self._serving(key, url) for key, url in self.agent.scrape_targets()]
+        started = self._start_serving() if self.scrape_serving else []
         if (
             self.dcgm is not None
             and self.dcgm.enabled
@@ -199,7 +251,25 @@ class Scrapers:
             self._podres_next_s = time.monotonic() + self.podres_interval_s
             jobs.append(self._podres(self.pod_resources))
         await asyncio.gather(*(self._guarded(job) for job in jobs))
+        if started:
+            await asyncio.wait(started, timeout=wait_s)
         self.rounds += 1
+
+    def _start_serving(self) -> list[asyncio.Task[None]]:
+        """Start the scrape of every serving target that is due and not still in flight."""
+        listed = dict(self.agent.scrape_targets())
+        for key in [k for k in self._targets if k not in listed]:
+            gone = self._targets.pop(key)  # the pod left, or the policy no longer selects it
+            if gone.task is not None:
+                gone.task.cancel()
+        started = []
+        for key, url in listed.items():
+            target = self._targets.setdefault(key, _Target())
+            if target.task is not None and not target.task.done():
+                continue  # still in flight: this target waits for itself, nobody else does
+            target.task = asyncio.create_task(self._guarded(self._serving(key, url)))
+            started.append(target.task)
+        return started
 
     async def _guarded(self, job: Awaitable[None]) -> None:
         # One target's unexpected failure must not cancel the other targets of the round.
@@ -210,9 +280,12 @@ class Scrapers:
 
     async def _serving(self, key: tuple[str, str], url: str) -> None:
         where = f"pod {key[0]}/{key[1]} at {url}"
+        deadline_s = self.limits.parse_deadline_s
         try:
             text = await fetch_bounded(self.client, url, self.limits)
-            scrape = await self.parser.parse(len(text), parse_serving_scrape, text, self.clock())
+            scrape = await self.parser.parse(
+                len(text), parse_serving_scrape, text, self.clock(), deadline_s=deadline_s
+            )
         except ScrapeError as exc:
             self.agent.error("scrape", f"{where}: {exc}")
             return
@@ -234,6 +307,7 @@ class Scrapers:
                 self.agent.node_name,
                 accept_unlabelled=target.node_local,
                 hostnames=frozenset(hostnames),
+                deadline_s=max(limits.deadline_s, self.limits.parse_deadline_s),
             )
         except ForeignScrapeError as exc:
             self.agent.error("scrape-foreign", f"dcgm-exporter at {target.url}: {exc}")

@@ -57,7 +57,9 @@ async def test_a_disaggregated_decode_worker_runs_at_its_ridge_not_at_boost(
                     "source": "Profile",
                     "profile": [{"stage": "decode", "phase": "decode", "ridgeMHz": RIDGE_MHZ}],
                 }
-            }
+            },
+            # No kubelet here: the pod names its GPU by annotation, so its namespace is trusted.
+            "gpuAnnotations": {"trustedNamespaces": ["llm"]},
         }
     )
     agent.set_policy(PolicyRef("p1", spec, 1))

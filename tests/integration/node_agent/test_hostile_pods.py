@@ -21,7 +21,8 @@ import httpx
 from triserve.api.models import EnergyPolicySpec
 from triserve.node_agent.agent import NodeAgent, PolicyRef
 from triserve.node_agent.safety import StateFile
-from triserve.node_agent.scraping import ScrapeLimits, Scrapers
+from triserve.node_agent.scraping import ScrapeLimits, Scrapers, fetch_bounded
+from triserve.node_agent.serving import parse_serving_scrape
 from triserve.node_agent.stages import ServingPod
 from triserve.simnode import open_simulation
 
@@ -100,5 +101,7 @@ async def test_hostile_pods_leave_the_tick_running(tmp_path: Path) -> None:
 async def _scrape_good(scrapers: Scrapers, port: int) -> None:
     """A round of the well-behaved pod alone, for comparison (as long as a hostile round)."""
     started = time.perf_counter()
-    await scrapers._serving(("omni", "p4"), f"http://127.0.0.1:{port}/good")
+    text = await fetch_bounded(scrapers.client, f"http://127.0.0.1:{port}/good", scrapers.limits)
+    scrape = await scrapers.parser.parse(len(text), parse_serving_scrape, text, 0.0)
+    scrapers.agent.set_serving(("omni", "p4"), scrape.total, scrape.engines)
     await asyncio.sleep(max(0.5 - (time.perf_counter() - started), 0.0))

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 GOOD = (
     "# TYPE vllm:num_requests_running gauge\n"
@@ -88,3 +91,33 @@ async def hostile_server() -> AsyncIterator[str]:
         loop.call_soon_threadsafe(holder["server"].close)
         loop.call_soon_threadsafe(loop.stop)
         await asyncio.to_thread(thread.join, 2.0)
+
+
+@contextlib.asynccontextmanager
+async def hostile_process() -> AsyncIterator[str]:
+    """The same paths served by a process of its own (its CPU and interpreter lock are not the
+    agent's, as with real pods on a node); yields the base URL."""
+    repo = Path(__file__).resolve().parents[3]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.unit.node_agent.hostile"],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(await asyncio.to_thread(proc.stdout.readline))
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 5.0)
+
+
+async def _serve_forever() -> None:
+    server = await asyncio.start_server(_answer, "127.0.0.1", 0, backlog=1024)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve_forever())
