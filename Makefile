@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench perf crds clean k8s apiserver-bench
+.PHONY: demo test bench perf crds clean k8s apiserver-bench reliability
 
 $(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,10 @@ tri-serve-counters
 		--strategies default,tri-serve,tri-serve-P,static-best,phase-dvfs,optimum \
 		--json out/bench/optimum-$$s.json || exit 1; done
 	$(BIN)/triserve bench --summary out/bench/*.json
+
+# The reliability table of docs/restore.md (faults tried / survived / left locked), as Markdown.
+reliability: $(STAMP)
+	$(BIN)/python tools/reliability_table.py
 
 # Performance figures against their targets (reported, not asserted): simulator speed,
 # controller decision cost, agent tick CPU/RSS, operator aggregation CPU/RSS.
