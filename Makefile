@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench perf crds clean k8s apiserver-bench lock
+.PHONY: demo test bench perf crds clean k8s apiserver-bench lock reliability
 
 # Dependencies come from the hash-locked files under requirements/ (the image builds from the
 # same runtime lock); triserve itself is installed editable on top, without dependencies.
@@ -75,6 +75,10 @@ tri-serve-counters
 		--strategies default,tri-serve,tri-serve-P,static-best,phase-dvfs,optimum \
 		--json out/bench/optimum-$$s.json || exit 1; done
 	$(BIN)/triserve bench --summary out/bench/*.json
+
+# The reliability table of docs/restore.md (faults tried / survived / left locked), as Markdown.
+reliability: $(STAMP)
+	$(BIN)/python tools/reliability_table.py
 
 # Performance figures against their targets (reported, not asserted): simulator speed,
 # controller decision cost, agent tick CPU/RSS, operator aggregation CPU/RSS.

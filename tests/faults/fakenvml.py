@@ -11,7 +11,11 @@ Fault injection, all on the driver so it outlives agents too:
   (None: until `clear()`), for one GPU or all;
 - `lose(gpu)` / `recover(gpu)` — every call on that GPU raises GPU_IS_LOST;
 - `ignore_power_sets(gpu, times)` — the power-limit setter returns success and changes nothing,
-  like the `_v2` wrapper of nvidia-ml-py that drops the driver's return code.
+  like the `_v2` wrapper of nvidia-ml-py that drops the driver's return code;
+- `ignore_clock_resets(gpu, times)` — the clock reset returns success and the lock stays;
+- `hide(gpu)` / `show(gpu)` — the GPU is absent from enumeration (driver hiccup, GPU reset):
+  the device count leaves it out and later GPUs move down one index, as NVML numbers them;
+- `set_mig(gpu, enabled)` — an administrator switches the GPU's MIG mode.
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ class FakeGpu:
     power_limit_mw: int = POWER_DEFAULT_MW
     lost: bool = False
     ignore_power_sets: int = 0  # how many more power-limit sets to drop silently
+    ignore_clock_resets: int = 0  # how many more clock resets to drop silently
+    absent: bool = False  # left out of enumeration
+    mig: bool = False
+    busy: bool = True  # a kernel runs (utilization 60 %); idle: 0 %, GPU_IDLE, idle clock
+    extra_reasons: int = 0  # clock event reason bits the driver reports besides GPU_IDLE
     energy_mj: int = 0
 
     @property
@@ -46,6 +55,69 @@ class FakeGpu:
     @property
     def at_defaults(self) -> bool:
         return self.locked is None and self.power_limit_mw == POWER_DEFAULT_MW
+
+
+# ---- the hardware behind each pynvml call (no fault injection here) ----------------
+
+
+def _set_power(h: FakeGpu, mw: int) -> None:
+    if not POWER_MIN_MW <= mw <= POWER_MAX_MW:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+    if h.ignore_power_sets > 0:
+        h.ignore_power_sets -= 1
+    else:
+        h.power_limit_mw = mw
+
+
+def _lock(h: FakeGpu, lo: int, hi: int) -> None:
+    if lo > hi or lo < SUPPORTED_MHZ[0] or hi > SUPPORTED_MHZ[-1]:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+    h.locked = (lo, hi)
+
+
+def _reset(h: FakeGpu) -> None:
+    if h.ignore_clock_resets > 0:
+        h.ignore_clock_resets -= 1
+    else:
+        h.locked = None
+
+
+def _mig_mode(h: FakeGpu) -> tuple[int, int]:
+    mode = pynvml.NVML_DEVICE_MIG_ENABLE if h.mig else pynvml.NVML_DEVICE_MIG_DISABLE
+    return mode, mode
+
+
+def _fields(h: FakeGpu, ids: list[int]) -> list[Any]:
+    h.energy_mj += 1000
+    values = {186: 300_000, 83: h.energy_mj}
+    return [
+        SimpleNamespace(
+            nvmlReturn=pynvml.NVML_SUCCESS if i in values else pynvml.NVML_ERROR_NOT_SUPPORTED,
+            valueType=pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG,
+            value=SimpleNamespace(ullVal=values.get(i, 0)),
+        )
+        for i in ids
+    ]
+
+
+def _clock(h: FakeGpu, kind: int) -> int:
+    if kind == pynvml.NVML_CLOCK_MEM:
+        return MEM_MHZ
+    if not h.busy:
+        return SUPPORTED_MHZ[0]  # idle: the lowest clock, locked or not
+    return h.locked[1] if h.locked else BOOST_MHZ
+
+
+def _reasons(h: FakeGpu) -> int:
+    return h.extra_reasons | (0 if h.busy else pynvml.nvmlClocksEventReasonGpuIdle)
+
+
+def _utilization(h: FakeGpu) -> Any:
+    return SimpleNamespace(gpu=60 if h.busy else 0, memory=30 if h.busy else 0)
+
+
+def _threshold(h: FakeGpu, kind: int) -> int:
+    return {0: 92, 1: 89, 3: 87}.get(kind, 87)
 
 
 @dataclass(slots=True)
@@ -81,6 +153,7 @@ class FakeDriver:
         for gpu in self.gpus:
             gpu.lost = False
             gpu.ignore_power_sets = 0
+            gpu.ignore_clock_resets = 0
 
     def lose(self, gpu: int) -> None:
         """GPU `gpu` falls off the bus (its clock and power state stay as they were)."""
@@ -93,6 +166,26 @@ class FakeDriver:
     def ignore_power_sets(self, gpu: int, times: int = 1_000_000) -> None:
         """The next `times` power-limit sets on GPU `gpu` silently do nothing."""
         self.gpus[gpu].ignore_power_sets = times
+
+    def ignore_clock_resets(self, gpu: int, times: int = 1_000_000) -> None:
+        """The next `times` clock resets on GPU `gpu` return success and leave the lock."""
+        self.gpus[gpu].ignore_clock_resets = times
+
+    def hide(self, gpu: int) -> None:
+        """GPU `gpu` drops out of enumeration (its clock and power state stay as they were)."""
+        self.gpus[gpu].absent = True
+
+    def show(self, gpu: int) -> None:
+        """GPU `gpu` enumerates again."""
+        self.gpus[gpu].absent = False
+
+    def set_mig(self, gpu: int, enabled: bool) -> None:
+        """Switch GPU `gpu`'s MIG mode (as `nvidia-smi -mig 1` would)."""
+        self.gpus[gpu].mig = enabled
+
+    def visible(self) -> list[FakeGpu]:
+        """The GPUs NVML enumerates, in index order."""
+        return [g for g in self.gpus if not g.absent]
 
     def locked(self) -> list[int]:
         """Indices of GPUs not at their defaults (clock lock or changed power limit)."""
@@ -125,74 +218,39 @@ class FakeDriver:
 
             setattr(ns, name, wrapped)
 
-        def set_power(h: FakeGpu, mw: int) -> None:
-            if not POWER_MIN_MW <= mw <= POWER_MAX_MW:
+        def handle(i: int) -> FakeGpu:
+            visible = d.visible()
+            if not 0 <= i < len(visible):
                 raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-            if h.ignore_power_sets > 0:
-                h.ignore_power_sets -= 1
-            else:
-                h.power_limit_mw = mw
-
-        def lock(h: FakeGpu, lo: int, hi: int) -> None:
-            if lo > hi or lo < SUPPORTED_MHZ[0] or hi > SUPPORTED_MHZ[-1]:
-                raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-            h.locked = (lo, hi)
-
-        def reset(h: FakeGpu) -> None:
-            h.locked = None
-
-        def fields(h: FakeGpu, ids: list[int]) -> list[Any]:
-            h.energy_mj += 1000
-            values = {186: 300_000, 83: h.energy_mj}
-            return [
-                SimpleNamespace(
-                    nvmlReturn=pynvml.NVML_SUCCESS
-                    if i in values
-                    else pynvml.NVML_ERROR_NOT_SUPPORTED,
-                    valueType=pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG,
-                    value=SimpleNamespace(ullVal=values.get(i, 0)),
-                )
-                for i in ids
-            ]
-
-        def clock(h: FakeGpu, kind: int) -> int:
-            if kind == pynvml.NVML_CLOCK_MEM:
-                return MEM_MHZ
-            return h.locked[1] if h.locked else BOOST_MHZ
-
-        def threshold(h: FakeGpu, kind: int) -> int:
-            return {0: 92, 1: 89, 3: 87}.get(kind, 87)
+            return visible[i]
 
         for name, fn in {
             "nvmlInit": lambda: None,
             "nvmlShutdown": lambda: None,
-            "nvmlDeviceGetCount": lambda: len(d.gpus),
-            "nvmlDeviceGetHandleByIndex": lambda i: d.gpus[i],
+            "nvmlDeviceGetCount": lambda: len(d.visible()),
+            "nvmlDeviceGetHandleByIndex": handle,
             "nvmlDeviceGetUUID": lambda h: h.uuid,
             "nvmlDeviceGetName": lambda h: "NVIDIA H100 80GB HBM3",
             "nvmlDeviceGetPciInfo": lambda h: SimpleNamespace(busId=f"00000000:{h.index:02X}:00.0"),
             "nvmlDeviceGetSupportedMemoryClocks": lambda h: [MEM_MHZ],
             "nvmlDeviceGetSupportedGraphicsClocks": lambda h, mem: list(SUPPORTED_MHZ),
             "nvmlDeviceGetMaxClockInfo": lambda h, kind: BOOST_MHZ,
-            "nvmlDeviceGetClockInfo": clock,
+            "nvmlDeviceGetClockInfo": _clock,
             "nvmlDeviceGetPowerManagementLimitConstraints": lambda h: [POWER_MIN_MW, POWER_MAX_MW],
             "nvmlDeviceGetPowerManagementDefaultLimit": lambda h: POWER_DEFAULT_MW,
             "nvmlDeviceGetEnforcedPowerLimit": lambda h: h.power_limit_mw,
-            "nvmlDeviceGetFieldValues": fields,
+            "nvmlDeviceGetFieldValues": _fields,
             "nvmlDeviceGetPowerUsage": lambda h: 300_000,
             "nvmlDeviceGetTotalEnergyConsumption": lambda h: h.energy_mj,
             "nvmlDeviceGetTemperature": lambda h, kind: 55,
-            "nvmlDeviceGetTemperatureThreshold": threshold,
-            "nvmlDeviceGetCurrentClocksEventReasons": lambda h: 0,
-            "nvmlDeviceGetUtilizationRates": lambda h: SimpleNamespace(gpu=60, memory=30),
+            "nvmlDeviceGetTemperatureThreshold": _threshold,
+            "nvmlDeviceGetCurrentClocksEventReasons": _reasons,
+            "nvmlDeviceGetUtilizationRates": _utilization,
             "nvmlGpmQueryDeviceSupport": lambda h: SimpleNamespace(isSupportedDevice=0),
-            "nvmlDeviceGetMigMode": lambda h: (
-                pynvml.NVML_DEVICE_MIG_DISABLE,
-                pynvml.NVML_DEVICE_MIG_DISABLE,
-            ),
-            "nvmlDeviceSetGpuLockedClocks": lock,
-            "nvmlDeviceResetGpuLockedClocks": reset,
-            "nvmlDeviceSetPowerManagementLimit": set_power,
+            "nvmlDeviceGetMigMode": _mig_mode,
+            "nvmlDeviceSetGpuLockedClocks": _lock,
+            "nvmlDeviceResetGpuLockedClocks": _reset,
+            "nvmlDeviceSetPowerManagementLimit": _set_power,
         }.items():
             call(name, fn)
         return ns

@@ -33,18 +33,23 @@ from triserve.node_agent.stages import ServingPod
 
 from .fakenvml import FakeDriver
 
-#: fault name → [tried, survived]; printed as a table at the end of the session.
+#: fault name → [tried, survived, left locked]; printed as a table at the end of the session.
 FAULTS: dict[str, list[int]] = {}
 
 
 def tried(name: str) -> None:
     """Count one injection of fault `name`."""
-    FAULTS.setdefault(name, [0, 0])[0] += 1
+    FAULTS.setdefault(name, [0, 0, 0])[0] += 1
 
 
 def survived(name: str, times: int = 1) -> None:
     """Count `times` injections of `name` after which every GPU came back to defaults."""
-    FAULTS.setdefault(name, [0, 0])[1] += times
+    FAULTS.setdefault(name, [0, 0, 0])[1] += times
+
+
+def left_locked(name: str) -> None:
+    """Count one run with `name` after which a GPU was still locked at the end."""
+    FAULTS.setdefault(name, [0, 0, 0])[2] += 1
 
 
 def policy(name: str = "p1", **spec: Any) -> PolicyRef:
@@ -159,9 +164,11 @@ class FaultNode:
         status = self.reporter.build(dt.datetime.now(dt.UTC))
         self.reports.append(status)
         at_defaults = {g.index: g.at_defaults for g in self.driver.gpus}
+        by_uuid = {g.uuid: g for g in self.driver.gpus}
         for gpu in status.gpus:
-            if gpu.state in (GpuState.RELEASED, GpuState.DEGRADED) and not at_defaults[gpu.index]:
-                hw = self.driver.gpus[gpu.index]
+            # By UUID: a GPU absent from enumeration moves the later ones down one index.
+            hw = by_uuid.get(gpu.uuid) or self.driver.gpus[gpu.index]
+            if gpu.state in (GpuState.RELEASED, GpuState.DEGRADED) and not hw.at_defaults:
                 raise InvariantError(
                     f"GPU {gpu.index} reported {gpu.state.value} while locked "
                     f"{hw.locked} at {hw.power_limit_mw} mW"

@@ -1,5 +1,6 @@
-"""Seeded random chaos: kills, restarts, NVML errors, a read-only state directory, policy
-changes and label removals, in any order, against one node's fake GPUs.
+"""Seeded random chaos: kills, restarts, NVML errors (the device count too), a read-only state
+directory, clock resets that do nothing, MIG switches, policy changes and label removals, in
+any order, against one node's fake GPUs.
 
 Invariants (checked by `FaultNode.check` after every step, and at the end): no GPU and no
 node is ever reported Released while the hardware still holds a lock or a changed power
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from .fakenvml import FakeDriver
-from .harness import POWERCAP, STATIC, FaultNode, policy, survived, tried
+from .harness import POWERCAP, STATIC, FaultNode, left_locked, policy, survived, tried
 
 ERRORS = {
     "Timeout": pynvml.NVML_ERROR_TIMEOUT,
@@ -32,6 +33,7 @@ CALLS = (
     "nvmlDeviceSetPowerManagementLimit",
     "nvmlDeviceGetEnforcedPowerLimit",
     "nvmlDeviceGetFieldValues",
+    "nvmlDeviceGetCount",
 )
 POLICIES = {
     "StaticClock": STATIC,
@@ -123,6 +125,17 @@ class ChaosNode(RuleBasedStateMachine):
         self._tried("power-limit set silently ignored")
         self.driver.ignore_power_sets(gpu, times)
 
+    @rule(gpu=st.integers(0, 2), times=st.integers(1, 20))
+    def clock_reset_ignored(self, gpu: int, times: int) -> None:
+        self._tried("clock reset silently ignored")
+        self.driver.ignore_clock_resets(gpu, times)
+
+    @rule(gpu=st.integers(0, 2), enabled=st.booleans())
+    def mig_switched(self, gpu: int, enabled: bool) -> None:
+        if enabled:
+            self._tried("GPU switched to MIG mode")
+        self.driver.set_mig(gpu, enabled)
+
     @rule(value=st.booleans())
     def read_only_state_dir(self, value: bool) -> None:
         if value:
@@ -149,6 +162,9 @@ class ChaosNode(RuleBasedStateMachine):
             self.node.read_only(False)
             self.node.start(None)  # the final restart restores what the file lists
             self.node.tick(5)
+            if self.driver.locked():
+                for name in self.faults:
+                    left_locked(name)
             assert self.driver.locked() == [], f"left locked after {self.faults}"
             self.node.stop()
             assert self.driver.locked() == []

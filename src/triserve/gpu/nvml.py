@@ -100,6 +100,11 @@ def _field_value(fv: Any) -> float | None:
 class NvmlBackend:
     """GpuBackend over NVML; `init=True` calls nvmlInit (and `close()` shuts it down)."""
 
+    #: NVML has no getter for locked clocks: `locked_sm_clocks_mhz` is this backend's memory,
+    #: so restores cross-check clock event reasons and the SM clock
+    #: (`triserve.node_agent.restore.clock_read_back`).
+    reads_locks = False
+
     def __init__(self, *, init: bool = True) -> None:
         self._locks: dict[int, tuple[int, int]] = {}
         self._handles: dict[int, Any] = {}

@@ -2,12 +2,12 @@
 
 Fed policy, pods, device data, scrapes and hints by the sources, scrapers, hint server and
 simulated node; `tick(now_s)` runs every GPU's `ControlLoop` and never waits on the network;
-a lock keeps the exporter's view consistent. Parts: `inputs.NodeInputs` (inputs, mapping,
-MIG), `governor.Governor` (which GPUs are governed, how), `releases.Releases` (verified
-restores, retries, shutdown, watchdog), `gpus.GpuRuntime` (a GPU's loop and its one count of
-tick results), `accounting`, `observations.StageIndex`, `errors.ErrorCounts`. A GPU failing
-`max_gpu_errors` calls in a row is restored and Degraded; a hint that changes a decision
-steps the affected GPUs at once (docs/telemetry.md).
+a lock keeps the exporter's view consistent. Parts: `inventory.GpuInventory` (which GPUs,
+re-read every few seconds), `inputs.NodeInputs` (inputs, mapping, MIG), `governor.Governor`
+(which GPUs are governed, how), `releases.Releases` (verified restores, retries, shutdown,
+watchdog), `gpus.GpuRuntime` (a GPU's loop and its one count of tick results), `accounting`,
+`observations.StageIndex`, `errors.ErrorCounts`. A GPU failing `max_gpu_errors` calls in a
+row is restored and Degraded; a hint that changes a decision steps the affected GPUs at once.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from triserve.node_agent.accounting import TickMeter, TokenMeter
 from triserve.node_agent.dcgm import DcgmSnapshot
 from triserve.node_agent.errors import ErrorCounts, ErrorKind
 from triserve.node_agent.governor import Governor, LoopFactory, PolicyRef
-from triserve.node_agent.gpus import GpuRuntime, identity_of
+from triserve.node_agent.gpus import GpuRuntime
 from triserve.node_agent.hints import HintBook
 from triserve.node_agent.inputs import NodeInputs, PodKey
+from triserve.node_agent.inventory import GpuInventory
 from triserve.node_agent.observations import StageIndex
 from triserve.node_agent.podresources import ContainerGpus
 from triserve.node_agent.releases import Releases
@@ -79,11 +80,8 @@ class NodeAgent:
         self.releases = Releases(
             self.backend, self.errors, shutdown_retry_s=shutdown_retry_s, sleep=sleep
         )
-        probe = probe if probe is not None else ProbeSettings()
-        self.gpus = {
-            i: GpuRuntime(identity=identity_of(backend, i), probe=probe)
-            for i in range(backend.device_count())
-        }
+        self.inventory = GpuInventory(backend, self.errors, probe or ProbeSettings())
+        self.gpus = self.inventory.discover(0.0)  # {} while NVML does not answer: retried
         self.governor = Governor(self.backend, self.releases, self.errors, loop_factory)
         state.report_write_errors(lambda message: self.error(ErrorKind.STATE_FILE, message))
         self.inputs = NodeInputs([g.identity for g in self.gpus.values()])
@@ -104,9 +102,9 @@ class NodeAgent:
         self.errors.count(kind, message)
 
     def startup(self) -> list[int]:
-        """Restore every GPU an earlier agent left locked; returns those verified."""
+        """Restore every GPU an earlier agent left locked (once NVML answers); those verified."""
         with self.lock:
-            return self.releases.startup(self.gpus)
+            return self.releases.startup(self.gpus) if self.inventory.found else []
 
     def set_policy(self, policy: PolicyRef | None) -> None:
         """Follow `policy` (None: release every GPU). A changed spec rebuilds every loop."""
@@ -187,8 +185,7 @@ class NodeAgent:
 
     def _hint_tick(self, key: PodKey, now_s: float) -> None:
         """Run the control step of every GPU the hinting pod runs on or feeds, now."""
-        pod = self.inputs.pods.get(key)
-        if pod is None:
+        if (pod := self.inputs.pods.get(key)) is None:
             return
         self._refresh_stages()
         started = time.perf_counter()
@@ -218,6 +215,8 @@ class NodeAgent:
             if self._rebuild_loops:
                 self._rebuild_loops = False
                 self.governor.rebuild(self.gpus, self.policy)
+            if self.inventory.due(now_s):
+                self._rescan(now_s)
             if self.inputs.remap_due:
                 self._remap()
             if self.inputs.stages_due:
@@ -245,6 +244,11 @@ class NodeAgent:
                 message = f"{failures} GPU errors in a row (last: {exc}); left at defaults"
                 self.releases.release(gpu, GpuState.DEGRADED, message, now_s)
                 log.error("GPU %d degraded: %s", gpu.index, message)
+
+    def _rescan(self, now_s: float) -> None:
+        """Re-read the GPUs: found at last (start-up restore), enumerated again, MIG switched."""
+        if self.releases.rescanned(self.gpus, self.inventory.rescan(self.gpus, now_s), now_s):
+            self.inputs.set_gpus([g.identity for g in self.gpus.values()])
 
     def _selected(self) -> list[ServingPod]:
         return self.inputs.selected(self.policy.spec.pod_selector if self.policy else None)
@@ -285,10 +289,6 @@ class NodeAgent:
             policy, self.policy = self.policy, None
             name = policy.name if policy else ""
             self.releases.release_all(self.gpus, name, reason, self.last_tick_s or 0.0)
-        return self.restore_all(reason)
-
-    def restore_all(self, reason: str) -> list[int]:
-        """Reset every GPU this agent may hold, read back, retry; the indices still failing."""
         failed = self.releases.restore_all(self.gpus, reason, self.last_tick_s or 0.0)
         self.inputs.invalidate_mapping()  # a GPU whose restore verified may be governed again
         return failed

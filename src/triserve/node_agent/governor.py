@@ -95,7 +95,7 @@ class Governor:
             mig_reason = inputs.mig_reason(gpu.identity, policy.spec.mig.mode, selected)
             if mig_reason is not None and gpu.state is GpuState.MANAGED:
                 self.releases.release(gpu, GpuState.RELEASED, mig_reason, now_s)
-            if not gpu.governed:
+            if not gpu.governed and gpu.runs:  # not while its restore is unverified
                 self.govern(gpu, policy, observe_only=mig_reason)
 
     def govern(self, gpu: GpuRuntime, policy: PolicyRef, observe_only: str | None = None) -> None:

@@ -43,6 +43,11 @@ class NodeInputs:
         #: The stage observations must be rebuilt from the scrapes before the next tick.
         self.stages_due = True
 
+    def set_gpus(self, identities: Sequence[GpuIdentity]) -> None:
+        """The node's GPUs changed (found late, enumerated again, MIG mode): remap."""
+        self.gpu_index = GpuIndex(identities)
+        self.remap_due = True
+
     def invalidate_mapping(self) -> None:
         """The mapping must be rebuilt before the next tick (a policy or a GPU changed)."""
         self.remap_due = True

@@ -262,9 +262,8 @@ def main(argv: Sequence[str] | None = None, open_sim: OpenSim | None = None) -> 
         parser.error("--dcgm-host-port needs HOST_IP (status.hostIP from the downward API)")
     try:
         options = options_from_args(args, open_sim)
-        # The state file lists the locks to undo after a crash: a start that cannot write it
-        # must fail now, not at the first clock lock.
-        cliargs.writable_dir(args.state_file.parent, "--state-file")
+        # No writability check of --state-file here: an agent that cannot write it must still
+        # restore what it lists; it then refuses new locks and reports Degraded (safety.py).
         if args.hints_socket is not None:
             cliargs.writable_dir(args.hints_socket.parent, "--hints-socket")
     except PolicyError as exc:

@@ -4,9 +4,11 @@ A GPU that leaves management is restored at once, and the restore counts only on
 read back (`triserve.node_agent.restore`): until then the GPU is `RestoreFailed` (never
 Released) and is retried on later ticks with backoff (`triserve.backoff.Backoff`); when it
 verifies, the GPU takes the state its release asked for. At start-up every GPU the state file
-lists is restored; on shutdown every GPU this agent may hold is restored, retrying for up to
-`shutdown_retry_s`; the watchdog thread resets every held GPU without the agent's lock when
-ticks stop. Whether a GPU is held is the state file's one check (`StateFile.records_of`).
+lists is restored (once NVML answers the device count), and a GPU that enumerates later is
+restored when a record names it (`rescanned`); on shutdown every GPU this agent may hold is
+restored, retrying for up to `shutdown_retry_s`; the watchdog thread resets every held GPU
+without the agent's lock when ticks stop. Whether a GPU is held is the state file's one check
+(`StateFile.records_of`).
 
 `Releases` is owned by `triserve.node_agent.agent.NodeAgent`, which calls it under its lock
 (except `on_watchdog`, which runs on the watchdog thread).
@@ -23,6 +25,7 @@ from triserve.backoff import Backoff
 from triserve.gpu.backend import GpuError
 from triserve.node_agent.errors import ErrorCounts, ErrorKind
 from triserve.node_agent.gpus import GpuRuntime
+from triserve.node_agent.inventory import Rescan
 from triserve.node_agent.restore import restore_gpu
 from triserve.node_agent.safety import GuardedBackend, restore_stale
 
@@ -65,7 +68,7 @@ class Releases:
 
         Returns the indices verified at defaults; the others are retried on later ticks.
         """
-        result = restore_stale(self.backend.inner, self.state_file)
+        result = restore_stale(self.backend.inner, self.state_file, len(gpus))
         if result.restored:
             log.warning(
                 "restored default clocks on GPUs %s left locked by an earlier run",
@@ -76,6 +79,20 @@ class Releases:
             if gpu is not None:
                 self._failed(gpu, 0.0, problem)
         return result.restored
+
+    def rescanned(self, gpus: Mapping[int, GpuRuntime], found: Rescan, now_s: float) -> bool:
+        """After `GpuInventory.rescan`: the start-up restore, and restores of returned GPUs.
+
+        The start-up restore runs once the GPUs are found at last; a GPU enumerated later is
+        restored (verified) when a record says it may be held. True when the node's GPUs
+        changed (found, added, MIG switched): the mapping is due.
+        """
+        if found.first:
+            self.startup(gpus)
+        for gpu in found.added:
+            if self.state_file.records_of(gpu.identity.uuid, gpu.index):
+                self.release(gpu, GpuState.RELEASED, "enumerated again after start-up", now_s)
+        return found.first or bool(found.added or found.changed)
 
     def leaving(self, policy: str) -> None:
         """GPUs are being released from `policy`: report under it until all verify."""

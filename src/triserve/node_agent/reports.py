@@ -45,11 +45,22 @@ def rfc3339(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _absent(agent: NodeAgent) -> list[str]:
+    """State-file records of GPUs not on the node now: they may still hold locks."""
+    return agent.state_file.unplaced({g.identity.uuid for g in agent.gpus.values()})
+
+
+def _gpu_order(item: tuple[int | str, str]) -> tuple[int, int, str]:
+    """GPUs by index, then absent GPUs by UUID."""
+    key = item[0]
+    return (0, key, "") if isinstance(key, int) else (1, 0, key)
+
+
 def _phase(agent: NodeAgent) -> ReportPhase:
     states = [g.state for g in agent.gpus.values()]
-    if GpuState.RESTORE_FAILED in states:
+    if GpuState.RESTORE_FAILED in states or _absent(agent):
         return ReportPhase.RESTORE_FAILED
-    if agent.state_file.write_error is not None:
+    if agent.state_file.write_error is not None or agent.inventory.problem is not None:
         return ReportPhase.DEGRADED
     if agent.policy is None:
         return ReportPhase.RELEASED
@@ -84,15 +95,23 @@ def _condition(
 
 
 def conditions(agent: NodeAgent, now: str, since_of: ConditionSince) -> list[Condition]:
-    """RestoreFailed, StateFileWritable and GuardRailClamped, from the agent's state."""
-    failed = {g.index: g.message for g in agent.gpus.values() if g.state is GpuState.RESTORE_FAILED}
+    """RestoreFailed, StateFileWritable, GuardRailClamped and GpusFound, from the agent's state."""
+    failed: dict[int | str, str] = {
+        g.index: g.message for g in agent.gpus.values() if g.state is GpuState.RESTORE_FAILED
+    }
+    for uuid in _absent(agent):
+        failed[uuid] = (
+            "not on this node now (absent from enumeration at start-up): its state-file record "
+            "is kept and it is restored when it enumerates again; if it was removed from the "
+            f"node, delete its entry from {agent.state_file.path}"
+        )
     restore = (
         _condition(
             since_of,
             "RestoreFailed",
             ConditionStatus.TRUE,
             "RestoreNotVerified",
-            "; ".join(f"GPU {i}: {m}" for i, m in sorted(failed.items())),
+            "; ".join(f"GPU {i}: {m}" for i, m in sorted(failed.items(), key=_gpu_order)),
             now,
         )
         if failed
@@ -145,7 +164,20 @@ def conditions(agent: NodeAgent, now: str, since_of: ConditionSince) -> list[Con
             now,
         )
     )
-    return [restore, writable, rails]
+    problem = agent.inventory.problem
+    found = (
+        _condition(since_of, "GpusFound", ConditionStatus.FALSE, "DeviceCountFailed", problem, now)
+        if problem is not None
+        else _condition(
+            since_of,
+            "GpusFound",
+            ConditionStatus.TRUE,
+            "Enumerated",
+            f"{len(agent.gpus)} GPUs",
+            now,
+        )
+    )
+    return [restore, writable, rails, found]
 
 
 class Reporter:

@@ -7,7 +7,9 @@
   rename, fsync of the directory. A write that fails never aborts a release or a shutdown:
   the record stays in memory, `write_error` says why, and the agent reports Degraded. An
   exclusive `flock` on ``state.json.lock`` makes a second agent on the node refuse to start.
-  Any content that is not exactly what this module writes reads as "restore every GPU".
+  Any content that is not exactly what this module writes reads as "restore every GPU", and
+  so does a file that is not a regular file or is over `MAX_STATE_FILE_BYTES` (the read is
+  bounded: no symlink followed, no blocking open, one capped read).
 - `restore_stale`: the start-up restore of whatever the file lists.
 - `GuardedBackend`: wraps the real `GpuBackend`; records to the state file before any setter
   and holds clocks and power limits at or above the cluster's guard rails (`GuardRails`),
@@ -25,6 +27,7 @@ import json
 import logging
 import math
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -40,6 +43,8 @@ from triserve.node_agent.restore import StartupRestore, entry_index, restore_gpu
 log = logging.getLogger(__name__)
 
 DEFAULT_STATE_FILE = Path("/var/lib/triserve/state.json")
+#: The largest state file read (a real one is well under 1 KiB per GPU).
+MAX_STATE_FILE_BYTES = 1024 * 1024
 
 
 class StateFileBusyError(RuntimeError):
@@ -69,6 +74,8 @@ def parse_state(text: str) -> StaleEntries:
         data = json.loads(text)
     except ValueError as exc:
         return unreadable(f"not JSON ({exc})")
+    except RecursionError:
+        return unreadable("JSON nested too deep to parse")
     if not isinstance(data, dict):
         return unreadable(f"top level is {type(data).__name__}, not an object")
     gpus = data.get("gpus")
@@ -131,14 +138,39 @@ class StateFile:
             self._lock_fd = None
 
     def load(self) -> StaleEntries:
-        """What the file on disk lists. Missing: nothing; unreadable: `everything`."""
+        """What the file on disk lists. Missing: nothing; unreadable: `everything`.
+
+        The read is bounded, so no content can hang or exhaust the start-up restore: the file
+        is opened without following a symlink and without blocking (a FIFO or device answers
+        at once), must be a regular file (`fstat`) of at most `MAX_STATE_FILE_BYTES`; anything
+        else is unreadable, which restores every GPU.
+        """
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            text = self.path.read_text()
+            fd = os.open(self.path, flags)
         except FileNotFoundError:
             return StaleEntries({})
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:  # ELOOP: a symlink; EACCES, EIO, ...
+            return StaleEntries({}, everything=True, reason=f"cannot open {self.path}: {exc}")
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return StaleEntries({}, everything=True, reason="not a regular file")
+            if info.st_size > MAX_STATE_FILE_BYTES:
+                return StaleEntries(
+                    {}, everything=True, reason=f"{info.st_size} bytes, over the cap"
+                )
+            data = os.read(fd, MAX_STATE_FILE_BYTES + 1)
+        except OSError as exc:
             return StaleEntries({}, everything=True, reason=str(exc))
-        return parse_state(text)
+        finally:
+            os.close(fd)
+        if len(data) > MAX_STATE_FILE_BYTES:  # grew after fstat
+            return StaleEntries({}, everything=True, reason="over the size cap")
+        try:
+            return parse_state(data.decode())
+        except UnicodeDecodeError as exc:
+            return StaleEntries({}, everything=True, reason=str(exc))
 
     def mark(
         self, uuid: str, index: int, *, clocks: bool | None = None, power: bool | None = None
@@ -191,6 +223,22 @@ class StateFile:
         """Take over an earlier run's record of a GPU whose restore did not verify yet."""
         self.mark(uuid, index, clocks=True, power=True)
 
+    def keep_absent(self, uuid: str) -> None:
+        """Keep an earlier run's record of a GPU not on the node now, by UUID only.
+
+        Its index is dropped (null): later GPUs may have moved down into it, and a record
+        must never stand for another GPU. It goes once that GPU's restore verifies.
+        """
+        with self._lock:
+            self._held[uuid] = {"index": None, "clocks": True, "power": True}
+
+    def unplaced(self, known: set[str]) -> list[str]:
+        """UUIDs of records that name no index and no GPU in `known` (absent GPUs)."""
+        with self._lock:
+            return sorted(
+                u for u, e in self._held.items() if entry_index(e) is None and u not in known
+            )
+
     def flush(self) -> bool:
         """Write the in-memory record as it stands; False when the write failed."""
         with self._lock:
@@ -236,20 +284,27 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def restore_stale(backend: GpuBackend, state: StateFile) -> StartupRestore:
+def restore_stale(
+    backend: GpuBackend, state: StateFile, count: int | None = None
+) -> StartupRestore:
     """Restore every GPU the state file says an earlier run held; verified, one by one.
 
-    Run once at start-up, before any control loop exists. An unreadable file restores every
-    GPU. A GPU whose restore does not verify stays recorded (adopted by this run, which keeps
-    retrying it); a GPU that fails does not stop the others.
+    Run once at start-up, before any control loop exists (`count`: the device count if
+    read). An unreadable file restores every GPU. A GPU whose restore does not verify stays
+    recorded (adopted by this run, which keeps retrying it); a GPU that fails does not stop
+    the others; a GPU not on the node now keeps its record (`stale_indices`). The file is
+    written in every case, which also tells at once whether its directory is writable.
     """
     stale = state.load()
     result = StartupRestore(everything=stale.everything)
     if stale.everything:
         log.warning("state file %s unreadable (%s): restoring every GPU", state.path, stale.reason)
     elif not stale.entries:
+        state.flush()
         return result
-    indices, uuid_of = stale_indices(backend, stale.entries, stale.everything)
+    indices, uuid_of, result.absent = stale_indices(backend, stale.entries, stale.everything, count)
+    for uuid in result.absent:
+        state.keep_absent(uuid)
     for index in sorted(indices):
         problem = restore_gpu(backend, index)
         if problem is None:
@@ -301,6 +356,8 @@ class GuardedBackend(DelegatingBackend):
         self.state = state
         self.rails = rails if rails is not None else GuardRails()
         self._uuids: dict[int, str] = {}
+        #: GPU index → the last lock applied (the clock read-back of a restore compares it).
+        self.last_lock_mhz: dict[int, tuple[int, int]] = {}
         #: GPU index → what a guard rail last clamped (the agent reports it as a condition).
         self.clamped: dict[int, str] = {}
 
@@ -341,6 +398,7 @@ class GuardedBackend(DelegatingBackend):
             )
             min_mhz, max_mhz = max(min_mhz, floor), floor
         self._record(index, clocks=True)
+        self.last_lock_mhz[index] = (min(min_mhz, max_mhz), max_mhz)
         self.inner.lock_sm_clocks(index, min(min_mhz, max_mhz), max_mhz)
 
     def set_power_limit_mw(self, index: int, limit_mw: int) -> None:
@@ -370,10 +428,15 @@ class GuardedBackend(DelegatingBackend):
         re-lock many times a minute, and the file only changes when a GPU enters or leaves
         triserve's hands, so the tick does not wait on fsync.
         """
-        problem = restore_gpu(self.inner, index)
+        problem = restore_gpu(self.inner, index, self.last_lock_mhz.get(index))
         if problem is None:
-            for uuid in self.state.records_of(self._uuids.get(index, ""), index):
-                self.state.mark(uuid, index, clocks=False, power=False)
+            self.last_lock_mhz.pop(index, None)
+            try:
+                uuid = self._uuid(index)
+            except GpuError:
+                uuid = ""  # records by index still go
+            for record in self.state.records_of(uuid, index):
+                self.state.mark(record, index, clocks=False, power=False)
         return problem
 
 
