@@ -6,7 +6,8 @@ runs on every scrape of a stage pod, what `triserve explain-metrics` runs on a s
 exposition: the same parser every time. The engine is recognised by its metric names
 (`ENGINES`; the matrix in docs/serving-pods.md says what each one exports):
 
-- vLLM (``vllm:``), also under Ray Serve LLM (``ray_vllm:``) and vLLM-Omni;
+- vLLM (``vllm:``), also under Ray Serve LLM (``ray_vllm:``, and ``ray_vllm_`` where vLLM's Ray
+  stat logger replaces the colon, as OpenTelemetry requires) and vLLM-Omni;
 - SGLang (``sglang:`` and the ``sglang_`` spelling some deployments re-export);
 - TensorRT-LLM: ``trtllm_`` (trtllm-serve, Dynamo), ``pytrtllm:``, and trtllm-serve builds
   with no prefix at all (recognised by the ``engine_type`` label on every series);
@@ -116,6 +117,28 @@ def _vllm_like(engine: str, prefix: str) -> EngineMetrics:
     )
 
 
+def _either(engine: str, *variants: EngineMetrics) -> EngineMetrics:
+    """One engine read under several spellings: each field's candidates, in variant order."""
+
+    def cat(name: str) -> tuple[str, ...]:
+        return tuple(spec for v in variants for spec in getattr(v, name))
+
+    return EngineMetrics(
+        engine=engine,
+        running=cat("running"),
+        waiting=cat("waiting"),
+        prompt_tokens=cat("prompt_tokens"),
+        generation_tokens=cat("generation_tokens"),
+        finished=cat("finished"),
+        ttft=cat("ttft"),
+        inter_token=cat("inter_token"),
+        e2e=cat("e2e"),
+        local_prompt_tokens=cat("local_prompt_tokens"),
+        kv_transfer_tokens=cat("kv_transfer_tokens"),
+        prefill_running=cat("prefill_running"),
+    )
+
+
 def _sglang() -> EngineMetrics:
     def both(name: str) -> tuple[str, ...]:
         return (f"sglang:{name}", f"sglang_{name}")
@@ -135,7 +158,9 @@ def _sglang() -> EngineMetrics:
 
 ENGINES: tuple[EngineMetrics, ...] = (
     _vllm_like("vllm", "vllm:"),
-    _vllm_like("ray-vllm", "ray_vllm:"),
+    # vLLM's Ray stat logger (vllm/v1/metrics/ray_wrappers.py) turns `vllm:x` into `vllm_x`,
+    # which Ray's metrics agent exports as `ray_vllm_x`; older releases kept the colon.
+    _either("ray-vllm", _vllm_like("", "ray_vllm:"), _vllm_like("", "ray_vllm_")),
     _sglang(),
     EngineMetrics(
         engine="trtllm",
@@ -342,9 +367,10 @@ def parse_serving_scrape(text: str, timestamp_s: float) -> ServingScrape:
     engine = detect_engine(result.samples)
     if engine is None:
         raise ScrapeError(
-            "no serving metrics found (vLLM vllm:*, Ray Serve ray_vllm:*, SGLang sglang:*, "
-            "TensorRT-LLM trtllm_*/pytrtllm:*, Triton nv_inference_*, TGI tgi_*); check the "
-            "pod's triserve.io/metrics port/path, or run `triserve explain-metrics` on it"
+            "no serving metrics found (vLLM vllm:*, Ray Serve ray_vllm:*/ray_vllm_*, "
+            "SGLang sglang:*, TensorRT-LLM trtllm_*/pytrtllm:*, Triton nv_inference_*, TGI "
+            "tgi_*); check the pod's triserve.io/metrics port/path, or run "
+            "`triserve explain-metrics` on it"
         )
     if result.non_finite_names:
         raise ScrapeError(

@@ -115,6 +115,105 @@ def test_the_docs_matrix_names_every_fixture_it_relies_on() -> None:
     assert "test_engine_matrix.py" in page
 
 
+# ---- spellings and labels the engines' own code shows, applied to real bodies ---------------
+# No public /metrics body exists for Ray Serve LLM or for vLLM-Omni's per-stage series; these
+# tests take a real vLLM fixture and apply the renaming or relabelling that the engine's own
+# source performs (cited at each helper), then read the result through the scrape path.
+
+
+def _as_ray_exports(body: str, sep: str) -> str:
+    """`vllm:x` as Ray exports it: vLLM's Ray stat logger (vllm/v1/metrics/ray_wrappers.py,
+    `_get_sanitized_opentelemetry_name`: re.sub(r"[^a-zA-Z0-9_]", "_", name)) makes it `vllm_x`
+    and Ray's metrics agent adds `ray_` (Ray's own dashboard, python/ray/dashboard/modules/
+    metrics/dashboards/vllm_engine_panels.py, queries `ray_vllm_num_requests_running`); older
+    releases kept the colon (`ray_vllm:`, serve_llm_dashboard_panels.py)."""
+    return re.sub(r"^(# (?:HELP|TYPE) )?vllm:", rf"\1ray_vllm{sep}", body, flags=re.M)
+
+
+def _as_omni_stages(body: str, stages: dict[str, tuple[str, str]]) -> str:
+    """vLLM-Omni's stat logger replaces upstream vLLM's `engine` label by `replica` and `stage`
+    (vllm-project/vllm-omni tests/metrics/test_stat_logger.py, commit 01e7897: e.g.
+    `{model_name="m",replica="0",stage="talker"}`); `stages` maps engine → (stage, replica)."""
+
+    def relabel(m: re.Match[str]) -> str:
+        stage, replica = stages[m.group(2)]
+        rest = m.group(1) + m.group(3)
+        return "{" + rest.strip(",") + f',replica="{replica}",stage="{stage}"' + "}"
+
+    return re.sub(r'\{([^}]*?)engine="(\d+)",?([^}]*)\}', relabel, body)
+
+
+async def _scrape_bodies(tmp_path: Path, bodies: dict[str, str]) -> NodeAgent:
+    rows = [Row(name + ".prom", "", (), None, None, None) for name in bodies]
+    with http_server(lambda path: bodies.get(path.lstrip("/"))) as port:
+        agent = _agent(tmp_path, port, rows)
+        async with httpx.AsyncClient() as client:
+            scrapers = Scrapers(agent, client, clock=lambda: 5.0, limits=ScrapeLimits(5.0))
+            try:
+                await scrapers.scrape_once()
+            finally:
+                scrapers.close()
+    assert agent.errors["scrape"] == 0
+    return agent
+
+
+async def test_ray_serve_llm_reads_as_vllm_in_both_spellings(tmp_path: Path) -> None:
+    body = (CORPUS / "vllm-v0-bloom.prom").read_text()
+    bodies = {
+        "vllm": body,
+        "colon": _as_ray_exports(body, ":"),
+        "underscore": _as_ray_exports(body, "_"),
+    }
+    assert "ray_vllm_prompt_tokens_total{" in bodies["underscore"]
+    agent = await _scrape_bodies(tmp_path, bodies)
+    vllm = agent.inputs.serving[("ns", "vllm.prom")]
+    assert vllm.prompt_tokens_total == 1196.0 and vllm.ttft is not None
+    for name in ("colon", "underscore"):
+        # The same tokens, TTFT histogram and unknowns as the vLLM body it came from.
+        assert agent.inputs.serving[("ns", f"{name}.prom")] == vllm, name
+        assert parse_serving_scrape(bodies[name], 5.0).engine_kind == "ray-vllm"
+
+
+def test_ray_counter_exported_twice_counts_once() -> None:
+    # Ray >= 2.10 exports a counter as `x_total` and, for compatibility, as a gauge `x`
+    # (python/ray/util/metrics.py, Counter; RAY_EXPORT_COUNTER_AS_GAUGE): the same observation.
+    ray = _as_ray_exports((CORPUS / "vllm-v0-bloom.prom").read_text(), "_")
+    both = ray + "".join(
+        line.replace("_total{", "{", 1) + "\n" for line in ray.splitlines() if "_total{" in line
+    )
+    assert "ray_vllm_prompt_tokens{" in both
+    snap = parse_serving_scrape(both, 1.0).total
+    assert (snap.prompt_tokens_total, snap.generation_tokens_total) == (1196.0, 218152.0)
+
+
+async def test_vllm_omni_stages_in_one_pod_are_units_and_replicas_are_summed(
+    tmp_path: Path,
+) -> None:
+    body = (CORPUS / "vllm-dp2-running.prom").read_text()
+    # The real body had both engines idle; running set here to 2 and 3.
+    busy = body.replace(
+        '"0",model_name="deepseek-v4-flash-w8a8-mtp"} 0.0',
+        '"0",model_name="deepseek-v4-flash-w8a8-mtp"} 2.0',
+    )
+    busy = busy.replace(
+        '"1",model_name="deepseek-v4-flash-w8a8-mtp"} 0.0',
+        '"1",model_name="deepseek-v4-flash-w8a8-mtp"} 3.0',
+    )
+    two_stages = _as_omni_stages(busy, {"0": ("thinker", "0"), "1": ("talker", "0")})
+    one_stage_two_replicas = _as_omni_stages(busy, {"0": ("thinker", "0"), "1": ("thinker", "1")})
+    assert 'replica="0",stage="talker"}' in two_stages and "engine=" not in two_stages
+    agent = await _scrape_bodies(
+        tmp_path, {"stages": two_stages, "replicas": one_stage_two_replicas}
+    )
+    stages = parse_serving_scrape(two_stages, 5.0)
+    assert stages.unit_label == "stage"
+    assert {k: s.running for k, s in stages.engines.items()} == {"talker": 3, "thinker": 2}
+    assert tuple(agent.inputs.serving_engines[("ns", "stages.prom")]) == ("talker", "thinker")
+    assert tuple(agent.inputs.serving_engines[("ns", "replicas.prom")]) == ("thinker",)
+    thinker = agent.inputs.serving_engines[("ns", "replicas.prom")]["thinker"]
+    assert thinker.running == 5 and not thinker.knows("waiting")
+
+
 # ---- issue 27, item 3: what a broken reader got wrong -------------------------------------
 def test_exemplars_on_bucket_lines_keep_the_buckets() -> None:
     body = (CORPUS / "vllm-dp-engine1-ttft.prom").read_text()
