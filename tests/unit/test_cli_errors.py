@@ -66,14 +66,6 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ["agent", "--standalone", "--policy", MINIMAL, "--sim", "reference", "--duration", "-5"],
         ("--duration", "above 0"),
     ),
-    "agent unwritable state file": (
-        [
-            *["agent", "--standalone", "--sim", "reference", "--state-file", "/proc/x/s.json"],
-            "--policy",
-            MINIMAL,
-        ],
-        ("--state-file", "choose another"),
-    ),
     "profile unknown stage": (
         ["profile", "--sim", "reference", "--stage", "nosuch"],
         ("--stage", "thinker"),

@@ -4,7 +4,8 @@
 exposition) share the node with 10 good pods. Each target runs on its own schedule: a round
 never waits for a slow target, a target whose last scrape is still in flight is not started
 again, and a parse has a deadline. The good pods must keep being scraped at close to the
-0.5 s interval (issue 28 measured 0.18 scrapes/s before, instead of 2).
+0.5 s interval: at least half the rate they get alone on the same machine (before this
+fix: a third; issue 28 measured 0.18 scrapes/s instead of 2).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ GOOD, TRICKLE, BULKY = 10, 160, 30
 RUN_S = 4.0
 
 
-async def test_slow_and_bulky_pods_never_starve_the_good_pods_of_scrapes(tmp_path: Path) -> None:
+async def _good_rates(paths: list[str], tmp_path: Path) -> list[float]:
+    """Scrapes per second of each of the first `GOOD` pods while `paths` are all served."""
     sim = open_simulation("reference", seed=0)
     agent = NodeAgent(sim.backend, "node-1", StateFile(tmp_path / "state.json"))
     agent.set_policy(PolicyRef("p1", EnergyPolicySpec.model_validate({}), 1))
@@ -42,7 +44,6 @@ async def test_slow_and_bulky_pods_never_starve_the_good_pods_of_scrapes(tmp_pat
     agent.set_serving = counting  # type: ignore[method-assign,assignment]
     async with hostile_process() as base, http_client() as client:
         port = int(base.rsplit(":", 1)[1])
-        paths = ["/good"] * GOOD + ["/trickle"] * TRICKLE + ["/bulky"] * BULKY
         agent.set_pods(
             [
                 ServingPod(
@@ -65,6 +66,16 @@ async def test_slow_and_bulky_pods_never_starve_the_good_pods_of_scrapes(tmp_pat
         with contextlib.suppress(asyncio.CancelledError):
             await task
         scrapers.close()
-    rates = [scraped.get(f"pod-{i}", 0) / elapsed_s for i in range(GOOD)]
-    print(f"good pods' scrapes per second: {[round(r, 2) for r in rates]} (ideal 2)")
-    assert min(rates) >= 1.0, f"good pods starved: {min(rates):.2f} scrapes/s, ideal 2"
+    return [scraped.get(f"pod-{i}", 0) / elapsed_s for i in range(GOOD)]
+
+
+async def test_slow_and_bulky_pods_never_starve_the_good_pods_of_scrapes(tmp_path: Path) -> None:
+    # The same machine, alone and beside the hostile pods: a ratio, not a wall-clock target.
+    (tmp_path / "calm").mkdir()
+    (tmp_path / "hostile").mkdir()
+    calm = await _good_rates(["/good"] * GOOD, tmp_path / "calm")
+    paths = ["/good"] * GOOD + ["/trickle"] * TRICKLE + ["/bulky"] * BULKY
+    crowded = await _good_rates(paths, tmp_path / "hostile")
+    print(f"good pods' scrapes per second: alone {min(calm):.2f}, beside 190 hostile pods "
+          f"{[round(r, 2) for r in crowded]}")  # fmt: skip
+    assert min(crowded) >= 0.5 * min(calm), f"good pods starved: {min(crowded):.2f} scrapes/s"
