@@ -27,6 +27,7 @@ from triserve.control import ProbeSettings
 from triserve.gpu.backend import GpuBackend, GpuError
 from triserve.kubeconfig import api_client
 from triserve.node_agent.agent import PolicyRef
+from triserve.node_agent.hintserver import HintSocketPathError
 from triserve.node_agent.podresources import DEFAULT_SOCKET
 from triserve.node_agent.runtime import AgentOptions, AgentRuntime, NodeDriverFactory
 from triserve.node_agent.safety import DEFAULT_STATE_FILE, GuardRails, StateFileBusyError
@@ -275,6 +276,6 @@ def main(argv: Sequence[str] | None = None, open_sim: OpenSim | None = None) -> 
         return 2
     try:
         return asyncio.run(AgentRuntime(options).run())
-    except StateFileBusyError as exc:
+    except (StateFileBusyError, HintSocketPathError) as exc:
         print(f"triserve agent: {exc}", file=sys.stderr)
         return 2
