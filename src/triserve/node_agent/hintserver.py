@@ -13,9 +13,13 @@ names no pod: cgroups below the container's belong to the tenant, who may name o
 another pod. A connection whose peer is not in a pod the agent knows is closed, and every
 message on a connection is attributed to that pod only: a pod can speak only for itself.
 
-Limits: `MAX_CONNECTIONS` in all and `MAX_PER_POD` per pod; messages beyond the pod's rate
-are dropped by `HintBook`, and a connection that keeps flooding is not read for
-`FLOOD_PAUSE_S`, so the kernel pushes back on the sender instead of the agent spinning.
+Limits: `MAX_CONNECTIONS` on the node and `MAX_PER_POD` per pod; messages beyond the pod's
+rate or the node's (all pods together) are dropped by `HintBook`, and a connection whose
+message was dropped is not read for `FLOOD_PAUSE_S`, so the kernel pushes back on the sender
+instead of the agent spinning. The receive loop yields to the event loop after every message
+(a ready socket's ``sock_recv`` returns without yielding), so the control tick, which runs on
+the same loop, keeps its period whatever the senders do. Nothing of a connection is kept
+after it closes.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from triserve.hints import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
-MAX_CONNECTIONS = 256
+MAX_CONNECTIONS = 128
 MAX_PER_POD = 8
 #: How long a connection whose messages are being rate-limited is left unread.
 FLOOD_PAUSE_S = 0.1
@@ -299,8 +303,12 @@ class HintServer:
                     return
                 if not data:
                     return
-                if not self.deliver(uid, data):
-                    await asyncio.sleep(FLOOD_PAUSE_S)
+                # Yield after every message: a ready socket's recv does not, and the control
+                # tick runs on this loop. A refused message pauses this connection.
+                await asyncio.sleep(0 if self.deliver(uid, data) else FLOOD_PAUSE_S)
         finally:
+            # Nothing of a connection outlives it: pods come and go over the agent's uptime.
             self._per_pod[uid] -= 1
+            if self._per_pod[uid] <= 0:
+                del self._per_pod[uid]
             conn.close()

@@ -18,6 +18,7 @@ from triserve.node_agent.agent import NodeAgent
 from triserve.node_agent.hints import (
     ACCEPTED,
     INVALID,
+    NODE_RATE_LIMITED,
     RATE_LIMITED,
     UNKNOWN_POD,
     HintBook,
@@ -77,6 +78,30 @@ def test_a_flooding_pod_loses_its_excess_and_refills_over_time() -> None:
     # Another pod has its own bucket.
     book.take(("omni", "talker-0"), idle, 0.05)
     assert book.counts[ACCEPTED] == 12
+
+
+def test_many_pods_each_within_their_rate_share_one_node_budget() -> None:
+    book = HintBook(rate_per_s=100.0, burst=10.0, node_rate_per_s=50.0, node_burst=20.0)
+    idle = hints.encode("idle")
+    for pod in range(30):
+        book.take(("omni", f"p{pod}"), idle, 0.0)
+    assert book.counts[ACCEPTED] == 20
+    assert book.counts[NODE_RATE_LIMITED] == 10
+    assert book.counts[RATE_LIMITED] == 0
+    book.take(("omni", "p29"), idle, 0.1)  # 5 node tokens back after 100 ms
+    assert book.counts[ACCEPTED] == 21
+
+
+def test_event_ticks_have_a_node_budget_and_the_hint_still_counts() -> None:
+    book = HintBook(event_ticks_per_s=10.0, event_tick_burst=2.0)
+    changes = [
+        book.take(("omni", f"p{i}"), hints.encode("busy", phase="prefill"), 0.0)[1]
+        for i in range(4)
+    ]
+    assert changes == [True, True, False, False]
+    hint = book.hint(("omni", "p3"))
+    assert hint is not None and hint.busy  # the next regular tick acts on it
+    assert book.take(("omni", "p9"), hints.encode("busy", phase="prefill"), 0.1)[1]
 
 
 def test_only_changes_that_matter_ask_for_an_event_tick() -> None:
@@ -404,3 +429,33 @@ def test_the_agent_refuses_to_start_on_a_file_at_the_socket_path_in_one_line(
     assert code == 2
     assert len(err) == 1 and str(path) in err[0] and "not a socket" in err[0]
     assert path.read_text() == "not ours\n"
+
+
+def test_the_endpoint_keeps_nothing_of_a_pod_once_its_connections_close(
+    tmp_path: Path,
+) -> None:
+    uid = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"
+    server = HintServer(
+        tmp_path / "run" / "hints.sock", lambda _uid, _data: True, {uid}.__contains__,
+        proc_root=_proc_for_self(tmp_path, uid),
+    )  # fmt: skip
+
+    async def main() -> None:
+        await server.start()
+        for _ in range(3):
+            client = hints.HintClient(str(server.path))
+            await asyncio.to_thread(client.idle)
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if server._tasks:
+                    break
+            client.close()
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if not server._tasks:
+                    break
+        await server.close()
+
+    asyncio.run(main())
+    assert not server._tasks
+    assert dict(server._per_pod) == {}, "per-pod connection counts outlive the connections"
