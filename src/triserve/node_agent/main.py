@@ -66,6 +66,14 @@ def build_parser(prog: str = "triserve agent") -> argparse.ArgumentParser:
     )
     p.add_argument("--metrics-port", type=cliargs.port, default=9402, help="exporter port")
     p.add_argument(
+        "--health-port",
+        type=cliargs.port,
+        default=None,
+        help="/healthz and /readyz also on this port, with slots of their own (point the "
+        "probes here: clients of the exporter port cannot fill it); default 9403, or any "
+        "free port with --metrics-port 0",
+    )
+    p.add_argument(
         "--metrics-host",
         default=None,
         help="exporter address (default: $POD_IP from the downward API, else 0.0.0.0)",
@@ -213,6 +221,9 @@ def options_from_args(args: argparse.Namespace, open_sim: OpenSim | None = None)
         node_name=node_name,
         state_file=args.state_file,
         metrics_port=args.metrics_port,
+        health_port=(9403 if args.metrics_port else 0)
+        if args.health_port is None
+        else args.health_port,
         metrics_host=args.metrics_host or os.environ.get("POD_IP") or "0.0.0.0",
         policy=load_policy(args.policy) if args.standalone else None,
         standalone=args.standalone,
