@@ -180,13 +180,18 @@ def test_agent_daemonset_runs_on_every_gpu_node_with_least_privilege(tmp_path: P
     }
     mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
     assert mounts["pod-resources"]["readOnly"] is True
-    assert container["ports"] == [{"name": "metrics", "containerPort": 9402, "protocol": "TCP"}]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["ports"] == [
+        {"name": "metrics", "containerPort": 9402, "protocol": "TCP"},
+        {"name": "health", "containerPort": 9403, "protocol": "TCP"},
+    ]
+    # The probes ask the health listener, which slow clients of :9402 cannot fill.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert container["command"] == ["triserve"]
     assert container["args"] == [
         "agent",
         "--metrics-port=9402",
+        "--health-port=9403",
         "--state-file=/var/lib/triserve/state.json",
         "--dcgm-discover=app=nvidia-dcgm-exporter",
         "--dcgm-namespace=gpu-operator",
@@ -212,17 +217,20 @@ def test_dcgm_source_is_node_local_unless_a_url_is_given(
     assert "--dcgm-host-port=9400" in host["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
-def test_network_policy_is_optional_and_admits_only_the_listed_peers(
+def test_network_policy_is_on_by_default_and_admits_only_the_listed_peers(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    assert by_kind(render(tmp_path_factory.mktemp("d"), {}), "NetworkPolicy") == []
-    variant = render(tmp_path_factory.mktemp("p"), VARIANTS["privileged-agent"])
-    policy = one(variant, "NetworkPolicy", "agent")
+    policy = one(render(tmp_path_factory.mktemp("d"), {}), "NetworkPolicy", "agent")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    # Only the metrics port, only from the monitoring namespace: the health port is reached
+    # by the kubelet from the node, which NetworkPolicy always admits.
     (rule,) = policy["spec"]["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 9402}]
-    assert rule["from"][0]["namespaceSelector"]["matchLabels"] == {
-        "kubernetes.io/metadata.name": "monitoring"
-    }
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    opted_out = {"agent": {"networkPolicy": {"enabled": False}}}
+    assert by_kind(render(tmp_path_factory.mktemp("o"), opted_out), "NetworkPolicy") == []
 
 
 def test_privileged_agent_is_opt_in(tmp_path: Path) -> None:

@@ -8,15 +8,22 @@ Metric names and labels are the contract in docs/architecture.md — dashboards 
 built on exactly these. Per-GPU series carry `node`, `gpu`, `UUID`, `pod`, `namespace`,
 `container`, `stage`, `policy` (empty where unknown) so they join with dcgm-exporter's; a GPU
 shared by several stage pods gets one series per pod. `MetricsServer` serves them from a
-daemon thread (stdlib `http.server`), so scrapes never block the control tick. The server is
-bounded: each connection gets `REQUEST_TIMEOUT_S` to send its request and read the answer,
-at most `MAX_CONNECTIONS` are served at once (more are closed straight away), and it binds
-the address it is given — the pod IP from the downward API in the chart, not 0.0.0.0.
+daemon thread (stdlib `http.server`), so scrapes never block the control tick; the runtime
+(`triserve.node_agent.runtime`) starts it. The server is bounded: a connection gets
+`HEADER_TIMEOUT_S` in all to send its request line and headers and `REQUEST_TIMEOUT_S` in
+all for the whole exchange, however steadily it trickles bytes (each read and write waits
+only for what is left of those deadlines); at most `MAX_CONNECTIONS` are served at once (more
+are closed straight away), and it binds the address it is given — the pod IP from the
+downward API in the chart, not 0.0.0.0. With a `health_port`, `/healthz` and `/readyz` are
+also served on a listener of their own, with its own slots (`HEALTH_MAX_CONNECTIONS`), so
+the kubelet's probes are answered whatever clients of the metrics port do.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,10 +43,14 @@ from triserve.node_agent.hints import RESULTS as HINT_RESULTS
 log = logging.getLogger(__name__)
 
 GPU_LABELS = ("node", "gpu", "UUID", "pod", "namespace", "container", "stage", "policy")
-#: Seconds a client may take to send its request or read the answer.
+#: Seconds a client may take, in all, to send its request line and headers.
+HEADER_TIMEOUT_S = 2.0
+#: Seconds a connection may last in all: request, answer, and the client reading it.
 REQUEST_TIMEOUT_S = 5.0
 #: Connections served at once; more are closed at once (each costs a thread).
 MAX_CONNECTIONS = 16
+#: Connections the health listener serves at once (the kubelet probes one at a time).
+HEALTH_MAX_CONNECTIONS = 4
 
 
 def _gpu_label_sets(agent: NodeAgent, gpu: GpuRuntime) -> list[list[str]]:
@@ -268,6 +279,24 @@ class _BoundedServer(ThreadingHTTPServer):
             self._slots.release()
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reads, each waiting only for what is left of one deadline (monotonic s)."""
+
+    def __init__(self, sock: socket.socket, deadline_s: float) -> None:
+        self._sock = sock
+        self.deadline_s = deadline_s
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left_s = self.deadline_s - time.monotonic()
+        if left_s <= 0:
+            raise TimeoutError("the client took too long to send its request")
+        self._sock.settimeout(left_s)
+        return self._sock.recv_into(buffer)
+
+
 class MetricsServer:
     """`/metrics`, `/healthz`, `/readyz` on a daemon thread, with bounded connections."""
 
@@ -280,29 +309,58 @@ class MetricsServer:
         ready: Callable[[], bool] = lambda: True,
         *,
         timeout_s: float = REQUEST_TIMEOUT_S,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
+        health_port: int | None = None,
     ) -> None:
-        """`healthy`/`ready` are evaluated per request (on the server thread)."""
+        """`healthy`/`ready` are evaluated per request (on the server thread).
+
+        `timeout_s` bounds a whole connection and `header_timeout_s` its request line and
+        headers; `health_port` (None: none) serves `/healthz` and `/readyz` on their own.
+        """
         self.registry = registry
         self.healthy = healthy
         self.ready = ready
         self.timeout_s = timeout_s
-        self._server = _BoundedServer((host, port), self._handler(), max_connections)
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="triserve-metrics", daemon=True
-        )
+        self.header_timeout_s = min(header_timeout_s, timeout_s)
+        self._servers = [_BoundedServer((host, port), self._handler(False), max_connections)]
+        self.host = str(self._servers[0].server_address[0])
+        self.port = int(self._servers[0].server_address[1])
+        self.health_port: int | None = None
+        if health_port is not None:
+            try:
+                health = _BoundedServer(
+                    (host, health_port), self._handler(True), HEALTH_MAX_CONNECTIONS
+                )
+            except OSError:
+                self._servers[0].server_close()
+                raise
+            self._servers.append(health)
+            self.health_port = int(health.server_address[1])
+        self._threads = [
+            threading.Thread(target=s.serve_forever, name=f"triserve-{name}", daemon=True)
+            for s, name in zip(self._servers, ("metrics", "health"), strict=False)
+        ]
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self, health_only: bool) -> type[BaseHTTPRequestHandler]:
         server = self
+        paths = "/healthz or /readyz" if health_only else "/metrics, /healthz or /readyz"
 
         class Handler(BaseHTTPRequestHandler):
-            # Socket timeout for reading the request and writing the answer.
+            # Each read and write waits for at most what is left of the deadlines (`setup`).
             timeout = server.timeout_s
+
+            def setup(self) -> None:
+                super().setup()
+                started_s = time.monotonic()
+                self.deadline_s = started_s + server.timeout_s
+                self.rfile = io.BufferedReader(
+                    _DeadlineReader(self.connection, started_s + server.header_timeout_s)
+                )
 
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
-                if path == "/metrics":
+                if path == "/metrics" and not health_only:
                     body = generate_latest(server.registry)
                     self._send(200, body, CONTENT_TYPE_LATEST)
                 elif path in {"/healthz", "/readyz"}:
@@ -310,14 +368,23 @@ class MetricsServer:
                     ok = check()
                     self._send(200 if ok else 503, b"ok\n" if ok else b"not ready\n")
                 else:
-                    self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
+                    self._send(404, f"not found: try {paths}\n".encode())
 
             def _send(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
+                self._left()
                 self.end_headers()
+                self._left()
                 self.wfile.write(body)
+
+            def _left(self) -> None:
+                """Let the next write wait only for what is left of the request's time."""
+                left_s = self.deadline_s - time.monotonic()
+                if left_s <= 0:
+                    raise TimeoutError("the client took too long to read the answer")
+                self.connection.settimeout(left_s)
 
             def log_message(self, format: str, *args: object) -> None:
                 log.debug("metrics: " + format, *args)
@@ -326,18 +393,28 @@ class MetricsServer:
 
     def start(self) -> None:
         """Start serving."""
-        self._thread.start()
-        log.info("serving /metrics, /healthz, /readyz on port %d", self.port)
+        for thread in self._threads:
+            thread.start()
+        if self.health_port is None:
+            log.info("serving /metrics, /healthz, /readyz on port %d", self.port)
+        else:
+            log.info(
+                "serving /metrics on port %d, /healthz and /readyz on port %d (and %d)",
+                self.port,
+                self.health_port,
+                self.port,
+            )
 
     @property
     def rejected_connections(self) -> int:
-        """Connections closed unserved because `max_connections` were busy."""
-        return self._server.rejected
+        """Connections to the metrics port closed unserved: `max_connections` were busy."""
+        return self._servers[0].rejected
 
     def stop(self) -> None:
         """Stop serving."""
-        self._server.shutdown()
-        self._server.server_close()
+        for srv in self._servers:
+            srv.shutdown()
+            srv.server_close()
 
 
 def liveness(agent: NodeAgent, max_silence_s: float) -> Callable[[], bool]:

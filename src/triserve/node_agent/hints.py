@@ -2,8 +2,9 @@
 
 Serving engines send tiny events (`triserve.hints`) through the agent's hint socket
 (`triserve.node_agent.hintserver`), or the simulated node hands the same bytes in. Every
-message goes through `HintBook.admit`, a per-pod token bucket (a flooding pod loses its
-excess messages, never the agent's time; the hint server pauses that connection), then
+message goes through `HintBook.admit`, a per-pod token bucket and one for the whole node (a
+flooding pod, or many pods each within their own rate, lose their excess messages, never the
+agent's time; the hint server pauses that connection), then
 `HintBook.receive_admitted`, which parses it with `parse_hint` — only the documented events,
 a `HintError` naming the field for anything else — and folds it into one immutable
 `StageHint` per pod, stamped with the agent's clock. `HintBook.take` does both, and never
@@ -30,6 +31,15 @@ log = logging.getLogger("triserve.node_agent.agent")
 #: Messages per second a pod may send on average, and the burst it may send at once.
 RATE_PER_S = 200.0
 BURST = 100.0
+#: Messages per second the whole node may send on average, all pods together, and its burst:
+#: what a pod may send is not what thirty pods may (the tick runs on the same event loop).
+NODE_RATE_PER_S = 500.0
+NODE_BURST = 250.0
+#: Event ticks (control steps run at once on a hint) per second on the whole node, and their
+#: burst: each costs NVML calls on the event loop. A change over this budget still updates
+#: the pod's hint; the next regular tick acts on it.
+EVENT_TICKS_PER_S = 100.0
+EVENT_TICK_BURST = 10.0
 #: Seconds without any message after which a pod's hints are stale (3 heartbeats).
 HINT_MAX_AGE_S = 3.0
 
@@ -37,9 +47,10 @@ HINT_MAX_AGE_S = 3.0
 ACCEPTED = "accepted"
 INVALID = "invalid"
 RATE_LIMITED = "rate-limited"
+NODE_RATE_LIMITED = "node-rate-limited"
 UNKNOWN_POD = "unknown-pod"
 REFUSED = "refused"
-RESULTS = (ACCEPTED, INVALID, RATE_LIMITED, UNKNOWN_POD, REFUSED)
+RESULTS = (ACCEPTED, INVALID, RATE_LIMITED, NODE_RATE_LIMITED, UNKNOWN_POD, REFUSED)
 
 
 class HintError(ValueError):
@@ -94,37 +105,67 @@ class _Bucket:
     tokens: float
     at_s: float
 
+    def take(self, now_s: float, rate_per_s: float, burst: float) -> bool:
+        """Refill for the time since the last call, then take one token if there is one."""
+        elapsed_s = now_s - self.at_s if math.isfinite(now_s) else 0.0
+        self.tokens = min(burst, self.tokens + max(elapsed_s, 0.0) * rate_per_s)
+        self.at_s = max(self.at_s, now_s)
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+    def give_back(self) -> None:
+        """Return the token just taken (another limit refused the message)."""
+        self.tokens += 1.0
+
 
 class HintBook:
-    """Every pod's latest `StageHint`, with per-pod rate limits and result counters."""
+    """Every pod's latest `StageHint`, with per-pod and node-wide rate limits and counters."""
 
     def __init__(
         self,
         *,
         rate_per_s: float = RATE_PER_S,
         burst: float = BURST,
+        node_rate_per_s: float = NODE_RATE_PER_S,
+        node_burst: float = NODE_BURST,
+        event_ticks_per_s: float = EVENT_TICKS_PER_S,
+        event_tick_burst: float = EVENT_TICK_BURST,
         max_age_s: float = HINT_MAX_AGE_S,
     ) -> None:
         """`max_age_s` is how long a pod's hints count after its last message."""
         self.rate_per_s = rate_per_s
         self.burst = burst
+        self.node_rate_per_s = node_rate_per_s
+        self.node_burst = node_burst
+        self.event_ticks_per_s = event_ticks_per_s
+        self.event_tick_burst = event_tick_burst
         self.max_age_s = max_age_s
         self.hints: dict[tuple[str, str], StageHint] = {}
         self.counts: Counter[str] = Counter()
         self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._node: _Bucket | None = None
+        self._event_ticks: _Bucket | None = None
 
     def admit(self, key: tuple[str, str], now_s: float) -> bool:
-        """Take one token from pod `key`'s bucket; False (and counted) when it is empty."""
+        """Take a token from pod `key`'s bucket and the node's; False (counted) if either is out.
+
+        A pod over its own rate is `rate-limited`; a pod within it while all pods together
+        are over the node's is `node-rate-limited` (and keeps its token).
+        """
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = _Bucket(self.burst, now_s)
-        elapsed_s = now_s - bucket.at_s if math.isfinite(now_s) else 0.0
-        bucket.tokens = min(self.burst, bucket.tokens + max(elapsed_s, 0.0) * self.rate_per_s)
-        bucket.at_s = max(bucket.at_s, now_s)
-        if bucket.tokens < 1.0:
+        if self._node is None:
+            self._node = _Bucket(self.node_burst, now_s)
+        if not bucket.take(now_s, self.rate_per_s, self.burst):
             self.counts[RATE_LIMITED] += 1
             return False
-        bucket.tokens -= 1.0
+        if not self._node.take(now_s, self.node_rate_per_s, self.node_burst):
+            bucket.give_back()
+            self.counts[NODE_RATE_LIMITED] += 1
+            return False
         return True
 
     def receive_admitted(self, key: tuple[str, str], data: bytes, now_s: float) -> bool:
@@ -169,8 +210,9 @@ class HintBook:
         """One message from pod `key` (None: not a pod of this node): (admitted, changed).
 
         Never raises: an unknown pod or a malformed message is counted and dropped (admitted,
-        unchanged); a message over the pod's rate is not admitted (the server then pauses
-        that connection). `changed`: the hint changes what a controller would decide now.
+        unchanged); a message over the pod's or the node's rate is not admitted (the server
+        then pauses that connection). `changed`: the hint changes what a controller would
+        decide now, and the node's event-tick budget has room to act on it at once.
         """
         if key is None:
             self.unknown_pod()
@@ -178,11 +220,18 @@ class HintBook:
         if not self.admit(key, now_s):
             return False, False
         try:
-            return True, self.receive_admitted(key, data, now_s)
+            changed = self.receive_admitted(key, data, now_s)
         except HintError as exc:
             # Counted, logged quietly: a broken sender must not flood the agent's log.
             log.debug("hint from pod %s/%s dropped: %s", *key, exc)
             return True, False
+        return True, changed and self._event_tick_allowed(now_s)
+
+    def _event_tick_allowed(self, now_s: float) -> bool:
+        """Whether the node's event-tick budget has room for one more now."""
+        if self._event_ticks is None:
+            self._event_ticks = _Bucket(self.event_tick_burst, now_s)
+        return self._event_ticks.take(now_s, self.event_ticks_per_s, self.event_tick_burst)
 
     def refused(self, why: str) -> None:
         """Count a connection the hint server refused (its sender could not be identified)."""

@@ -5,14 +5,21 @@ Started by `triserve.node_agent.runtime` when `triserve agent --hints-socket PAT
 `triserve.hints` messages. Who may speak for which stage is decided here, not by the
 message: at accept time the kernel's SO_PEERCRED gives the connecting process's PID (in
 the agent's PID namespace, hence the chart's ``hostPID: true``), and that process's cgroup
-path (``/proc/<pid>/cgroup``) names its pod's UID, as kubelet's cgroup drivers write it
-(``…/kubepods…/pod<uid>/…`` or ``…kubepods-…-pod<uid with _>.slice/…``). A connection
-whose peer is not in a pod the agent knows is closed, and every message on a connection is
-attributed to that pod only: a pod can speak only for itself.
+path (``/proc/<pid>/cgroup``) names its pod's UID at the level where the kubelet's cgroup
+driver puts it (``kubepods/<qos>/pod<uid>/<container>``, or with systemd
+``kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid with _>.slice/<runtime>-<id>.scope``;
+`pod_uid_from_cgroup_path`). Only the first pod segment counts, and a path off that layout
+names no pod: cgroups below the container's belong to the tenant, who may name one after
+another pod. A connection whose peer is not in a pod the agent knows is closed, and every
+message on a connection is attributed to that pod only: a pod can speak only for itself.
 
-Limits: `MAX_CONNECTIONS` in all and `MAX_PER_POD` per pod; messages beyond the pod's rate
-are dropped by `HintBook`, and a connection that keeps flooding is not read for
-`FLOOD_PAUSE_S`, so the kernel pushes back on the sender instead of the agent spinning.
+Limits: `MAX_CONNECTIONS` on the node and `MAX_PER_POD` per pod; messages beyond the pod's
+rate or the node's (all pods together) are dropped by `HintBook`, and a connection whose
+message was dropped is not read for `FLOOD_PAUSE_S`, so the kernel pushes back on the sender
+instead of the agent spinning. The receive loop yields to the event loop after every message
+(a ready socket's ``sock_recv`` returns without yielding), so the control tick, which runs on
+the same loop, keeps its period whatever the senders do. Nothing of a connection is kept
+after it closes.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import struct
 from collections import Counter
 from collections.abc import Callable
@@ -32,13 +40,25 @@ from triserve.hints import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
-MAX_CONNECTIONS = 256
+MAX_CONNECTIONS = 128
 MAX_PER_POD = 8
 #: How long a connection whose messages are being rate-limited is left unread.
 FLOOD_PAUSE_S = 0.1
+#: How long `bind` waits to learn whether a socket left at the path is still served.
+PROBE_TIMEOUT_S = 1.0
 
-_POD_UID_RE = re.compile(
-    r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})"
+#: A pod UID with its separators as each cgroup driver writes them.
+_UID = r"[0-9a-f]{{8}}{0}[0-9a-f]{{4}}{0}[0-9a-f]{{4}}{0}[0-9a-f]{{4}}{0}[0-9a-f]{{12}}"
+#: The QoS classes with a cgroup level of their own (Guaranteed pods sit right under kubepods).
+_QOS = ("burstable", "besteffort")
+#: cgroupfs driver: ``kubepods[/<qos>]/pod<uid>/<container>``.
+_CGROUPFS_POD = re.compile(rf"pod(?P<uid>{_UID.format('-')})")
+#: systemd driver: ``kubepods.slice[/kubepods-<qos>.slice]/kubepods[-<qos>]-pod<uid_>.slice/
+#: <runtime>-<id>.scope``, the UID's dashes escaped to ``_``; a kubelet ``--cgroup-root``
+#: prefixes every name (``kubelet-kubepods-…``).
+_SYSTEMD_POD = re.compile(
+    r"(?P<parent>(?:[A-Za-z0-9_]+-)*kubepods(?:-burstable|-besteffort)?)"
+    rf"-pod(?P<uid>{_UID.format('_')})\.slice"
 )
 
 #: Delivers one message from the pod with this UID: (uid, message) -> accepted (False:
@@ -48,15 +68,82 @@ Deliver = Callable[[str, bytes], bool]
 KnownPod = Callable[[str], bool]
 
 
+class HintSocketPathError(OSError):
+    """The hint socket's path is taken by something the agent must not replace."""
+
+
 def pod_uid_from_cgroup(text: str) -> str | None:
-    """The pod UID in a ``/proc/<pid>/cgroup`` text (None: not a Kubernetes pod)."""
+    """The pod UID in a ``/proc/<pid>/cgroup`` text (None: not a pod, or off the layout).
+
+    Every line (one per cgroup v1 hierarchy, or the single v2 ``0::`` line) is read with
+    `pod_uid_from_cgroup_path`; lines without a pod segment are skipped, and the text names a
+    pod only when no line is off the kubelet's layout and all that name one agree.
+    """
+    found: set[str] = set()
     for line in text.splitlines():
-        if "kubepods" not in line:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
             continue
-        found = _POD_UID_RE.findall(line)
-        if found:
-            return str(found[-1]).replace("_", "-")
+        path = parts[2]
+        if _first_pod_segment(path.split("/")) is None:
+            continue
+        uid = pod_uid_from_cgroup_path(path)
+        if uid is None:
+            return None
+        found.add(uid)
+    return found.pop() if len(found) == 1 else None
+
+
+def pod_uid_from_cgroup_path(path: str) -> str | None:
+    """The UID of the pod whose cgroup holds `path`, read where the kubelet puts it.
+
+    The kubelet's layout (docs/serving-pods.md, "Who may speak"): under the ``kubepods`` root
+    comes the QoS class (none for Guaranteed pods), then the pod, then the container's cgroup
+    the runtime made; below that, cgroups belong to the tenant, who may name them anything,
+    ``pod<another uid>`` included. So only the first pod segment counts, and it counts only
+    with exactly the kubelet's levels above it and a container below it; None otherwise. A
+    path read from inside the agent's cgroup namespace starts with ``..`` (cgroup_namespaces(7))
+    and shows only the levels below the agent's and the peer's common ancestor, so there the
+    levels above the pod may be cut short from the top.
+    """
+    segments = [s for s in path.split("/") if s]
+    start = 0
+    while start < len(segments) and segments[start] == "..":
+        start += 1
+    relative, segments = start > 0, segments[start:]
+    first = _first_pod_segment(segments)
+    if first is None or first[0] == len(segments) - 1:  # no pod, or no container below it
+        return None
+    index, uid, chain = first
+    before = segments[:index]
+    if len(before) >= len(chain) and before[len(before) - len(chain) :] == chain:
+        return uid
+    if relative and any(before == chain[k:] for k in range(1, len(chain) + 1)):
+        return uid
     return None
+
+
+def _first_pod_segment(segments: list[str]) -> tuple[int, str, list[str]] | None:
+    """(index, UID, the kubelet levels that must sit above it) of the first pod segment."""
+    for index, segment in enumerate(segments):
+        if match := _CGROUPFS_POD.fullmatch(segment):
+            parent = segments[index - 1] if index > 0 else ""
+            chain = ["kubepods", parent] if parent in _QOS else ["kubepods"]
+            return index, match["uid"], chain
+        if match := _SYSTEMD_POD.fullmatch(segment):
+            names = match["parent"].split("-")
+            root = len(names) - (2 if names[-1] in _QOS else 1)
+            chain = ["-".join(names[: k + 1]) + ".slice" for k in range(root, len(names))]
+            return index, match["uid"].replace("_", "-"), chain
+    return None
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    return "regular file" if stat.S_ISREG(mode) else "special file"
 
 
 def peer_pid(sock: socket.socket) -> int:
@@ -99,11 +186,13 @@ class HintServer:
         self._accepting: asyncio.Task[None] | None = None
 
     def bind(self) -> None:
-        """Create the socket (replacing a stale one a crashed agent left) and listen."""
+        """Create the socket (replacing a stale one a crashed agent left) and listen.
+
+        Raises `HintSocketPathError` when the path holds anything else: a file that is not a
+        socket (never deleted: it is not ours) or a socket another process still serves.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            if self.path.is_socket():
-                self.path.unlink()
+        self._remove_stale_socket()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.bind(str(self.path))
         # Serving containers run as any user; identity comes from the peer's cgroup.
@@ -111,6 +200,39 @@ class HintServer:
         sock.listen(64)
         sock.setblocking(False)
         self._sock = sock
+
+    def _remove_stale_socket(self) -> None:
+        """Unlink a socket nobody listens on any more; refuse anything else at the path."""
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            return
+        where = f"--hints-socket {self.path}"
+        if not stat.S_ISSOCK(mode):
+            raise HintSocketPathError(
+                f"{where} exists and is not a socket (a {_file_kind(mode)}); the agent never "
+                "deletes it: move it away or give --hints-socket another path"
+            )
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        probe.settimeout(PROBE_TIMEOUT_S)
+        try:
+            probe.connect(str(self.path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            # Nobody listens: a socket a stopped or crashed agent left behind.
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            return
+        except OSError as exc:
+            raise HintSocketPathError(
+                f"{where} is a socket another process still serves ({exc.strerror or exc}); "
+                "stop it or give --hints-socket another path"
+            ) from None
+        finally:
+            probe.close()
+        raise HintSocketPathError(
+            f"{where} is a socket another process still serves (a second agent?); stop it "
+            "or give --hints-socket another path"
+        )
 
     async def start(self) -> None:
         """Bind and accept connections on the running loop until `close`."""
@@ -181,8 +303,12 @@ class HintServer:
                     return
                 if not data:
                     return
-                if not self.deliver(uid, data):
-                    await asyncio.sleep(FLOOD_PAUSE_S)
+                # Yield after every message: a ready socket's recv does not, and the control
+                # tick runs on this loop. A refused message pauses this connection.
+                await asyncio.sleep(0 if self.deliver(uid, data) else FLOOD_PAUSE_S)
         finally:
+            # Nothing of a connection outlives it: pods come and go over the agent's uptime.
             self._per_pod[uid] -= 1
+            if self._per_pod[uid] <= 0:
+                del self._per_pod[uid]
             conn.close()

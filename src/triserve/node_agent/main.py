@@ -27,6 +27,7 @@ from triserve.control import ProbeSettings
 from triserve.gpu.backend import GpuBackend, GpuError
 from triserve.kubeconfig import api_client
 from triserve.node_agent.agent import PolicyRef
+from triserve.node_agent.hintserver import HintSocketPathError
 from triserve.node_agent.podresources import DEFAULT_SOCKET
 from triserve.node_agent.runtime import AgentOptions, AgentRuntime, NodeDriverFactory
 from triserve.node_agent.safety import DEFAULT_STATE_FILE, GuardRails, StateFileBusyError
@@ -64,6 +65,14 @@ def build_parser(prog: str = "triserve agent") -> argparse.ArgumentParser:
         help="stop after this many (simulated) seconds (default: run until stopped)",
     )
     p.add_argument("--metrics-port", type=cliargs.port, default=9402, help="exporter port")
+    p.add_argument(
+        "--health-port",
+        type=cliargs.port,
+        default=None,
+        help="/healthz and /readyz also on this port, with slots of their own (point the "
+        "probes here: clients of the exporter port cannot fill it); default 9403, or any "
+        "free port with --metrics-port 0",
+    )
     p.add_argument(
         "--metrics-host",
         default=None,
@@ -219,6 +228,9 @@ def options_from_args(args: argparse.Namespace, open_sim: OpenSim | None = None)
         node_name=node_name,
         state_file=args.state_file,
         metrics_port=args.metrics_port,
+        health_port=(9403 if args.metrics_port else 0)
+        if args.health_port is None
+        else args.health_port,
         metrics_host=args.metrics_host or os.environ.get("POD_IP") or "0.0.0.0",
         policy=load_policy(args.policy) if args.standalone else None,
         standalone=args.standalone,
@@ -282,6 +294,6 @@ def main(argv: Sequence[str] | None = None, open_sim: OpenSim | None = None) -> 
         return 2
     try:
         return asyncio.run(AgentRuntime(options).run())
-    except StateFileBusyError as exc:
+    except (StateFileBusyError, HintSocketPathError) as exc:
         print(f"triserve agent: {exc}", file=sys.stderr)
         return 2

@@ -82,6 +82,7 @@ class AgentOptions:
     state_file: Path
     metrics_port: int = 9402
     metrics_host: str = "0.0.0.0"
+    health_port: int | None = None  # /healthz, /readyz on their own listener too (None: no)
     policy: PolicyRef | None = None  # standalone: the policy from the file
     standalone: bool = False
     backend: GpuBackend | None = None
@@ -300,14 +301,23 @@ class AgentRuntime:
         opts, agent = self.options, self.agent
         registry = build_registry(agent)
         healthy = liveness(agent, max(opts.watchdog_timeout_s * 2, 10.0))
+        health_port = opts.health_port
         try:
             return MetricsServer(
-                registry, opts.metrics_port, opts.metrics_host, healthy, agent.is_ready
+                registry,
+                opts.metrics_port,
+                opts.metrics_host,
+                healthy,
+                agent.is_ready,
+                health_port=health_port,
             )
         except OSError:
             if not opts.metrics_port_fallback:
                 raise
-            return MetricsServer(registry, 0, opts.metrics_host, healthy, agent.is_ready)
+            any_port = None if health_port is None else 0
+            return MetricsServer(
+                registry, 0, opts.metrics_host, healthy, agent.is_ready, health_port=any_port
+            )
 
     def _clock(self) -> float:
         node = self.sim_node

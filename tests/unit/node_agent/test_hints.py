@@ -18,13 +18,14 @@ from triserve.node_agent.agent import NodeAgent
 from triserve.node_agent.hints import (
     ACCEPTED,
     INVALID,
+    NODE_RATE_LIMITED,
     RATE_LIMITED,
     UNKNOWN_POD,
     HintBook,
     HintError,
     parse_hint,
 )
-from triserve.node_agent.hintserver import HintServer, pod_uid_from_cgroup
+from triserve.node_agent.hintserver import HintServer, HintSocketPathError, pod_uid_from_cgroup
 from triserve.sim import Simulation
 from triserve.simnode.node import SimNode, pod_uid
 
@@ -77,6 +78,30 @@ def test_a_flooding_pod_loses_its_excess_and_refills_over_time() -> None:
     # Another pod has its own bucket.
     book.take(("omni", "talker-0"), idle, 0.05)
     assert book.counts[ACCEPTED] == 12
+
+
+def test_many_pods_each_within_their_rate_share_one_node_budget() -> None:
+    book = HintBook(rate_per_s=100.0, burst=10.0, node_rate_per_s=50.0, node_burst=20.0)
+    idle = hints.encode("idle")
+    for pod in range(30):
+        book.take(("omni", f"p{pod}"), idle, 0.0)
+    assert book.counts[ACCEPTED] == 20
+    assert book.counts[NODE_RATE_LIMITED] == 10
+    assert book.counts[RATE_LIMITED] == 0
+    book.take(("omni", "p29"), idle, 0.1)  # 5 node tokens back after 100 ms
+    assert book.counts[ACCEPTED] == 21
+
+
+def test_event_ticks_have_a_node_budget_and_the_hint_still_counts() -> None:
+    book = HintBook(event_ticks_per_s=10.0, event_tick_burst=2.0)
+    changes = [
+        book.take(("omni", f"p{i}"), hints.encode("busy", phase="prefill"), 0.0)[1]
+        for i in range(4)
+    ]
+    assert changes == [True, True, False, False]
+    hint = book.hint(("omni", "p3"))
+    assert hint is not None and hint.busy  # the next regular tick acts on it
+    assert book.take(("omni", "p9"), hints.encode("busy", phase="prefill"), 0.1)[1]
 
 
 def test_only_changes_that_matter_ask_for_an_event_tick() -> None:
@@ -153,6 +178,69 @@ def test_fuzzed_json_keeps_hints_well_formed(bodies: list[dict[str, object]]) ->
 )
 def test_pod_uid_is_read_from_both_cgroup_drivers(line: str, uid: str | None) -> None:
     assert pod_uid_from_cgroup(line + "\n") == uid
+
+
+OWN = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"
+VICTIM = "99999999-8888-7777-6666-555555555555"
+OWN_ = OWN.replace("-", "_")
+VICTIM_ = VICTIM.replace("-", "_")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # Guaranteed pods sit right under kubepods, the others under their QoS class.
+        f"0::/kubepods/pod{OWN}/abc123",
+        f"0::/kubepods/besteffort/pod{OWN}/abc123",
+        f"0::/kubepods.slice/kubepods-pod{OWN_}.slice/cri-containerd-ab.scope",
+        f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{OWN_}.slice/"
+        "crio-ab.scope",
+        # cgroup v1: one line per hierarchy, all naming the same pod.
+        f"12:memory:/kubepods/burstable/pod{OWN}/abc\n11:cpu,cpuacct:/kubepods/burstable/"
+        f"pod{OWN}/abc\n1:name=systemd:/kubepods/burstable/pod{OWN}/abc",
+        # A kubelet --cgroup-root (kind nodes: /kubelet) puts a prefix above kubepods.
+        f"0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/"
+        f"kubelet-kubepods-besteffort-pod{OWN_}.slice/cri-containerd-ab.scope",
+        # Read from inside the agent's own cgroup namespace: the path starts with `..`.
+        f"0::/../../kubepods-besteffort-pod{OWN_}.slice/cri-containerd-ab.scope",
+        f"0::/../../../burstable/pod{OWN}/abc",
+    ],
+)
+def test_the_pod_is_read_where_the_kubelet_puts_it(line: str) -> None:
+    assert pod_uid_from_cgroup(line + "\n") == OWN
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"0::/kubepods/burstable/pod{OWN}/abc/pod{VICTIM}/x",
+        f"0::/kubepods/burstable/pod{OWN}/abc/kubepods/burstable/pod{VICTIM}/x",
+        f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{OWN_}.slice/"
+        f"cri-containerd-ab.scope/kubepods-burstable-pod{VICTIM_}.slice/x.scope",
+        f"0::/../../kubepods-besteffort-pod{OWN_}.slice/cri-containerd-ab.scope/"
+        f"kubepods-besteffort-pod{VICTIM_}.slice/x.scope",
+    ],
+)
+def test_a_tenants_nested_cgroup_cannot_speak_for_another_pod(line: str) -> None:
+    assert pod_uid_from_cgroup(line + "\n") == OWN
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"0::/kubepods/burstable/notapod/pod{VICTIM}/x",  # pod not where the kubelet puts it
+        f"0::/kubepods/burstable/pod{VICTIM}",  # the pod's own cgroup: no container
+        f"0::/user.slice/kubepods-fake/pod{VICTIM}/x",  # not under kubepods at all
+        f"0::/kubepods/burstable/pod{VICTIM_}/x",  # systemd spelling under cgroupfs
+        f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-besteffort-pod{VICTIM_}.slice/x",
+        f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{VICTIM}.slice/x",
+        f"0::/../../tenant/pod{VICTIM}/x",  # relative, but not a kubelet segment first
+        # cgroup v1 hierarchies that disagree about the pod.
+        f"12:memory:/kubepods/pod{OWN}/abc\n11:cpu:/kubepods/pod{VICTIM}/abc",
+    ],
+)
+def test_a_cgroup_path_off_the_kubelets_layout_is_refused(line: str) -> None:
+    assert pod_uid_from_cgroup(line + "\n") is None
 
 
 def _proc_for_self(tmp_path: Path, uid: str) -> Path:
@@ -274,3 +362,100 @@ def test_simulated_engines_send_hints_that_drive_event_ticks(tmp_path: Path) -> 
     assert counts[ACCEPTED] == ran.node.hints_sent
     assert counts[INVALID] == counts[RATE_LIMITED] == 0
     assert ran.agent.ticks.hint_ticks > 0
+
+
+def _server_at(path: Path) -> HintServer:
+    return HintServer(path, lambda _uid, _data: True, lambda _uid: True)
+
+
+def test_a_regular_file_at_the_socket_path_is_named_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "hints.sock"
+    path.write_text("not ours\n")
+    with pytest.raises(HintSocketPathError) as refused:
+        _server_at(path).bind()
+    message = str(refused.value)
+    assert str(path) in message and "not a socket" in message and "--hints-socket" in message
+    assert "\n" not in message
+    assert path.read_text() == "not ours\n"  # never deleted
+
+
+def test_a_stale_socket_a_crashed_agent_left_is_replaced(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "hints.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens
+    server = _server_at(path)
+    server.bind()
+    try:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        client.connect(str(path))
+        client.close()
+    finally:
+        asyncio.run(server.close())
+
+
+def test_a_socket_another_process_still_serves_is_not_taken_over(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "hints.sock"
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    live.bind(str(path))
+    live.listen(1)
+    try:
+        with pytest.raises(HintSocketPathError, match="serves"):
+            _server_at(path).bind()
+        assert path.is_socket()
+    finally:
+        live.close()
+
+
+def test_the_agent_refuses_to_start_on_a_file_at_the_socket_path_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from triserve import cli
+
+    path = tmp_path / "run" / "hints.sock"
+    path.parent.mkdir()
+    path.write_text("not ours\n")
+    policy = Path(__file__).resolve().parents[3] / "examples" / "energypolicy-minimal.yaml"
+    code = cli.main(
+        ["agent", "--standalone", "--policy", str(policy), "--sim", "reference",
+         "--duration-s", "5", "--metrics-port", "0", "--state-file", str(tmp_path / "s.json"),
+         "--hints-socket", str(path)]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and str(path) in err[0] and "not a socket" in err[0]
+    assert path.read_text() == "not ours\n"
+
+
+def test_the_endpoint_keeps_nothing_of_a_pod_once_its_connections_close(
+    tmp_path: Path,
+) -> None:
+    uid = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"
+    server = HintServer(
+        tmp_path / "run" / "hints.sock", lambda _uid, _data: True, {uid}.__contains__,
+        proc_root=_proc_for_self(tmp_path, uid),
+    )  # fmt: skip
+
+    async def main() -> None:
+        await server.start()
+        for _ in range(3):
+            client = hints.HintClient(str(server.path))
+            await asyncio.to_thread(client.idle)
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if server._tasks:
+                    break
+            client.close()
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if not server._tasks:
+                    break
+        await server.close()
+
+    asyncio.run(main())
+    assert not server._tasks
+    assert dict(server._per_pod) == {}, "per-pod connection counts outlive the connections"

@@ -411,7 +411,7 @@ def test_8_the_exporter_bounds_connections_and_binds_the_address_given(
 ) -> None:
     agent = bare_agent(sim, tmp_path)
     server = MetricsServer(build_registry(agent), 0, "127.0.0.1", timeout_s=0.3, max_connections=4)
-    assert server._server.server_address[0] == "127.0.0.1"
+    assert server.host == "127.0.0.1"
     server.start()
     before = threading.active_count()
     idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(40)]
