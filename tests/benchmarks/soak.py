@@ -58,16 +58,16 @@ class Checkpoint:
     cpu_ms_per_tick: float
 
 
-def _node(tmp: Path) -> tuple[Simulation, NodeAgent, SimNode]:
+def _node(tmp: Path, gpus: int) -> tuple[Simulation, NodeAgent, SimNode]:
     scenario = yaml.safe_load(REFERENCE.read_text())
-    scenario["gpus"] = [{"profile": "h100-sxm"}] * GPUS
+    scenario["gpus"] = [{"profile": "h100-sxm"}] * gpus
     path = tmp / "eight.yaml"
     path.write_text(yaml.safe_dump(scenario))
     sim = Simulation(load_scenario(str(path)), seed=0)
     agent = NodeAgent(sim.backend, "soak-node", StateFile(tmp / "state.json"))
     node = SimNode(sim, agent, scrape_interval_s=0.5)
     manifests: list[dict[str, Any]] = []
-    for gpu in range(GPUS):
+    for gpu in range(gpus):
         m = node.manifests()[gpu % len(sim.placements)]
         m["metadata"]["name"] = f"{m['metadata']['name']}-g{gpu}"
         m["metadata"]["annotations"]["triserve.io/gpus"] = str(gpu)
@@ -82,7 +82,9 @@ def _node(tmp: Path) -> tuple[Simulation, NodeAgent, SimNode]:
     return sim, agent, node
 
 
-def soak(hours: float, checkpoints_per_hour: int = 1, trace: bool = False) -> list[Checkpoint]:
+def soak(
+    hours: float, checkpoints_per_hour: int = 1, trace: bool = False, gpus: int = GPUS
+) -> list[Checkpoint]:
     """Run the agent for `hours` simulated hours; a checkpoint every 1/`checkpoints_per_hour`.
 
     `trace` also measures the Python heap (tracemalloc: about twice as slow); else it reads 0.
@@ -92,7 +94,7 @@ def soak(hours: float, checkpoints_per_hour: int = 1, trace: bool = False) -> li
     process = psutil.Process()
     out: list[Checkpoint] = []
     with tempfile.TemporaryDirectory() as tmp:
-        sim, agent, node = _node(Path(tmp))
+        sim, agent, node = _node(Path(tmp), gpus)
         registry = build_registry(agent)
         reporter = Reporter(agent)
         step_s = 3600.0 / checkpoints_per_hour

@@ -11,9 +11,12 @@ Results land in the `NodeAgent` through its setters; the tick only ever reads th
 each stamped with the time it was taken.
 
 Each serving target runs on its own schedule, so no tenant can starve the others: a round
-starts a target only when its previous scrape has finished, and `run()` waits for a round's
-targets at most `ScrapeLimits.round_wait_s` (a slower one carries on and lands when it
-lands, while the next round goes ahead for everyone else).
+starts a target only when its previous scrape has finished and it has waited
+`ScrapeLimits.cost_spacing` times as long as that scrape took (a pod that trickles to the
+deadline, or sends a body that takes long to read and parse, is scraped less often, so its
+cost stays a bounded share of the agent's time), and `run()` waits for a round's targets at
+most `ScrapeLimits.round_wait_s` (a slower one carries on and lands when it lands, while the
+next round goes ahead for everyone else).
 
 Every target is untrusted and bounded (`ScrapeLimits`): one total deadline for the whole
 request and body (a pod trickling bytes is cut off), a body-size cap enforced while
@@ -76,6 +79,8 @@ class ScrapeLimits:
     parse_deadline_s: float = PARSE_DEADLINE_S
     #: How long `run()` waits for a round's scrapes; slower ones finish on their own.
     round_wait_s: float = 0.6
+    #: A target waits this many times as long as its last scrape took before the next one.
+    cost_spacing: float = 4.0
 
 
 #: Connections the agent's scrape client may hold at once: at least one per target of a large
@@ -168,9 +173,10 @@ class OffLoopParser:
 
 @dataclass(slots=True)
 class _Target:
-    """One serving target's schedule: its scrape in flight, if any."""
+    """One serving target's schedule: its scrape in flight, and when the next may start."""
 
     task: asyncio.Task[None] | None = None
+    next_s: float = 0.0
 
 
 class Scrapers:
@@ -263,13 +269,24 @@ class Scrapers:
             if gone.task is not None:
                 gone.task.cancel()
         started = []
+        now_s = time.monotonic()
         for key, url in listed.items():
             target = self._targets.setdefault(key, _Target())
             if target.task is not None and not target.task.done():
                 continue  # still in flight: this target waits for itself, nobody else does
-            target.task = asyncio.create_task(self._guarded(self._serving(key, url)))
+            if now_s < target.next_s:
+                continue  # its last scrape was costly: it waits in proportion
+            target.task = asyncio.create_task(self._guarded(self._timed(target, key, url)))
             started.append(target.task)
         return started
+
+    async def _timed(self, target: _Target, key: tuple[str, str], url: str) -> None:
+        started_s = time.monotonic()
+        try:
+            await self._serving(key, url)
+        finally:
+            took_s = time.monotonic() - started_s
+            target.next_s = started_s + self.limits.cost_spacing * took_s
 
     async def _guarded(self, job: Awaitable[None]) -> None:
         # One target's unexpected failure must not cancel the other targets of the round.

@@ -78,7 +78,7 @@ async def test_hostile_pods_leave_the_tick_running(tmp_path: Path) -> None:
                     ticker = asyncio.create_task(
                         _tick_while(agent, done, gaps if hostile else calm_gaps)
                     )
-                    await (scrapers.scrape_once() if hostile else _scrape_good(scrapers, port))
+                    await (_hostile_round(scrapers) if hostile else _scrape_good(scrapers, port))
                     done.set()
                     (ticks_per_round if hostile else calm_ticks).append(await ticker)
         finally:
@@ -88,7 +88,9 @@ async def test_hostile_pods_leave_the_tick_running(tmp_path: Path) -> None:
         agent.inputs.serving[("omni", "p3")].running == 18000
     )  # the bulky one parsed, off the loop
     assert ("omni", "p2") not in agent.inputs.serving  # +Inf rejected
-    assert agent.errors["scrape"] == 3 * ROUNDS  # trickle, huge (cut at 1 MiB), +Inf
+    # Trickle, huge (cut at 1 MiB) and +Inf fail on every try; a try that took long (the
+    # trickle, cut at the deadline) makes that target wait in proportion before the next.
+    assert 3 <= agent.errors["scrape"] <= 3 * ROUNDS
     assert min(ticks_per_round) >= 5, f"the tick starved during a scrape round: {ticks_per_round}"
     print(
         f"\ntick every {TICK_S * 1000:.0f} ms, scrape round ≈ {limits.deadline_s} s; "
@@ -96,6 +98,14 @@ async def test_hostile_pods_leave_the_tick_running(tmp_path: Path) -> None:
         f"{max(calm_gaps) * 1000:.1f} ms; with the hostile pods: ticks per round "
         f"{ticks_per_round}, largest gap {max(gaps) * 1000:.1f} ms"
     )
+
+
+async def _hostile_round(scrapers: Scrapers) -> None:
+    """A round over every pod, measured over at least 0.5 s like the calm one (a round whose
+    targets are all still in flight or spaced out returns at once)."""
+    started = time.perf_counter()
+    await scrapers.scrape_once()
+    await asyncio.sleep(max(0.5 - (time.perf_counter() - started), 0.0))
 
 
 async def _scrape_good(scrapers: Scrapers, port: int) -> None:

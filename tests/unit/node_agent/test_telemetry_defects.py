@@ -87,7 +87,8 @@ async def test_2_an_inf_value_is_counted_and_the_other_pods_still_get_scraped(
     async with hostile_server() as base, httpx.AsyncClient() as client:
         port = int(base.rsplit(":", 1)[1])
         agent.set_pods([pod("bad", port, "/inf"), pod("good", port, "/good")])
-        scrapers = Scrapers(agent, client)
+        # Every round retries every pod here (no spacing by cost): each failure is counted.
+        scrapers = Scrapers(agent, client, limits=ScrapeLimits(cost_spacing=0.0))
         await scrapers.scrape_once()
         await scrapers.dcgm_done()  # the dcgm scrape runs beside the round
         await scrapers.scrape_once()
