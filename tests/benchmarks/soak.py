@@ -58,7 +58,10 @@ class Checkpoint:
     cpu_ms_per_tick: float
 
 
-def _node(tmp: Path, gpus: int) -> tuple[Simulation, NodeAgent, SimNode]:
+def gpu_node(
+    tmp: Path, gpus: int, control_interval_ms: int
+) -> tuple[Simulation, NodeAgent, SimNode]:
+    """The reference pipeline on a `gpus`-GPU node, a stage pod on every GPU (by annotation)."""
     scenario = yaml.safe_load(REFERENCE.read_text())
     scenario["gpus"] = [{"profile": "h100-sxm"}] * gpus
     path = tmp / "eight.yaml"
@@ -75,7 +78,7 @@ def _node(tmp: Path, gpus: int) -> tuple[Simulation, NodeAgent, SimNode]:
     node.pods = [p for p in (pod_from_manifest(m) for m in manifests) if p is not None]
     agent.set_pods(node.pods)
     spec = {
-        "controlIntervalMs": int(TICK_S * 1000),
+        "controlIntervalMs": control_interval_ms,
         "gpuAnnotations": {"trustedNamespaces": ["omni"]},  # 8 pods named by annotation
     }
     agent.set_policy(PolicyRef("soak", EnergyPolicySpec.model_validate(spec), 1))
@@ -94,7 +97,7 @@ def soak(
     process = psutil.Process()
     out: list[Checkpoint] = []
     with tempfile.TemporaryDirectory() as tmp:
-        sim, agent, node = _node(Path(tmp), gpus)
+        sim, agent, node = gpu_node(Path(tmp), gpus, int(TICK_S * 1000))
         registry = build_registry(agent)
         reporter = Reporter(agent)
         step_s = 3600.0 / checkpoints_per_hour

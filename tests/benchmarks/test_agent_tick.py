@@ -6,7 +6,7 @@ targets: reported, never asserted, because timings flake on a loaded machine.
 Print them with::
 
     .venv/bin/pytest tests/benchmarks/test_agent_tick.py -s --benchmark-enable
-    .venv/bin/python tests/benchmarks/test_agent_tick.py
+    .venv/bin/python -m tests.benchmarks.test_agent_tick
 """
 
 from __future__ import annotations
@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
 
-from triserve.api.models import EnergyPolicySpec
-from triserve.node_agent.agent import NodeAgent, PolicyRef
-from triserve.node_agent.safety import StateFile
-from triserve.node_agent.stages import pod_from_manifest
-from triserve.sim import Simulation, load_scenario
+from triserve.node_agent.agent import NodeAgent
+from triserve.sim import Simulation
 from triserve.simnode.node import SimNode
+
+from .soak import gpu_node
 
 GPUS = 8
 INTERVAL_S = 0.05
@@ -33,24 +31,7 @@ REFERENCE = Path(__file__).resolve().parents[2] / "examples" / "scenarios" / "re
 
 def eight_gpu_node(tmp: Path) -> tuple[Simulation, NodeAgent, SimNode]:
     """The reference pipeline on an 8-GPU node, with a stage pod on every GPU."""
-    scenario = yaml.safe_load(REFERENCE.read_text())
-    scenario["gpus"] = [{"profile": "h100-sxm"}] * GPUS
-    path = tmp / "eight.yaml"
-    path.write_text(yaml.safe_dump(scenario))
-    sim = Simulation(load_scenario(str(path)), seed=0)
-    agent = NodeAgent(sim.backend, "bench-node", StateFile(tmp / "state.json"))
-    node = SimNode(sim, agent, scrape_interval_s=0.5)
-    manifests: list[dict[str, Any]] = []
-    stages = [p.stage for p in sim.placements]
-    for gpu in range(GPUS):
-        m = node.manifests()[gpu % len(stages)]
-        m["metadata"]["name"] = f"{m['metadata']['name']}-g{gpu}"
-        m["metadata"]["annotations"]["triserve.io/gpus"] = str(gpu)
-        manifests.append(m)
-    node.pods = [p for p in (pod_from_manifest(m) for m in manifests) if p is not None]
-    agent.set_pods(node.pods)
-    trust = {"gpuAnnotations": {"trustedNamespaces": ["omni"]}}  # 8 pods named by annotation
-    agent.set_policy(PolicyRef("bench", EnergyPolicySpec.model_validate(trust), 1))
+    sim, agent, node = gpu_node(tmp, GPUS, int(INTERVAL_S * 1000))
     sim.run_until(30.0, on_tick=node.on_tick, tick_s=INTERVAL_S)  # warm: loops built, locks on
     return sim, agent, node
 

@@ -20,7 +20,7 @@ from triserve.api.models import EnergyPolicySpec
 from triserve.control.decisions import Reason
 from triserve.node_agent.agent import NodeAgent, PolicyRef
 from triserve.node_agent.safety import StateFile
-from triserve.node_agent.scraping import Scrapers
+from triserve.node_agent.scraping import ScrapeLimits, Scrapers
 from triserve.node_agent.stages import ServingPod
 from triserve.simnode import open_simulation
 
@@ -84,7 +84,9 @@ async def test_a_disaggregated_decode_worker_runs_at_its_ridge_not_at_boost(
             ]
         )
         async with httpx.AsyncClient() as client:
-            scrapers = Scrapers(agent, client, clock=lambda: now_s)
+            # Two rounds back to back, both scraping the pod (no spacing by cost).
+            limits = ScrapeLimits(cost_spacing=0.0)
+            scrapers = Scrapers(agent, client, clock=lambda: now_s, limits=limits)
             try:
                 now_s = 1.0
                 await scrapers.scrape_once()
