@@ -79,6 +79,12 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ("--points", "2 or more"),
     ),
     "operator log level": (["operator", "--log-level", "loud"], ("--log-level",)),
+    "bench absurd seed count": (["bench", "--seeds", "100000000000"], ("--seeds", "at most")),
+    "crds unwritable out": (["crds", "--out", "/proc/x"], ("--out", "/proc/x", "writable")),
+    "agent policy checked before NVML": (
+        ["agent", "--standalone", "--policy", "/nonexistent/policy.yaml"],
+        ("/nonexistent/policy.yaml",),
+    ),
 }
 
 

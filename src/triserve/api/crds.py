@@ -273,8 +273,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             stale.append(path.name)
             sys.stdout.writelines(diff)
         else:
-            out.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+            except OSError as exc:
+                print(
+                    f"triserve crds: cannot write {path} ({exc.strerror or exc}); "
+                    "give --out a writable directory",
+                    file=sys.stderr,
+                )
+                return 2
             print(f"wrote {path}")
     if stale:
         print(

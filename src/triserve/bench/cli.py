@@ -26,6 +26,9 @@ from triserve.bench.search import SearchOutcome
 from triserve.bench.seeds import aggregate, aggregate_table
 from triserve.sim import Scenario, ScenarioError, load_scenario
 
+#: Most seeds one run may ask for: every seed runs every row (1,000 is days of CPU already).
+MAX_SEEDS = 1000
+
 #: Length of the per-GPU timeline plotted with ``--plots``, in seconds after warm-up.
 TIMELINE_S = 30.0
 
@@ -64,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="first simulation seed (same for every row)")
     p.add_argument(
         "--seeds",
-        type=cliargs.positive_int,
+        type=cliargs.count_at_most(MAX_SEEDS),
         default=1,
         help="run seeds SEED..SEED+N-1 and add each row's mean and range over them",
     )

@@ -209,6 +209,8 @@ def options_from_args(args: argparse.Namespace, open_sim: OpenSim | None = None)
     """Turn parsed flags into `AgentOptions` (raises PolicyError, ValueError)."""
     node_driver = None
     sim_host = None
+    # The policy file first: a bad one must say so, not what NVML thinks of this machine.
+    policy = load_policy(args.policy) if args.standalone else None
     node_name = args.node_name or os.environ.get("NODE_NAME")
     if not node_name and not args.standalone:
         raise ValueError("NODE_NAME is not set: give it from the downward API or --node-name")
@@ -232,7 +234,7 @@ def options_from_args(args: argparse.Namespace, open_sim: OpenSim | None = None)
         if args.health_port is None
         else args.health_port,
         metrics_host=args.metrics_host or os.environ.get("POD_IP") or "0.0.0.0",
-        policy=load_policy(args.policy) if args.standalone else None,
+        policy=policy,
         standalone=args.standalone,
         backend=backend,
         node_driver=node_driver,
