@@ -103,9 +103,12 @@ def test_hints_value_mounts_the_socket_directory_and_switches_the_hint_server_on
     (agent,) = off["containers"]
     assert not any(a.startswith("--hints-socket") for a in agent["args"])
     assert "hints" not in {v["name"] for v in off["volumes"]}
+    assert "hostPID" not in off
     on = one(render(tmp_path / "on", VARIANTS["hints"]), "DaemonSet", "agent")["spec"]["template"]
     (agent,) = on["spec"]["containers"]
     assert "--hints-socket=/run/triserve-hints/hints.sock" in agent["args"]
+    # Without the host's PIDs the hint server cannot tell pods apart and refuses every sender.
+    assert on["spec"]["hostPID"] is True
     (mount,) = [m for m in agent["volumeMounts"] if m["name"] == "hints"]
     assert mount["mountPath"] == "/run/triserve-hints"
     (volume,) = [v for v in on["spec"]["volumes"] if v["name"] == "hints"]
