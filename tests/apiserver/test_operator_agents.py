@@ -33,6 +33,7 @@ from tests.apiserver.conftest import (
 )
 from tests.apiserver.controlplane import ControlPlane
 from tests.support.eventually import eventually_sync
+from triserve.api.annotations import POLICY_LABEL
 
 RELEASE, NS = "triserve", "triserve-system"
 AGENT_SA, OPERATOR_SA = "triserve-agent", "triserve-operator"
@@ -273,6 +274,37 @@ def test_an_agent_cannot_write_another_nodes_report(fleet: Fleet) -> None:
     # Its own report, it may write (what the agent does every report interval).
     own = fleet.report("gpu-a")["status"]
     assert patch_report_status(fleet.kubeconfigs["gpu-a"], "gpu-a", {"phase": own["phase"]}) == ""
+
+
+def patch_node_as(kubeconfig: Path, node: str, patch: dict[str, Any]) -> str:
+    """Patch a Node with these credentials as a server-side dry run; the error text, '' if none."""
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    try:
+        client.CoreV1Api(api).patch_node(node, patch, dry_run="All")
+    except client.ApiException as exc:
+        return f"{exc.status} {exc.body}"
+    finally:
+        api.close()
+    return ""
+
+
+def test_the_operator_may_change_only_the_policy_label_of_a_node(fleet: Fleet) -> None:
+    operator = fleet.tmp / "operator.kubeconfig"
+    only = "the triserve operator may change only the triserve.io/policy label of a Node"
+    other_label = {"metadata": {"labels": {"team": "x"}}}
+    # The API server loads admission policies asynchronously: poll until this one refuses.
+    eventually_sync(
+        lambda: only in patch_node_as(operator, "gpu-a", other_label),
+        "the operator's node admission policy to refuse another label",
+        30,
+    )
+    assert only in patch_node_as(operator, "gpu-a", {"spec": {"unschedulable": True}})
+    assert only in patch_node_as(operator, "gpu-a", {"metadata": {"annotations": {"a": "b"}}})
+    # The label it owns, it may change (what placement does), and the admin may do anything.
+    assert patch_node_as(operator, "gpu-a", {"metadata": {"labels": {POLICY_LABEL: "x"}}}) == ""
+    assert patch_node_as(fleet.plane.admin_kubeconfig, "gpu-a", other_label) == ""
 
 
 def test_idle_agents_watch_instead_of_listing_again(fleet: Fleet) -> None:

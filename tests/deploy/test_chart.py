@@ -429,10 +429,12 @@ def test_a_render_without_admission_policies_fails_instead_of_dropping_the_repor
     argv = [tool("helm"), "template", "t", str(CHART), "--namespace", "triserve-system"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0
-    assert "agent.reportAdmission" in proc.stderr and "--api-versions" in proc.stderr
+    assert "Admission=Require" in proc.stderr and "--api-versions" in proc.stderr
     (tmp_path / "on").mkdir()
     (tmp_path / "off").mkdir()
     guarded = render(tmp_path / "on", {})
-    assert [o["kind"] for o in guarded].count("ValidatingAdmissionPolicy") == 1
-    off = render(tmp_path / "off", {"agent": {"reportAdmission": "Off"}}, cluster_apis=False)
+    policies = {o["metadata"]["name"] for o in guarded if o["kind"] == "ValidatingAdmissionPolicy"}
+    assert policies == {"triserve-agent-own-report", "triserve-operator-node-label-only"}
+    off_values = {"agent": {"reportAdmission": "Off"}, "operator": {"nodeAdmission": "Off"}}
+    off = render(tmp_path / "off", off_values, cluster_apis=False)
     assert "ValidatingAdmissionPolicy" not in {o["kind"] for o in off}
