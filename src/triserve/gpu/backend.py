@@ -142,6 +142,15 @@ class GpuSample:
 class GpuBackend(Protocol):
     """Everything triserve reads from and sets on a GPU. Indices are node-local (0..n-1)."""
 
+    @property
+    def reads_locks(self) -> bool:
+        """True when `locked_sm_clocks_mhz` reads the device, False when it only recalls.
+
+        NVML has no getter for locked clocks: its backend recalls what it set, so a restore
+        cross-checks what the device does show (`triserve.node_agent.restore.clock_read_back`).
+        """
+        ...
+
     def device_count(self) -> int:
         """Number of GPUs this backend manages."""
         ...

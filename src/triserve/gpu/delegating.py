@@ -26,6 +26,11 @@ class DelegatingBackend:
         """Wrap `inner` (the backend that talks to the device)."""
         self.inner = inner
 
+    @property
+    def reads_locks(self) -> bool:
+        """Whether `inner` reads locked clocks from the device (`GpuBackend.reads_locks`)."""
+        return self.inner.reads_locks
+
     def device_count(self) -> int:
         """Number of GPUs (`GpuBackend.device_count`)."""
         return self.inner.device_count()

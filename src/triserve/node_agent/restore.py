@@ -103,7 +103,7 @@ def restore_gpu(
         lock = backend.locked_sm_clocks_mhz(index)
         if lock is not None:
             problems.append(f"SM clocks still locked at {lock[0]}-{lock[1]} MHz")
-        elif not problems and not getattr(backend, "reads_locks", True):
+        elif not problems and not backend.reads_locks:
             clocks = clock_read_back(backend, index, lock_mhz)
             if clocks is not None:
                 problems.append(clocks)

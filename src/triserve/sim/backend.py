@@ -113,6 +113,9 @@ class SimulatedGpus(Protocol):
 class SimBackend:
     """A GpuBackend whose GPUs are the simulation's `GpuModel`s (indices 0..n-1)."""
 
+    #: The simulated GPU's lock is state the backend reads, as a driver with a getter would.
+    reads_locks = True
+
     def __init__(self, sim: SimulatedGpus, *, privileged: bool = True, host_seed: int = 0) -> None:
         self._sim = sim
         self.privileged = privileged

@@ -75,6 +75,16 @@ def test_lock_is_remembered_until_reset(fake: mock.MagicMock) -> None:
     assert backend.locked_sm_clocks_mhz(0) is None
 
 
+def test_a_wrapper_over_nvml_still_says_it_cannot_read_locks_back(fake: mock.MagicMock) -> None:
+    # The agent's guard and any other wrapper must not hide that NVML only recalls its locks:
+    # restores on NVML cross-check the clock instead (`restore.clock_read_back`).
+    from triserve.gpu.delegating import DelegatingBackend
+
+    backend = nvml_mod.NvmlBackend()
+    assert backend.reads_locks is False
+    assert DelegatingBackend(DelegatingBackend(backend)).reads_locks is False
+
+
 def _fv(value: float, ret: int = pynvml.NVML_SUCCESS) -> mock.Mock:
     v = mock.Mock()
     v.nvmlReturn = ret
