@@ -74,11 +74,6 @@ class TickResult:
         reasons = self.sample.clock_event_reasons
         return reasons.is_thermal or reasons.is_power
 
-    @property
-    def thermal(self) -> bool:
-        """True when a thermal slowdown was active over the period."""
-        return self.sample.clock_event_reasons.is_thermal
-
 
 #: Whether a baseline probe would help now: (this tick's sample, its stages) -> bool.
 ProbeWanted = Callable[[GpuSample, Sequence[StageObservation]], bool]

@@ -107,6 +107,10 @@ class GpuRuntime:
         self._at_default = True
         self.default_ticks = 0
 
+    def reidentify(self, identity: GpuIdentity) -> None:
+        """The GPU answered with a changed identity (its MIG mode switched)."""
+        self.identity = identity
+
     def place(self, placements: list[Placement]) -> None:
         """The serving pods the mapping puts on this GPU now."""
         self.placements = placements

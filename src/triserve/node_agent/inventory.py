@@ -116,7 +116,7 @@ class GpuInventory:
                 )
             elif identity.mig_enabled != gpu.identity.mig_enabled:
                 log.warning("GPU %d: MIG mode now %s", gpu.index, identity.mig_enabled)
-                gpu.identity = identity
+                gpu.reidentify(identity)
                 found.changed.append(gpu)
         for index in range(max(gpus, default=-1) + 1, count):
             gpu = GpuRuntime(identity=identity_of(self.backend, index), probe=self.probe)

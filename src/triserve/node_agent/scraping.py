@@ -223,7 +223,7 @@ class Scrapers:
         self.parser.close()
 
     async def dcgm_done(self) -> None:
-        """Wait for the dcgm scrape in flight, if any (tests and shutdown)."""
+        """Wait for the dcgm scrape in flight, if any (it runs beside the rounds, unawaited)."""
         if self._dcgm_task is not None:
             await asyncio.gather(self._dcgm_task, return_exceptions=True)
 
