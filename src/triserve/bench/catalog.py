@@ -18,6 +18,7 @@ from functools import partial
 
 from triserve.bench.lookahead import lookahead_factory
 from triserve.bench.optimum import search_optimum
+from triserve.bench.results import BEST_ALTERNATIVE_ROWS
 from triserve.bench.runner import RunOutput, StrategySpec
 from triserve.bench.search import Plan, SearchOutcome, coordinate_search
 from triserve.control import (
@@ -36,6 +37,8 @@ from triserve.telemetry import ServingSnapshot
 
 STRATEGIES: tuple[str, ...] = (
     "default",
+    "perf-boost-off",
+    "pstated",
     "static-best",
     "power-cap-best",
     "slo-dvfs",
@@ -50,11 +53,21 @@ STRATEGIES: tuple[str, ...] = (
     "tri-serve-hints",
     "tri-serve-P",
     "tri-serve-hints-P",
+    "tri-serve+perf-boost-off",
     "lookahead",
     "optimum",
 )
 #: Rows found by an offline search relative to the default row of the same seed.
 SEARCHED: tuple[str, ...] = ("static-best", "power-cap-best", "optimum")
+#: What users run instead of a controller, each from its own documentation: the node
+#: overrides that model it (`StrategySpec.node`), under the driver's default control.
+ALTERNATIVES: dict[str, tuple[tuple[str, object], ...]] = {
+    # CUDA_DISABLE_PERF_BOOST=1 (driver 580 series) in every serving engine.
+    "perf-boost-off": (("pmu.perf_boost", False),),
+    # nvidia-pstated with its defaults (100 ms polls, 30 idle polls before P8).
+    "pstated": (("pmu.pstated", {}),),
+}
+assert set(ALTERNATIVES) <= set(BEST_ALTERNATIVE_ROWS)
 #: Static clocks tried per GPU, as fractions of its boost clock (1.0 = default's clock).
 STATIC_FRACTIONS: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 #: Power limits tried per GPU, as fractions of its default power limit.
@@ -169,6 +182,17 @@ def spec_for(name: str, settings: ControlSettings | None = None) -> StrategySpec
     tri = settings or ControlSettings()
     if name == "default":
         return StrategySpec(name, ControlSettings(strategy=StrategyKind.DEFAULT))
+    if name in ALTERNATIVES:
+        node = ALTERNATIVES[name]
+        label = "CUDA_DISABLE_PERF_BOOST=1" if name == "perf-boost-off" else "nvidia-pstated"
+        return StrategySpec(name, ControlSettings(strategy=StrategyKind.DEFAULT), label, node=node)
+    if name == "tri-serve+perf-boost-off":
+        return StrategySpec(
+            name,
+            tri,
+            "Tri-serve, engines with CUDA_DISABLE_PERF_BOOST=1",
+            node=ALTERNATIVES["perf-boost-off"],
+        )
     if name == "slo-dvfs":
         return StrategySpec(name, ControlSettings(strategy=StrategyKind.SLO_DVFS))
     if name == "phase-dvfs":

@@ -24,7 +24,7 @@ from triserve.bench.results import StrategyResult, markdown_table, with_gains, w
 from triserve.bench.runner import RunOutput, run_strategy
 from triserve.bench.search import SearchOutcome
 from triserve.bench.seeds import aggregate, aggregate_table
-from triserve.sim import Scenario, ScenarioError, load_scenario
+from triserve.sim import Scenario, ScenarioError, load_scenario, with_overrides
 
 #: Most seeds one run may ask for: every seed runs every row (1,000 is days of CPU already).
 MAX_SEEDS = 1000
@@ -75,7 +75,15 @@ def _parser() -> argparse.ArgumentParser:
         "--idle-hold-s",
         default=None,
         help="comma-separated PMU boost holds in seconds (e.g. 0.25,1.5,10): one block each, "
-        "overriding the scenario's pmu.idle_hold_s (default: the scenario's)",
+        "overriding the scenario's pmu.idle_hold_s, the hold before an idle GPU drops its "
+        "clock where perf boost is off (default: the scenario's)",
+    )
+    p.add_argument(
+        "--parked-share",
+        default=None,
+        help="comma-separated shares (0 to about 0.6) of the context's idle premium that a GPU "
+        "locked at a low clock keeps (pmu.parked_share, not published): one block each "
+        "(default: the scenario's)",
     )
     p.add_argument(
         "--duration-s",
@@ -198,10 +206,27 @@ def _holds(raw: str | None) -> list[float | None]:
     return list(holds)
 
 
-def with_idle_hold(scenario: Scenario, hold_s: float) -> Scenario:
-    """`scenario` with the PMU's boost hold after going idle set to `hold_s`."""
-    pmu = scenario.pmu.model_copy(update={"idle_hold_s": hold_s})
-    return scenario.model_copy(update={"pmu": pmu})
+def _shares(raw: str | None) -> list[float | None]:
+    if raw is None:
+        return [None]
+    try:
+        shares = [float(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        msg = f"--parked-share: {raw!r} is not a comma-separated list of shares, e.g. 0,0.35,0.6"
+        raise ValueError(msg) from None
+    if not shares or any(not 0 <= x <= 1 for x in shares):
+        raise ValueError("--parked-share needs one or more shares from 0 to 1, e.g. 0,0.35,0.6")
+    return list(shares)
+
+
+def with_pmu(scenario: Scenario, hold_s: float | None, parked_share: float | None) -> Scenario:
+    """`scenario` with the PMU's idle hold and parked share replaced where given."""
+    overrides: dict[str, Any] = {}
+    if hold_s is not None:
+        overrides["pmu.idle_hold_s"] = hold_s
+    if parked_share is not None:
+        overrides["pmu.parked_share"] = parked_share
+    return with_overrides(scenario, overrides) if overrides else scenario
 
 
 def run_block(
@@ -212,7 +237,8 @@ def run_block(
     plots: Path | None,
 ) -> dict[str, Any]:
     """Every seed of one scenario variant: print its tables, return its JSON document."""
-    title = f"{scenario.name} (idle hold {scenario.pmu.idle_hold_s:g} s)"
+    pmu = scenario.pmu
+    title = f"{scenario.name} (parked share {pmu.parked_share:g}, idle hold {pmu.idle_hold_s:g} s)"
     per_seed: list[dict[str, Any]] = []
     rows_by_seed: list[list[StrategyResult]] = []
     for seed in seeds:
@@ -245,6 +271,7 @@ def run_block(
     return {
         "scenario": scenario.name,
         "idle_hold_s": scenario.pmu.idle_hold_s,
+        "parked_share": scenario.pmu.parked_share,
         "seeds": list(seeds),
         "results": per_seed[0]["results"],
         "per_seed": per_seed,
@@ -304,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         names = _selected(args.strategies)
         holds = _holds(args.idle_hold_s)
+        shares = _shares(args.parked_share)
         scenarios = [load_scenario(s) for s in (args.scenario or ["reference"])]
         _check_outputs(args)
     except (ValueError, ScenarioError, cliargs.UserError) as exc:
@@ -330,9 +358,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     docs = []
     with pool:
         for scenario in scenarios:
-            for hold in holds:
-                variant = scenario if hold is None else with_idle_hold(scenario, hold)
-                docs.append(run_block(variant, names, seeds, pool, args.plots))
+            for share in shares:
+                for hold in holds:
+                    try:
+                        variant = with_pmu(scenario, hold, share)
+                    except ScenarioError as exc:
+                        return cliargs.fail("triserve bench", " ".join(str(exc).split()))
+                    docs.append(run_block(variant, names, seeds, pool, args.plots))
     if args.json is not None:
         write_json(args.json, docs)
     return 0

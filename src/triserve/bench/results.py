@@ -15,6 +15,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+#: The rows that stand for what a user could run instead of Tri-serve (`triserve.bench.
+#: catalog`): a results table compares every row with the best of those present, per seed.
+BEST_ALTERNATIVE_ROWS: tuple[str, ...] = (
+    "perf-boost-off",
+    "pstated",
+    "static-best",
+    "power-cap-best",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class StrategyResult:

@@ -18,7 +18,7 @@ from triserve.bench.plots import Timeline
 from triserve.bench.results import StrategyResult
 from triserve.control import ControlLoop, ControlSettings, Strategy
 from triserve.gpu.backend import GpuBackend
-from triserve.sim import Scenario, Simulation
+from triserve.sim import Scenario, Simulation, with_overrides
 from triserve.simnode import AgentRun, run_agent
 
 #: Builds the strategy of one GPU: (simulation, gpu index, settings) -> strategy.
@@ -30,6 +30,9 @@ class StrategySpec:
     """One bench row: a name, loop settings and how to build each GPU's strategy.
 
     `hints` True: the simulated serving engines send stage hints (`triserve.hints`).
+    `node` changes what the node runs beside the agent, as scenario overrides by dotted path
+    (`triserve.sim.with_overrides`): ``{"pmu.perf_boost": False}`` is every engine started
+    with ``CUDA_DISABLE_PERF_BOOST=1``; ``{"pmu.pstated": {}}`` a P-state daemon.
     """
 
     name: str
@@ -37,6 +40,7 @@ class StrategySpec:
     setting: str = ""
     factory: StrategyFactory | None = None
     hints: bool = False
+    node: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(slots=True)
@@ -56,6 +60,8 @@ def run_strategy(
     """Simulate `scenario` under `spec` through the node agent; measure after the warm-up."""
     started = time.perf_counter()
     settings = spec.settings
+    if spec.node:
+        scenario = with_overrides(scenario, dict(spec.node))
 
     def make_loop(
         sim: Simulation, backend: GpuBackend, index: int, asked: ControlSettings

@@ -121,7 +121,8 @@ def _profiles() -> list[str]:
         "[calibration.md](calibration.md)).",
         "",
         "| profile | GPU | SM clock MHz (min-max, step) | memory clock MHz | power limit W "
-        "(min / default / max) | idle W | memory bandwidth TB/s | dense BF16 TFLOPS | "
+        "(min / default / max) | idle W (bare / with a context) | "
+        "memory bandwidth TB/s | dense BF16 TFLOPS | "
         "slowdown / shutdown °C |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -129,7 +130,7 @@ def _profiles() -> list[str]:
         lines.append(
             f"| `{key}` | {p.name} | {p.min_clock_mhz}-{p.max_clock_mhz}, {p.step_mhz} | "
             f"{p.mem_clock_mhz} | {p.power_limit_min_w:g} / {p.power_limit_default_w:g} / "
-            f"{p.power_limit_max_w:g} | {p.idle_power_w:g} | "
+            f"{p.power_limit_max_w:g} | {p.bare_idle_w:g} / {p.context_idle_w:.1f} | "
             f"{p.mem_bandwidth_bytes_per_s / 1e12:.2f} | {p.peak_bf16_flops_per_s / 1e12:.0f} | "
             f"{p.slowdown_c:g} / {p.shutdown_c:g} |"
         )

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from triserve.bench.results import StrategyResult, delta_pct
+from triserve.bench.results import BEST_ALTERNATIVE_ROWS, StrategyResult, delta_pct
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +37,9 @@ class Spread:
 class RowAggregate:
     """One row over seeds: efficiency gain, latency and throughput changes, share of optimum.
 
-    `share_of_optimum_pct` is None when some seed had no usable optimum row.
+    `share_of_optimum_pct` is None when some seed had no usable optimum row;
+    `vs_best_alternative_pct` (tokens per joule versus the most efficient of the
+    `BEST_ALTERNATIVE_ROWS` on the same seed) None when a seed ran none of them.
     """
 
     strategy: str
@@ -47,6 +49,7 @@ class RowAggregate:
     d_p99_ttft_pct: Spread
     d_throughput_pct: Spread
     share_of_optimum_pct: Spread | None
+    vs_best_alternative_pct: Spread | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; each spread is ``{"mean", "min", "max"}``."""
@@ -61,14 +64,21 @@ def aggregate(per_seed: Sequence[Sequence[StrategyResult]]) -> list[RowAggregate
     if not per_seed:
         raise ValueError("aggregate needs at least one seed's results")
     out = []
+    best_alt: list[float | None] = []
+    for rows in per_seed:
+        alts = [r.tokens_per_j for r in rows if r.strategy in BEST_ALTERNATIVE_ROWS]
+        best_alt.append(max(alts) if alts else None)
     for name in [r.strategy for r in per_seed[0]]:
         pairs = []
-        for rows in per_seed:
+        vs_alt: list[float | None] = []
+        for rows, alt in zip(per_seed, best_alt, strict=True):
             by_name = {r.strategy: r for r in rows}
             if "default" not in by_name:
                 raise ValueError("every seed's results need a default row")
             if name in by_name:
                 pairs.append((by_name[name], by_name["default"]))
+                mine = by_name[name].tokens_per_j
+                vs_alt.append(None if not alt else 100.0 * (mine / alt - 1.0))
 
         def spread(fn: Callable[[StrategyResult, StrategyResult], float]) -> Spread:
             return Spread.of([fn(r, d) for r, d in pairs])  # noqa: B023
@@ -87,6 +97,11 @@ def aggregate(per_seed: Sequence[Sequence[StrategyResult]]) -> list[RowAggregate
                     if any(s is None for s in shares)
                     else Spread.of([s for s in shares if s is not None])
                 ),
+                vs_best_alternative_pct=(
+                    None
+                    if any(v is None for v in vs_alt)
+                    else Spread.of([v for v in vs_alt if v is not None])
+                ),
             )
         )
     return out
@@ -98,13 +113,16 @@ def aggregate_table(title: str, rows: Sequence[RowAggregate]) -> str:
     lines = [
         f"### {title}: mean [min, max] over {n} seeds",
         "",
-        "| strategy | eff. vs default | Δp99 e2e | Δp99 TTFT | Δthroughput | share of optimum |",
-        "|---|---|---|---|---|---|",
+        "| strategy | eff. vs default | eff. vs best alternative | Δp99 e2e | Δp99 TTFT "
+        "| Δthroughput | share of optimum |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         share = "-" if r.share_of_optimum_pct is None else r.share_of_optimum_pct.text(".0f")
+        alt = "-" if r.vs_best_alternative_pct is None else r.vs_best_alternative_pct.text()
         lines.append(
-            f"| {r.strategy} | {r.efficiency_gain_pct.text()} | {r.d_p99_e2e_pct.text('+.2f')} "
-            f"| {r.d_p99_ttft_pct.text('+.2f')} | {r.d_throughput_pct.text('+.2f')} | {share} |"
+            f"| {r.strategy} | {r.efficiency_gain_pct.text()} | {alt} "
+            f"| {r.d_p99_e2e_pct.text('+.2f')} | {r.d_p99_ttft_pct.text('+.2f')} "
+            f"| {r.d_throughput_pct.text('+.2f')} | {share} |"
         )
     return "\n".join(lines)

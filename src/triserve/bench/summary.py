@@ -51,12 +51,19 @@ def _results(seed_doc: dict[str, Any]) -> list[StrategyResult]:
     ]
 
 
+def _pmu(block: dict[str, Any]) -> str:
+    """The block's PMU variant: parked share and the hold that applies without boost."""
+    parked = block.get("parked_share")
+    hold = f"hold {block['idle_hold_s']:g} s"
+    return hold if parked is None else f"parked {parked:g}, {hold}"
+
+
 def summary_table(blocks: Sequence[dict[str, Any]]) -> str:
     """Markdown: a row per block and strategy, default rows left out."""
     lines = [
-        "| scenario | boost hold | strategy | seeds | eff. vs default | Δp99 e2e | Δp99 TTFT "
-        "| Δthroughput | guard trips | share of optimum |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | PMU | strategy | seeds | eff. vs default | eff. vs best alternative "
+        "| Δp99 e2e | Δp99 TTFT | Δthroughput | guard trips | share of optimum |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for block in blocks:
         per_seed = [_results(s) for s in block["per_seed"]]
@@ -68,9 +75,11 @@ def summary_table(blocks: Sequence[dict[str, Any]]) -> str:
             if row.strategy == "default":
                 continue
             share = row.share_of_optimum_pct
+            alt = row.vs_best_alternative_pct
             lines.append(
-                f"| {block['scenario']} | {block['idle_hold_s']:g} s | {row.strategy} "
+                f"| {block['scenario']} | {_pmu(block)} | {row.strategy} "
                 f"| {row.seeds} | {row.efficiency_gain_pct.text()} "
+                f"| {'-' if alt is None else alt.text()} "
                 f"| {row.d_p99_e2e_pct.text('+.2f')} | {row.d_p99_ttft_pct.text('+.2f')} "
                 f"| {row.d_throughput_pct.text('+.2f')} | {trips.get(row.strategy, 0)} "
                 f"| {'-' if share is None else share.text('.0f')} |"

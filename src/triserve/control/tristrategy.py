@@ -6,10 +6,12 @@ One `TriServeStrategy` runs per GPU inside a `ControlLoop`. Each tick it asks, i
    default-clock windows? hand the clock back to the PMU (reason ``slo-guard``);
 2. D — are all the GPU's stages idle, waiting on upstream work, with no hand-off imminent?
    cut the clock to the stall clock (reason ``stall``); once it is down, *park*: drop the
-   lock, because an idle GPU's PMU keeps the low clock it has, and without a lock it boosts
-   the moment work arrives instead of a tick later (work or an upstream hand-off also
-   restores boost explicitly). That the PMU stays low after an unlock while idle is what
-   the simulator models; on real GPUs it is one of the behaviours the NVML checks measure;
+   lock, where the idle GPU's driver keeps the low clock it has, so that without a lock it
+   boosts the moment work arrives instead of a tick later (work or an upstream hand-off
+   also restores boost explicitly). A driver that holds its boost state for a resident
+   CUDA context (the default, arXiv 2605.23918) climbs back to boost once unlocked: the
+   strategy sees the clock return while still stalled and from then on keeps the stall
+   lock until work arrives, paying up to a tick at the stall clock on the next phase;
 3. A — memory-bound phase? lock its ridge clock (``ridge``), from a measured profile, the
    online ridge search or a counter estimate (`triserve.control.intensity`; the decision's
    `source` says which); compute-bound? full boost (``compute``);
@@ -53,6 +55,10 @@ class TriServeStrategy:
         self.thermal = ThermalGovernor(settings.thermal_headroom_c)
         self.guard = SloGuard(settings.max_latency_increase_pct) if settings.slo_guard else None
         self.pipeline = PipelineGovernor(settings) if settings.pipeline_enabled else None
+        # Parking released the lock on the last tick; the driver was seen to boost an idle,
+        # unlocked GPU (learned once, from the clock climbing back during a stall).
+        self._parked = False
+        self._idle_boosts = False
 
     def decide(self, ctx: TickContext) -> Decision:
         """Choose this tick's clock ceiling and say why."""
@@ -97,17 +103,35 @@ class TriServeStrategy:
         s = self.settings
         sig = ctx.signals
         phases = self.phases.update(ctx.sample, ctx.stages, ctx.now_s)
+        parked, self._parked = self._parked, False
         if s.stalls_enabled and sig.stalled:
             if sig.work_imminent:
                 return Decision(None, Reason.DEFAULT, "upstream just handed off: pre-warming")
             low = self._stall_clock(ctx)
             why = "upstream working" if sig.upstream_active else "no upstream work either"
-            if ctx.sample.sm_clock_mhz <= low:
+            if parked and ctx.sample.sm_clock_mhz > low:
+                self._idle_boosts = True
+            if ctx.sample.sm_clock_mhz <= low and not self._idle_boosts:
+                self._parked = True
                 return Decision(
                     None,
                     Reason.STALL,
                     f"all stages idle ({why}): clock down at {low} MHz, lock released so the "
                     "GPU boosts the moment work arrives (parked)",
+                )
+            if self._idle_boosts and not sig.upstream_active:
+                return Decision(
+                    None,
+                    Reason.STALL,
+                    "all stages idle, no upstream work either: left to the driver, so the next "
+                    "request starts at boost (a held lock would cost it up to a tick)",
+                )
+            if self._idle_boosts:
+                return Decision(
+                    low,
+                    Reason.STALL,
+                    f"all stages idle ({why}): holding {low} MHz (this GPU's driver boosts "
+                    "an idle GPU once unlocked, so the lock stays until work arrives)",
                 )
             return Decision(low, Reason.STALL, f"all stages idle ({why}): holding {low} MHz")
         if s.intensity_enabled and sig.busy:

@@ -166,14 +166,15 @@ class ArEngine(_Engine):
         # Weight-streaming GEMVs spread over every SM at any batch, but the attention
         # kernels of one to three sequences launch fewer blocks than there are SMs.
         fill = d.sm_fill * (0.8 + 0.05 * min(batch, 4))
+        nbytes = d.weight_bytes + d.bytes_per_seq * batch
         return Kernel(
             d.flops_per_token * batch,
-            d.weight_bytes + d.bytes_per_seq * batch,
+            nbytes,
             d.efficiency,
             d.tensor_share,
             fill,
             d.occupancy,
-            d.clock_sensitive_share,
+            d.clock_share(batch),
         )
 
     def active(self) -> list[Job]:

@@ -12,12 +12,22 @@ Model (docs/calibration.md):
   ``t(f) = (1 - s)·roofline(f) + s·roofline(f_max)·f_max / f``: memory-bound decode costs a
   few percent of latency below and somewhat above the ridge, as measured on hardware;
 - power = static + leakage(V, T) + clock tree ∝ V²·f + dynamic ∝ activity·V²·f
-  + memory ∝ bandwidth used, V rising linearly above a knee clock;
+  + memory ∝ bandwidth used + the high performance state's fixed premium, V rising linearly
+  above a knee clock; static, clock tree and premium are solved by `fit_idle` from the
+  profile's published bare and context idle powers;
 - temperature follows ``C·dT/dt = P - (T - T_amb)/R``, solved in closed form per segment;
-- the PMU boosts to max clock when busy, holds the clock for `idle_hold_s` after going
-  idle, then drops to the idle clock; it cuts the clock to stay under the power limit and,
-  above the slowdown temperature, to the power the cooling can sustain;
+- the PMU boosts to max clock when busy. Idle with a CUDA context resident it holds the boost
+  state for as long as the context lives (arXiv 2605.23918); without a context, or with
+  ``CUDA_DISABLE_PERF_BOOST=1`` (``perf_boost=False``), it holds the clock for `idle_hold_s`
+  and then drops to the idle clock and the lowest performance state (bare idle power). It
+  cuts the clock to stay under the power limit and, above the slowdown temperature, to the
+  power the cooling can sustain;
 - a clock lock is a floor/ceiling on the PMU's choice; power and thermal still cut below it.
+  A GPU locked at a low clock stays in its high performance state: it keeps the share
+  `parked_share` of the context premium that does not scale with the SM clock (not
+  published; a scenario parameter, swept by the bench);
+- a forced low performance state (`force_low_pstate`, what nvidia-pstated sets) caps the
+  clock at the idle clock and draws bare-idle power until it is lifted, busy or not.
 Clock changes requested by the PMU or a lock take effect after `clock_change_latency_s`;
 power and thermal cuts are immediate. Activity counters (`triserve.sim.counters`) are
 integrated per segment and sampled at fixed collection boundaries.
@@ -37,7 +47,7 @@ from triserve.sim.counters import (
 )
 from triserve.sim.profiles import DeviceProfile
 
-__all__ = ["GpuModel", "Kernel", "OperatingPoint", "Phase"]
+__all__ = ["GpuModel", "IdleFit", "Kernel", "OperatingPoint", "Phase", "fit_idle"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +155,13 @@ def _operating_point(
         mem_tot_s += mem_s
         ideal_tensor_s += compute_s * k.tensor_share
         busy_compute_s = min(compute_s, t - clocked_s)
-        act_s += busy_compute_s * (base + (1.0 - base) * k.tensor_share) + clocked_s * base
+        # SMs that only issue loads and wait on memory draw less than computing ones.
+        stream_s = max(min(mem_s, t - clocked_s) - busy_compute_s, 0.0)
+        act_s += (
+            busy_compute_s * (base + (1.0 - base) * k.tensor_share)
+            + clocked_s * base
+            + stream_s * profile.dyn_stream_frac
+        )
         fill_s += t * k.sm_fill
         occ_s += t * k.sm_fill * k.occupancy
         tensor_flops += k.flops * k.tensor_share
@@ -178,6 +194,54 @@ def _operating_point(
 _IDLE_POINT = OperatingPoint(0.0, 0.0, 0.0, IDLE_COUNTERS, IDLE_COUNTERS)
 
 
+def _voltage(p: DeviceProfile, clock_mhz: float) -> float:
+    if clock_mhz <= p.v_knee_mhz:
+        return p.v_min
+    span = p.max_clock_mhz - p.v_knee_mhz
+    return p.v_min + (1.0 - p.v_min) * (clock_mhz - p.v_knee_mhz) / span
+
+
+def _leak_w(p: DeviceProfile, volts: float, temperature_c: float) -> float:
+    return p.leak_ref_w * volts * math.exp(p.leak_per_c * (temperature_c - 25.0))
+
+
+@dataclass(frozen=True, slots=True)
+class IdleFit:
+    """The idle power terms of one profile at one parked share (W): see `fit_idle`."""
+
+    static_w: float
+    clock_tree_w: float
+    p0_premium_w: float
+
+
+def fit_idle(p: DeviceProfile, parked_share: float) -> IdleFit:
+    """Static, clock-tree and fixed high-state power that reproduce the published idle powers.
+
+    Two published figures per profile (`bare_idle_w`: lowest performance state at the idle
+    clock; `context_idle_w`: boost state held at the max clock with a context resident),
+    each at its equilibrium temperature at 25 °C inlet. The context premium splits into a
+    part that scales with V²·f (the clock tree) and a fixed part that stays while the GPU is
+    in its high performance state at any SM clock: `parked_share` of the premium. Raises
+    ValueError naming ``pmu.parked_share`` when the leakage change alone leaves no room.
+    """
+    premium_w = p.context_idle_w - p.bare_idle_w
+    v_idle = _voltage(p, p.idle_clock_mhz)
+    g_idle = v_idle * v_idle * p.idle_clock_mhz / p.max_clock_mhz
+    t_bare_c = 25.0 + p.thermal_r_c_per_w * p.bare_idle_w
+    t_ctx_c = 25.0 + p.thermal_r_c_per_w * p.context_idle_w
+    leak_rise_w = _leak_w(p, 1.0, t_ctx_c) - _leak_w(p, v_idle, t_bare_c)
+    most = 1.0 - leak_rise_w / premium_w if premium_w > 0 else 0.0
+    if not 0.0 <= parked_share <= most + 1e-9:
+        raise ValueError(
+            f"pmu.parked_share {parked_share:g} is out of range for {p.key}: the fixed share "
+            f"of its {premium_w:.1f} W context premium must lie in [0, {max(most, 0.0):.2f}] "
+            "(the rest is leakage and clock-tree power that falls with the clock)"
+        )
+    clock_tree_w = ((1.0 - parked_share) * premium_w - leak_rise_w) / (1.0 - g_idle)
+    static_w = p.bare_idle_w - p.mem_idle_w - _leak_w(p, v_idle, t_bare_c) - clock_tree_w * g_idle
+    return IdleFit(static_w, max(clock_tree_w, 0.0), parked_share * premium_w)
+
+
 class GpuModel:
     """One simulated GPU: clock, power, temperature, energy and the PMU's decisions."""
 
@@ -191,15 +255,25 @@ class GpuModel:
         clock_change_latency_s: float = 0.02,
         initial_temperature_c: float | None = None,
         ideal_counters: bool = False,
+        context_resident: bool = True,
+        perf_boost: bool = True,
+        parked_share: float = 0.35,
     ) -> None:
         self.profile = profile
+        self.idle_fit = fit_idle(profile, parked_share)
+        # A serving engine keeps its CUDA context for its whole life; with perf boost on
+        # (the driver default) the idle GPU then holds its boost state indefinitely.
+        self.context_resident = context_resident
+        self.perf_boost = perf_boost
+        self.low_pstate = not (context_resident and perf_boost)
+        self.forced_low_pstate = False
         self.ambient_c = ambient_c
         self.r_c_per_w = profile.thermal_r_c_per_w * thermal_r_scale
         self.c_j_per_c = profile.thermal_c_j_per_c
         self.idle_hold_s = idle_hold_s
         self.clock_change_latency_s = clock_change_latency_s
         self.clocks_mhz = profile.supported_clocks_mhz
-        self.clock_mhz = profile.idle_clock_mhz
+        self.clock_mhz = profile.idle_clock_mhz if self.low_pstate else profile.max_clock_mhz
         self.power_limit_w = profile.power_limit_default_w
         self.lock: tuple[int, int] | None = None
         self.phase: Phase | None = None
@@ -230,25 +304,25 @@ class GpuModel:
     # ----------------------------------------------------------------- physics
     def voltage(self, clock_mhz: float) -> float:
         """Normalised core voltage (1.0 at max clock), flat below the knee."""
-        p = self.profile
-        if clock_mhz <= p.v_knee_mhz:
-            return p.v_min
-        span = p.max_clock_mhz - p.v_knee_mhz
-        return p.v_min + (1.0 - p.v_min) * (clock_mhz - p.v_knee_mhz) / span
+        return _voltage(self.profile, clock_mhz)
 
     def power_at(self, clock_mhz: int, phase: Phase | None, temperature_c: float) -> float:
-        """Board power in W at a clock, running `phase` (None = idle), at a temperature."""
+        """Board power in W at `clock_mhz` running `phase` (None = idle) at a temperature.
+
+        In the performance state the GPU is in now (`low_pstate`).
+        """
         p = self.profile
+        fit = self.idle_fit
         op = phase.at(p, clock_mhz) if phase is not None else _IDLE_POINT
-        v = self.voltage(clock_mhz)
+        v = _voltage(p, clock_mhz)
         v2f = v * v * clock_mhz / p.max_clock_mhz
-        leak = p.leak_ref_w * v * math.exp(p.leak_per_c * (temperature_c - 25.0))
         return (
-            p.static_w
+            fit.static_w
+            + (0.0 if self.low_pstate else fit.p0_premium_w)
             + p.mem_idle_w
             + p.mem_bw_w * op.mem_frac
-            + leak
-            + p.clock_tree_w * v2f
+            + _leak_w(p, v, temperature_c)
+            + fit.clock_tree_w * v2f
             + p.dynamic_w * op.power_activity * v2f
         )
 
@@ -329,6 +403,21 @@ class GpuModel:
                 hi = mid
         return self.clocks_mhz[lo]
 
+    def _pmu_choice(self, now: float) -> tuple[int, float, bool]:
+        """The driver's own clock choice: (clock MHz, next wake, dropped to the idle state)."""
+        p = self.profile
+        if self.phase is not None:
+            return p.max_clock_mhz, math.inf, False
+        if self.context_resident and self.perf_boost:
+            return p.max_clock_mhz, math.inf, False  # held while the context lives
+        if now - self.idle_since_s < self.idle_hold_s - 1e-9:
+            return (
+                max(self.clock_mhz, p.idle_clock_mhz),
+                self.idle_since_s + self.idle_hold_s,
+                False,
+            )
+        return p.idle_clock_mhz, math.inf, True
+
     def update_clock(self) -> float:
         """Re-run the PMU at `now_s`; returns the next time it needs to run again (or inf)."""
         p = self.profile
@@ -336,20 +425,16 @@ class GpuModel:
         if self.pending is not None and self.pending[0] <= now + 1e-12:
             self.clock_mhz = self.pending[1]
             self.pending = None
-        wake = math.inf
-        reasons = ClockEventReason.NONE
-        if self.phase is not None:
-            desired = p.max_clock_mhz
-        elif now - self.idle_since_s < self.idle_hold_s - 1e-9:
-            desired = max(self.clock_mhz, p.idle_clock_mhz)
-            wake = self.idle_since_s + self.idle_hold_s
-            reasons |= ClockEventReason.GPU_IDLE
-        else:
-            desired = p.idle_clock_mhz
-            reasons |= ClockEventReason.GPU_IDLE
+        desired, wake, dropped = self._pmu_choice(now)
+        reasons = ClockEventReason.GPU_IDLE if self.phase is None else ClockEventReason.NONE
         if self.lock is not None:
             desired = min(max(desired, self.lock[0]), self.lock[1])
+        if self.forced_low_pstate:
+            desired = min(desired, p.idle_clock_mhz)
         desired = self._snap_down(desired)
+        # The idle drop leaves the high performance state only where no lock floor holds
+        # the clock up; a forced low state always does.
+        self.low_pstate = self.forced_low_pstate or (dropped and desired <= p.idle_clock_mhz)
         # Thermal slowdown with hysteresis: hold the power the cooling can carry away.
         if self.temperature_c >= p.slowdown_c:
             self.thermal_active = True
@@ -407,4 +492,12 @@ class GpuModel:
     def set_power_limit(self, limit_w: float) -> None:
         """Set the enforced power limit in W (validated by the backend)."""
         self.power_limit_w = limit_w
+        self.update_clock()
+
+    def force_low_pstate(self, forced: bool) -> None:
+        """Force the lowest performance state (True) or hand it back to the driver (False).
+
+        What NVAPI's forced P-state does for nvidia-pstated.
+        """
+        self.forced_low_pstate = forced
         self.update_clock()

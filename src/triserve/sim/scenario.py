@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from triserve.sim.physics import fit_idle
 from triserve.sim.profiles import PROFILES
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "PipelineSpec",
     "PmuSpec",
     "PrefillSpec",
+    "PstatedSpec",
     "Scenario",
     "ScenarioError",
     "StageSpec",
@@ -66,10 +68,36 @@ class GpuSpec(_Model):
         return self
 
 
+class PstatedSpec(_Model):
+    """An nvidia-pstated-style daemon beside the driver (github.com/sasha0552/nvidia-pstated).
+
+    Every `poll_s` it reads each GPU's NVML utilisation; after `idle_polls` polls in a row at
+    0% it forces the lowest performance state, and on the first poll above 0% it hands the
+    state back to the driver (the daemon's defaults: 100 ms, 30 iterations). Its
+    temperature rule is not modelled.
+    """
+
+    poll_s: float = Field(default=0.1, gt=0)
+    idle_polls: int = Field(default=30, ge=1)
+
+
 class PmuSpec(_Model):
-    """Parameters of the default power-management unit and of NVML actuation."""
+    """Parameters of the default power-management unit and of NVML actuation.
+
+    With `perf_boost` (the driver default) an idle GPU whose serving engine holds a CUDA
+    context keeps its boost state for as long as the context lives; ``perf_boost: false``
+    is ``CUDA_DISABLE_PERF_BOOST=1`` in every engine: the idle GPU holds its clock for
+    `idle_hold_s`, then drops to the idle clock and the lowest performance state.
+    `parked_share` is the share of the context premium (context idle minus bare idle power)
+    that stays while the GPU is locked at a low clock with the context resident; it is not
+    published (docs/calibration.md) and the bench sweeps it. `pstated` runs a P-state
+    daemon beside the driver.
+    """
 
     idle_hold_s: float = Field(default=1.5, ge=0)
+    perf_boost: bool = True
+    parked_share: float = Field(default=0.35, ge=0, le=1)
+    pstated: PstatedSpec | None = None
     clock_change_latency_s: float = Field(default=0.02, ge=0)
     period_s: float = Field(default=0.25, gt=0)
 
@@ -111,19 +139,29 @@ class PrefillSpec(_Model):
 class DecodeSpec(_Model):
     """One decode step for a batch of b sequences: bytes = weight_bytes + b·bytes_per_seq.
 
-    `clock_sensitive_share` is the share of a step at the boost clock that scales with 1/f
-    (docs/calibration.md, "Decode latency versus clock"); `sm_fill` the share of SMs holding
-    a warp during a step of four or more sequences (smaller batches fill fewer).
+    `flops_per_token` is the model's real work per generated token (2 x active parameters;
+    a 3B-active MoE is about 6.6 GFLOP), `efficiency` the kernel's unconstrained share of
+    peak FLOP/s, so the step's roofline stays memory-bound at every batch it serves.
+    `clock_sensitive_share` is the share of a batch-1 step at the boost clock that scales
+    with 1/f (docs/calibration.md, "Decode latency versus clock"): launches, synchronisation
+    and sampling take about the same time per step at any batch, so at batch b the share is
+    ``clock_sensitive_share · bytes(1) / bytes(b)``. `sm_fill` is the share of SMs holding a
+    warp during a step of four or more sequences (smaller batches fill fewer).
     """
 
     weight_bytes: float = Field(gt=0)
     bytes_per_seq: float = Field(ge=0)
     flops_per_token: float = Field(gt=0)
-    efficiency: float = Field(default=0.04, gt=0, le=1)
+    efficiency: float = Field(default=0.5, gt=0, le=1)
     tensor_share: float = Field(default=0.15, ge=0, le=1)
     sm_fill: float = Field(default=0.97, gt=0, le=1)
     occupancy: float = Field(default=0.5, gt=0, le=1)
     clock_sensitive_share: float = Field(default=0.03, ge=0, lt=1)
+
+    def clock_share(self, batch: int) -> float:
+        """The clock-sensitive share of a step of `batch` sequences."""
+        one = self.weight_bytes + self.bytes_per_seq
+        return self.clock_sensitive_share * one / (self.weight_bytes + self.bytes_per_seq * batch)
 
 
 class OneshotSpec(_Model):
@@ -243,6 +281,11 @@ class Scenario(_Model):
 
     @model_validator(mode="after")
     def _stages_on_gpus(self) -> Scenario:
+        for gpu in self.gpus:
+            try:
+                fit_idle(PROFILES[gpu.profile], self.pmu.parked_share)
+            except ValueError as exc:
+                raise ValueError(f"{exc}; lower pmu.parked_share") from None
         for i, s in enumerate(self.pipeline.stages):
             if s.gpu >= len(self.gpus):
                 raise ValueError(

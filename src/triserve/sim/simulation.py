@@ -18,6 +18,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from triserve.gpu.backend import ClockEventReason
 from triserve.sim.backend import SimBackend
@@ -86,6 +87,8 @@ class Simulation:
                 idle_hold_s=scenario.pmu.idle_hold_s,
                 clock_change_latency_s=scenario.pmu.clock_change_latency_s,
                 ideal_counters=ideal,
+                perf_boost=scenario.pmu.perf_boost,
+                parked_share=scenario.pmu.parked_share,
             )
             if not ideal:
                 gpu.add_track("util", tel.util_period_s or profile.util_period_s)
@@ -130,6 +133,32 @@ class Simulation:
         self._tokens_at_warmup: dict[str, float] | None = None
         self.backend = SimBackend(self)
         self._replan_all()
+        pstated = scenario.pmu.pstated
+        if pstated is not None:
+            self._idle_polls = [0] * len(self.gpus)
+            self._schedule(pstated.poll_s, partial(self._pstated_poll, pstated.poll_s))
+
+    def _pstated_poll(self, poll_s: float) -> None:
+        """One poll of the P-state daemon (`PstatedSpec`): NVML utilisation, then the state."""
+        pstated = self.scenario.pmu.pstated
+        assert pstated is not None
+        for g, gpu in enumerate(self.gpus):
+            # The daemon's own NVML read; ideal counters keep no sample period to read.
+            if self.backend.ideal:
+                busy = gpu.phase is not None
+            else:
+                busy = self.backend.utilization_gpu_pct(g) > 0
+            if busy:
+                self._idle_polls[g] = 0
+                if gpu.forced_low_pstate:
+                    gpu.force_low_pstate(False)
+                    self._refresh(g)
+            else:
+                self._idle_polls[g] += 1
+                if self._idle_polls[g] > pstated.idle_polls and not gpu.forced_low_pstate:
+                    gpu.force_low_pstate(True)
+                    self._refresh(g)
+        self._schedule(self.now_s + poll_s, partial(self._pstated_poll, poll_s))
 
     # ----------------------------------------------------------------- plumbing
     def _schedule(self, at_s: float, fn: Callable[[], None]) -> None:

@@ -103,7 +103,7 @@ def test_seeds_are_aggregated_into_mean_and_range(
         next(r for r in s["results"] if r["strategy"] == "tri-serve")["slo_guard_trips"]
         for s in doc["per_seed"]
     )
-    assert row.startswith("| reference | 1.5 s | tri-serve | 2 | ")
+    assert row.startswith("| reference | parked 0.35, hold 1.5 s | tri-serve | 2 | ")
     assert f"{spread['mean']:+.1f}% [{spread['min']:+.1f}%, {spread['max']:+.1f}%]" in row
     assert row.endswith(f"| {trips} | - |") and "| default |" not in summary
     (tmp_path / "bad.json").write_text('{"rows": []}')
@@ -115,17 +115,35 @@ def test_each_idle_hold_is_its_own_block(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out.json"
-    argv = ["bench", *TINY, "--strategies", "default", "--idle-hold-s", "0.25,10", "--json"]
+    rows = "default,perf-boost-off"
+    argv = ["bench", *TINY, "--strategies", rows, "--idle-hold-s", "0.25,10", "--json"]
     assert cli.main([*argv, str(out)]) == 0
     text = capsys.readouterr().out
-    assert "(idle hold 0.25 s)" in text and "(idle hold 10 s)" in text
+    assert "idle hold 0.25 s)" in text and "idle hold 10 s)" in text
     docs = json.loads(out.read_text())
     assert [d["idle_hold_s"] for d in docs] == [0.25, 10.0]
-    # A longer hold keeps the clock up through more idle time: it costs energy.
-    energy = [d["results"][0]["energy_j"] for d in docs]
-    assert energy[1] > energy[0]
+    energy = [{r["strategy"]: r["energy_j"] for r in d["results"]} for d in docs]
+    # With perf boost off a longer hold keeps the clock up through more idle time: it costs
+    # energy. The default driver holds boost for the resident context whatever the hold.
+    assert energy[1]["perf-boost-off"] > energy[0]["perf-boost-off"]
+    assert energy[1]["default"] == pytest.approx(energy[0]["default"], rel=1e-9)
     assert cli.main(["bench", "--idle-hold-s", "soon"]) == 2
     assert "--idle-hold-s" in capsys.readouterr().err
+
+
+def test_each_parked_share_is_its_own_block_and_a_higher_share_costs_parking(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.json"
+    argv = ["bench", *TINY, "--strategies", "default,tri-serve-D", "--parked-share", "0,0.6"]
+    assert cli.main([*argv, "--json", str(out)]) == 0
+    docs = json.loads(out.read_text())
+    assert [d["parked_share"] for d in docs] == [0.0, 0.6]
+    energy = [{r["strategy"]: r["energy_j"] for r in d["results"]} for d in docs]
+    assert energy[1]["tri-serve-D"] > energy[0]["tri-serve-D"]
+    capsys.readouterr()
+    assert cli.main(["bench", *TINY, "--strategies", "default", "--parked-share", "0.9"]) == 2
+    assert "pmu.parked_share" in capsys.readouterr().err
 
 
 def _row(name: str, energy_j: float, tokens: float = 1000.0) -> StrategyResult:

@@ -30,17 +30,21 @@ def _default(spec: type[DecodeSpec] | type[PrefillSpec], name: str) -> float:
     return value
 
 
-def decode_phase(ai: float = 8.0) -> Phase:
-    """A memory-bound decode step (AI≈8) with the scenario defaults for a batch of ≥4."""
-    nbytes = 64e9
+#: A Qwen3-Omni-thinker-like decode step: 3.3B active parameters (6.6 GFLOP per token),
+#: the bundled scenarios' effective weight and KV traffic.
+THINKER = DecodeSpec(weight_bytes=6.0e10, bytes_per_seq=5.0e8, flops_per_token=6.6e9)
+
+
+def decode_phase(batch: int = 16, spec: DecodeSpec = THINKER) -> Phase:
+    """One decode step of `batch` sequences, as the simulated engines build it."""
     kernel = Kernel(
-        ai * nbytes,
-        nbytes,
-        0.04,
-        0.15,
-        sm_fill=_default(DecodeSpec, "sm_fill"),
-        occupancy=_default(DecodeSpec, "occupancy"),
-        clock_share=_default(DecodeSpec, "clock_sensitive_share"),
+        spec.flops_per_token * batch,
+        spec.weight_bytes + spec.bytes_per_seq * batch,
+        spec.efficiency,
+        spec.tensor_share,
+        sm_fill=spec.sm_fill,
+        occupancy=spec.occupancy,
+        clock_share=spec.clock_share(batch),
     )
     return Phase("decode", (kernel,))
 
@@ -68,18 +72,38 @@ def run(gpu: GpuModel, phase: Phase | None, duration_s: float, dt_s: float = 0.0
         gpu.update_clock()
 
 
-def test_idle_power_at_idle_clock_is_75_w() -> None:
-    # Public nvidia-smi readings: H100 SXM idles at ≈75 W at 345 MHz. Tolerance ±5 W.
-    gpu = GpuModel(H100)
-    run(gpu, None, 120.0)
-    assert gpu.clock_mhz == 345
-    assert gpu.power_w == pytest.approx(75.0, abs=5.0)
+#: arXiv 2605.23918 (controlled runs): idle power without and with a CUDA context, in W.
+PARKING_TAX_W = {"h100-sxm": (71.8, 121.7), "a100-sxm-80gb": (53.7, 80.0), "l40s": (35.6, 102.1)}
 
 
-def test_idle_at_high_clock_costs_clearly_more_than_idle_at_low_clock() -> None:
-    # arXiv 2605.23918: a live CUDA context adds 26-50 W over bare idle on HBM parts: ≥25 W.
-    gpu = GpuModel(H100)
-    assert gpu.power_at(1980, None, 40.0) - gpu.power_at(345, None, 40.0) >= 25.0
+@pytest.mark.parametrize("key", sorted(PARKING_TAX_W))
+def test_idle_power_without_and_with_a_context_matches_the_parking_tax_study(key: str) -> None:
+    # Tolerance ±3 W on each figure, after minutes idle at 25 °C inlet.
+    bare_w, context_w = PARKING_TAX_W[key]
+    profile = get_profile(key)
+    bare = GpuModel(profile, context_resident=False)
+    served = GpuModel(profile)
+    run(bare, None, 300.0, dt_s=1.0)
+    run(served, None, 300.0, dt_s=1.0)
+    assert bare.clock_mhz == profile.idle_clock_mhz
+    assert bare.power_w == pytest.approx(bare_w, abs=3.0)
+    assert served.power_w == pytest.approx(context_w, abs=3.0)
+
+
+def test_a_resident_context_holds_the_boost_state_until_perf_boost_is_disabled() -> None:
+    # arXiv 2605.23918: the context's DVFS state is held while the GPU idles, until the
+    # context goes. CUDA_DISABLE_PERF_BOOST=1 lets idle clocks drop as on a bare GPU; users
+    # report 26-66 W recovered per idle GPU (sglang issue 27567).
+    held = GpuModel(H100)
+    run(held, decode_phase(), 5.0)
+    run(held, None, 600.0, dt_s=0.5)
+    assert held.clock_mhz == H100.max_clock_mhz
+    assert held.reasons & ClockEventReason.GPU_IDLE
+    off = GpuModel(H100, perf_boost=False)
+    run(off, decode_phase(), 5.0)
+    run(off, None, 600.0, dt_s=0.5)
+    assert off.clock_mhz == H100.idle_clock_mhz
+    assert 26.0 <= held.power_w - off.power_w <= 66.0
 
 
 def test_sustained_compute_bound_work_is_power_limited_below_max_clock() -> None:
@@ -93,52 +117,81 @@ def test_sustained_compute_bound_work_is_power_limited_below_max_clock() -> None
     assert gpu.reasons & ClockEventReason.SW_POWER_CAP
 
 
-def test_decode_draws_300_to_420_w_at_max_clock() -> None:
-    # Splitwise power model: H100 decode ≈380 W. Tolerance: the brief's 300-420 W band.
-    gpu = GpuModel(H100)
+@pytest.mark.parametrize(
+    ("key", "low_w", "high_w"), [("h100-sxm", 300, 420), ("a100-sxm-80gb", 210, 290)]
+)
+def test_decode_power_at_max_clock_matches_the_splitwise_power_model(
+    key: str, low_w: float, high_w: float
+) -> None:
+    # Splitwise power model: decode draws ≈380 W on H100 and ≈250 W on A100 (±10-15%).
+    profile = get_profile(key)
+    gpu = GpuModel(profile)
     run(gpu, decode_phase(), 30.0)
-    assert gpu.clock_mhz == 1980
-    assert 300.0 <= gpu.power_w <= 420.0
+    assert gpu.clock_mhz == profile.max_clock_mhz
+    assert low_w <= gpu.power_w <= high_w
 
 
-def _locked_decode(clock_mhz: int) -> tuple[float, float]:
-    """(step time s, energy per step J) of sustained decode locked at `clock_mhz`."""
-    phase = decode_phase()
+def _locked_decode(phase: Phase, clock_mhz: int) -> tuple[float, float]:
+    """(step time s, energy per step J) of sustained decode locked at `clock_mhz` on H100."""
     gpu = GpuModel(H100)
     gpu.lock_clocks(clock_mhz, clock_mhz)
-    run(gpu, phase, 30.0)
+    run(gpu, phase, 20.0, dt_s=0.5)
     assert gpu.clock_mhz == clock_mhz
     step_s = phase.at(H100, clock_mhz).round_s
     return step_s, gpu.power_w * step_s
 
 
-def test_decode_down_clock_saves_energy_for_a_few_percent_of_latency() -> None:
-    # arXiv 2605.11999 (H200): locking SM clocks recovers up to 32% of decode energy at
-    # minimal throughput loss; arXiv 2501.08219: 42% energy for 1-6% more latency.
-    # Tolerance: some clock saves ≥20% energy per decode step for 1-6% more step time.
-    base_s, base_j = _locked_decode(1980)
-    best_saving = 0.0
-    for clock in H100.supported_clocks_mhz[::4]:
-        step_s, energy_j = _locked_decode(clock)
-        if 1.01 <= step_s / base_s <= 1.06:
-            best_saving = max(best_saving, 1.0 - energy_j / base_j)
-    assert best_saving >= 0.20
+def _best_saving(phase: Phase, max_slowdown: float) -> float:
+    """The largest energy saving per decode step among locks within `max_slowdown`."""
+    base_s, base_j = _locked_decode(phase, H100.max_clock_mhz)
+    best = 0.0
+    for clock in H100.supported_clocks_mhz[::2]:
+        step_s, energy_j = _locked_decode(phase, clock)
+        if step_s / base_s <= 1.0 + max_slowdown:
+            best = max(best, 1.0 - energy_j / base_j)
+    return best
 
 
-def test_decode_below_boost_is_not_free_and_slows_sub_linearly() -> None:
-    # Published DVFS curves report a latency cost for every down-clock of decode, smaller
-    # than the clock cut: VoltanaLLM, A100 1410 -> 1005 MHz (-28.7%) raises time
-    # sub-linearly. Same relative cut on H100 (1980 -> 1410 MHz): slower by 0.5-28.7%.
-    base_s, _ = _locked_decode(1980)
-    cut_s, _ = _locked_decode(1410)
-    assert 1.005 <= cut_s / base_s < 1980 / 1410
+def decode_band_violations(spec: DecodeSpec) -> list[str]:
+    """Where `spec`'s decode leaves the published decode-vs-clock band (empty if inside).
+
+    arXiv 2605.11999 (H200): locking SM clocks recovers *up to* 32% of decode energy at
+    minimal throughput loss: within 1% more step time no lock saves over 36% (4 points of
+    tolerance). arXiv 2501.08219: a deep down-clock saves 42% on average for 1-6% more
+    latency: within 6% some lock saves at least 35%. VoltanaLLM (A100, 1410 -> 1005 MHz,
+    -28.7%): slower, but by less than the cut. Checked at batch 1 and 16.
+    """
+    out = []
+    for batch in (1, 16):
+        phase = decode_phase(batch, spec)
+        minimal = _best_saving(phase, 0.01)
+        if minimal > 0.36:
+            out.append(f"batch {batch}: {minimal:.0%} saved within 1% (published: up to 32%)")
+        deep = _best_saving(phase, 0.06)
+        if deep < 0.35:
+            out.append(f"batch {batch}: only {deep:.0%} saved within 6% (published: 42%)")
+        base_s, _ = _locked_decode(phase, 1980)
+        cut_s, _ = _locked_decode(phase, 1410)
+        if not 1.002 <= cut_s / base_s < 1980 / 1410:
+            out.append(f"batch {batch}: a 29% cut slows decode x{cut_s / base_s:.3f}")
+    return out
 
 
-def test_prefill_time_scales_with_one_over_clock() -> None:
-    # Prefill is compute-bound (Splitwise; GreenLLM fits prefill latency vs SM frequency):
-    # halving the clock doubles its time. Tolerance 1%.
-    phase = prefill_phase()
-    assert phase.at(H100, 990).round_s == pytest.approx(2 * phase.at(H100, 1980).round_s, rel=0.01)
+def test_default_decode_sits_in_the_published_decode_versus_clock_band() -> None:
+    assert decode_band_violations(THINKER) == []
+
+
+def test_every_bundled_scenarios_decode_sits_in_the_published_band() -> None:
+    for name in ("reference", "a100", "l40s", "hot", "bursty", "reference-high", "trace"):
+        for stage in load_scenario(name).pipeline.stages:
+            if stage.decode is not None:
+                assert decode_band_violations(stage.decode) == [], (name, stage.name)
+
+
+@pytest.mark.parametrize("share", [0.005, 0.1])
+def test_the_decode_band_rejects_clock_sensitive_shares_outside_it(share: float) -> None:
+    # The share decides component A: a band that any share passes constrains nothing.
+    assert decode_band_violations(THINKER.model_copy(update={"clock_sensitive_share": share}))
 
 
 def test_memory_bound_kernel_reads_sm_active_near_one_at_low_compute() -> None:
@@ -149,15 +202,6 @@ def test_memory_bound_kernel_reads_sm_active_near_one_at_low_compute() -> None:
     assert op.sm_active >= 0.95
     assert op.tensor_active <= 0.1
     assert 0.75 <= op.dram_active <= 0.85
-
-
-def test_tensor_pipe_reads_achieved_over_peak_not_busy_time() -> None:
-    # DCGM PIPE_TENSOR_ACTIVE: share of cycles the pipe is busy, i.e. achieved tensor
-    # FLOP/s over the peak at the current clock. A GEMM at 60% efficiency and 90% tensor
-    # share reads ≈0.54, at the boost clock and power-capped alike (±0.02), never ≈1.
-    phase = prefill_phase()
-    assert phase.at(H100, 1980).tensor_active == pytest.approx(0.54, abs=0.02)
-    assert phase.at(H100, 1500).tensor_active == pytest.approx(0.54, abs=0.02)
 
 
 def memory_bound_decode_sim(dcgm_fields: str = "profiling") -> Simulation:
@@ -212,17 +256,6 @@ def test_memory_bound_decode_reads_busy_sms_and_unsaturated_dram_in_dcgm_and_gpm
         assert 0.6 <= statistics.median(dram for _, dram in reads) <= 0.85
 
 
-def test_pmu_holds_boost_clock_for_its_hold_time_after_work_stops() -> None:
-    # Tri-serve D: stalls run near max clock. The hold is not published: pmu.idle_hold_s.
-    gpu = GpuModel(H100, idle_hold_s=1.5, clock_change_latency_s=0.02)
-    run(gpu, decode_phase(), 5.0)
-    run(gpu, None, 1.4, dt_s=0.01)
-    assert gpu.clock_mhz == 1980
-    assert gpu.reasons & ClockEventReason.GPU_IDLE
-    run(gpu, None, 0.3, dt_s=0.01)
-    assert gpu.clock_mhz == H100.idle_clock_mhz
-
-
 def test_sustained_high_ai_work_at_high_inlet_throttles_with_tens_of_seconds_tau() -> None:
     # Tri-serve T: high-A.I. phases throttle. Tolerance: thermal slowdown engages within
     # 10 min at 45 °C inlet and degraded airflow; time constant between 10 and 100 s.
@@ -247,19 +280,3 @@ def test_sustained_high_ai_work_at_high_inlet_throttles_with_tens_of_seconds_tau
     assert throttled_s > 60.0
     assert gpu.temperature_c <= H100.slowdown_c + 1.0
     assert gpu.clock_mhz < 1700
-
-
-def test_energy_counter_equals_integral_of_power() -> None:
-    # NVML docs, arXiv 2312.02741: energy comes from the energy counter. Tolerance 0.5%.
-    gpu = GpuModel(H100)
-    e0 = gpu.energy_j
-    integral_j = 0.0
-    for phase, dur in ((prefill_phase(), 5.0), (None, 3.0), (decode_phase(), 7.0), (None, 4.0)):
-        gpu.set_phase(phase)
-        gpu.update_clock()
-        t_end = gpu.now_s + dur
-        while gpu.now_s < t_end - 1e-9:
-            integral_j += gpu.power_w * 0.05
-            gpu.advance(0.05)
-            gpu.update_clock()
-    assert gpu.energy_j - e0 == pytest.approx(integral_j, rel=0.005)
