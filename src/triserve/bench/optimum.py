@@ -11,7 +11,10 @@ phase that starts between ticks runs at the lock until the next tick). A GPU who
 feed a stage on another GPU also gets a ``slack`` level: a ceiling on its busy clocks while
 that downstream stage has requests queued (read from the simulated engines' queues), so the
 optimum can take the cross-GPU slack that component P (`triserve.control.pipeline`) takes
-online; 1.0 means no ceiling.
+online; 1.0 means no ceiling. It may also do what the rows users run instead do: idle in
+the lowest performance state (idle level ``low-pstate``, as CUDA_DISABLE_PERF_BOOST=1 or
+nvidia-pstated reach it, but lifted exactly in time for the next work), and a static power
+limit per GPU (``cap``, a fraction of the default limit, as the ``power-cap-best`` row).
 
 `search_optimum` finds the plan offline, by coordinate descent (`triserve.bench.search`) on
 the very seed it is reported on: the least energy per token with p99 end-to-end latency
@@ -22,9 +25,11 @@ any phase kind wherever the end-to-end tail allows. It acts on the
 bench's control tick like every row, so a phase that starts between ticks runs one tick at
 the previous lock: the optimum over tick-granular per-phase-kind clocks, not over all
 conceivable controllers. The search starts from default, from the lookahead-like plan
-(every busy kind ``no-loss``, idle at the lowest clock) and from uniform plans (one fraction
-of boost for every kind of every GPU, as a static lock), so it is never worse than any of
-them when they meet the rule.
+(every busy kind ``no-loss``, idle at the lowest clock, and the same idling in the lowest
+performance state), from uniform plans (one fraction of boost for every kind of every GPU,
+as a static lock; one power limit for every GPU, as a static cap) and from default with idle
+GPUs in the lowest performance state, so it is never worse than any of them, nor than the
+rows they stand for, when they meet the rule.
 """
 
 from __future__ import annotations
@@ -48,12 +53,28 @@ NO_LOSS = "no-loss"
 BUSY_LEVELS: tuple[float | str, ...] = (0.35, 0.45, 0.55, 0.65, 0.7, 0.8, 0.9, 1.0, NO_LOSS)
 #: Lowest no-loss clock, as a fraction of boost (Tri-serve's default ridge floor).
 NO_LOSS_FLOOR = 0.35
+#: The idle level that puts an idle GPU in its lowest performance state (lifted in time).
+LOW_PSTATE = "low-pstate"
 #: Clock levels while idle (0.0 = the lowest supported clock; 1.0 = the PMU's own idle).
-IDLE_LEVELS: tuple[float | str, ...] = (0.0, 0.2, 0.35, 0.5, 0.65, 0.7, 0.8, 0.9, 1.0)
+IDLE_LEVELS: tuple[float | str, ...] = (
+    0.0,
+    0.2,
+    0.35,
+    0.5,
+    0.65,
+    0.7,
+    0.8,
+    0.9,
+    1.0,
+    LOW_PSTATE,
+)
 #: Uniform plans tried as start points: every kind of every GPU at one fraction of boost, as
 #: a static clock lock does (the ``static-best`` row's uniform settings), so the optimum is
 #: never worse than the best of them where it meets the rule.
 UNIFORM_STARTS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+#: Static power limits per GPU, as fractions of its default limit (1.0 = no cap).
+CAP = "cap"
+CAP_LEVELS: tuple[float | str, ...] = (0.4, 0.5, 0.6, 0.7, 0.85, 1.0)
 #: Ceilings on a GPU's busy clocks while a downstream stage on another GPU has a queue.
 SLACK = "slack"
 SLACK_LEVELS: tuple[float | str, ...] = (0.45, 0.55, 0.65, 0.8, 0.9, 1.0)
@@ -72,6 +93,7 @@ class OptimumStrategy:
         self.sim = sim
         self.gpu_index = gpu_index
         self.levels = dict(levels)
+        self._capped = False
         self._no_loss: dict[Phase, int] = {}
         self._feeds = [
             e.downstream
@@ -83,16 +105,34 @@ class OptimumStrategy:
 
     def decide(self, ctx: TickContext) -> Decision:
         """The plan's clock for the phase running now, or for the work about to arrive."""
-        phase = self.sim.gpus[self.gpu_index].phase
+        gpu = self.sim.gpus[self.gpu_index]
+        cap = self.levels.get(CAP, 1.0)
+        if isinstance(cap, float) and cap < 1.0 and not self._capped:
+            # A static limit, set once (ORACLE ONLY: straight on the simulated GPU).
+            gpu.set_power_limit(cap * gpu.profile.power_limit_default_w)
+            self._capped = True
+        phase = gpu.phase
         if phase is not None:
+            self._low_pstate(False)
             return self._slack(ctx, self._clock(ctx, phase.kind, phase))
         view = self.sim.oracle_view(HORIZON_S)
         segments = view.segments.get(self.gpu_index, ())
         lead_s = ctx.dt_s + 2.0 * self.sim.scenario.pmu.clock_change_latency_s
         if segments and segments[0].start_s - ctx.now_s <= lead_s:
             # Work lands before the next tick could react: pre-warm to its kind's clock.
+            self._low_pstate(False)
             return self._clock(ctx, segments[0].kind, None)
+        if self.levels.get("idle") == LOW_PSTATE:
+            self._low_pstate(True)
+            return Decision(None, Reason.STALL, "OPTIMUM: idle in the lowest performance state")
         return self._clock(ctx, "idle", None)
+
+    def _low_pstate(self, forced: bool) -> None:
+        """Force or lift the lowest performance state (ORACLE ONLY: the simulated GPU)."""
+        gpu = self.sim.gpus[self.gpu_index]
+        if gpu.forced_low_pstate != forced:
+            gpu.force_low_pstate(forced)
+            self.sim.on_actuation(self.gpu_index)
 
     def _slack(self, ctx: TickContext, decision: Decision) -> Decision:
         """The busy clock under the plan's slack ceiling while a downstream queue exists."""
@@ -164,7 +204,8 @@ def dimensions(scenario: Scenario) -> list[tuple[int, str]]:
         upstream_gpu = gpu_of.get(st.upstream) if st.upstream else None
         if upstream_gpu is not None and upstream_gpu != st.gpu:
             kinds[upstream_gpu].add(SLACK)
-    return [(g, k) for g in sorted(kinds) for k in (*KINDS, SLACK) if k in kinds[g]]
+    dims = [(g, k) for g in sorted(kinds) for k in (*KINDS, SLACK) if k in kinds[g]]
+    return [*dims, *((g, CAP) for g in sorted(kinds))]
 
 
 def search_optimum(
@@ -179,14 +220,23 @@ def search_optimum(
 ) -> SearchOutcome:
     """Find the hindsight optimum of `scenario` on `seed` (see the module doc)."""
     dims = dimensions(scenario)
-    grids = {"idle": IDLE_LEVELS, SLACK: SLACK_LEVELS}
+    grids = {"idle": IDLE_LEVELS, SLACK: SLACK_LEVELS, CAP: CAP_LEVELS}
     levels: dict[Hashable, Sequence[Hashable]] = {d: grids.get(d[1], BUSY_LEVELS) for d in dims}
     default_plan: Plan = tuple((d, 1.0) for d in dims)
-    lookahead_like: Plan = tuple(
-        (d, 0.0 if d[1] == "idle" else 1.0 if d[1] == SLACK else NO_LOSS) for d in dims
-    )
-    # A static lock has no slack ceiling of its own: uniform starts leave it off.
-    uniform = [tuple((d, 1.0 if d[1] == SLACK else f) for d in dims) for f in UNIFORM_STARTS]
+
+    def lookahead_like(idle: float | str) -> Plan:
+        return tuple(
+            (d, idle if d[1] == "idle" else 1.0 if d[1] in (SLACK, CAP) else NO_LOSS) for d in dims
+        )
+
+    # A static lock has no slack ceiling or cap of its own: uniform starts leave them off.
+    uniform = [tuple((d, 1.0 if d[1] in (SLACK, CAP) else f) for d in dims) for f in UNIFORM_STARTS]
+    capped = [
+        tuple((d, f if d[1] == CAP else 1.0) for d in dims)
+        for f in CAP_LEVELS
+        if isinstance(f, float) and f < 1.0
+    ]
+    low_idle: Plan = tuple((d, LOW_PSTATE if d[1] == "idle" else 1.0) for d in dims)
     return coordinate_search(
         scenario,
         seed,
@@ -195,7 +245,7 @@ def search_optimum(
         default_plan,
         levels,
         optimum_spec,
-        starts=(lookahead_like, *uniform),
+        starts=(lookahead_like(0.0), lookahead_like(LOW_PSTATE), low_idle, *uniform, *capped),
         passes=passes,
         max_evals=max_evals,
         bounds=bounds,
