@@ -13,6 +13,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from triserve.bench.results import BEST_ALTERNATIVE_ROWS, StrategyResult, delta_pct
+from triserve.bench.search import Bounds
+
+#: What an alternative must keep to count as "the best alternative": the policy's default
+#: latency bound (+1%) on p99 end-to-end latency and p99 TTFT, throughput within -0.5%.
+ALTERNATIVE_RULE = Bounds(p99_ttft_pct=1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +44,8 @@ class RowAggregate:
 
     `share_of_optimum_pct` is None when some seed had no usable optimum row;
     `vs_best_alternative_pct` (tokens per joule versus the most efficient of the
-    `BEST_ALTERNATIVE_ROWS` on the same seed) None when a seed ran none of them.
+    `BEST_ALTERNATIVE_ROWS` that keeps `ALTERNATIVE_RULE` on the same seed) None when a
+    seed ran none that keeps it.
     """
 
     strategy: str
@@ -66,7 +72,14 @@ def aggregate(per_seed: Sequence[Sequence[StrategyResult]]) -> list[RowAggregate
     out = []
     best_alt: list[float | None] = []
     for rows in per_seed:
-        alts = [r.tokens_per_j for r in rows if r.strategy in BEST_ALTERNATIVE_ROWS]
+        base = next((r for r in rows if r.strategy == "default"), None)
+        alts = [
+            r.tokens_per_j
+            for r in rows
+            if r.strategy in BEST_ALTERNATIVE_ROWS
+            and base is not None
+            and not ALTERNATIVE_RULE.violations(base, r)
+        ]
         best_alt.append(max(alts) if alts else None)
     for name in [r.strategy for r in per_seed[0]]:
         pairs = []
