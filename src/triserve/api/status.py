@@ -55,6 +55,14 @@ class Efficiency(ApiModel):
         default=0.0, description="tokensPerJoule vs baseline, percent."
     )
     method: str = Field(default="", description="How the baseline was estimated.")
+    enforce_estimate_percent: float = Field(
+        default=0.0,
+        description="Observe mode only: the estimated tokensPerJoule gain Enforce would give "
+        "over what was measured, percent (0 in Enforce mode).",
+    )
+    enforce_estimate_method: str = Field(
+        default="", description="Observe mode only: how the Enforce estimate was made."
+    )
 
 
 class NodeCounts(ApiModel):

@@ -25,6 +25,7 @@ from prometheus_client import Histogram
 from triserve.control import Reason, TickResult
 from triserve.control.phases import ActivityClass, classify_activity
 from triserve.gpu.backend import GpuSample
+from triserve.gpu.idle_powers import IdlePowers
 from triserve.telemetry import ServingSnapshot
 
 #: How the baseline (PMU-default) tokens per joule are estimated; published in reports.
@@ -42,6 +43,43 @@ BASELINE_METHOD = (
     "nothing is locked and the estimate is the measured energy; "
     "tokens are the serving engines' generation counters, assumed unchanged under the default"
 )
+
+#: The share of a context's idle premium a GPU parked at a low clock is assumed to keep
+#: (not published; the simulator's default, docs/calibration.md).
+PARKED_SHARE = 0.35
+
+#: How Observe mode estimates what Enforce would save; published in reports.
+ENFORCE_ESTIMATE_METHOD = (
+    "Observe mode, stalls (D) only: every tick Tri-serve would have parked (all stages "
+    "waiting on upstream work in flight) is priced at the published bare idle power of this "
+    "GPU model plus an assumed 35% of its published context premium (arXiv 2605.23918; the "
+    "parked power itself is not published); ticks it would leave to the PMU keep their "
+    "measured energy; A and T need measurements at other clocks, which Observe never takes, "
+    "so they are not estimated (Enforce measures them with baseline probes); GPU models "
+    "without published idle powers get no estimate; an estimate, not a measurement"
+)
+
+
+def enforce_energy_j(
+    result: TickResult, previous: TickResult | None, idle: IdlePowers | None
+) -> float:
+    """Observe mode: the energy of `result`'s period had Enforce run it as `previous`, the
+    tick that opened the period, decided (see `ENFORCE_ESTIMATE_METHOD`).
+    """
+    if previous is None:
+        return result.energy_j
+    decision = previous.decision
+    parks = (
+        decision.reason is Reason.STALL
+        and decision.target_sm_clock_mhz is not None
+        and previous.signals.upstream_active
+        and result.signals.stalled
+    )
+    if idle is None or not parks or result.span_s <= 0:
+        return result.energy_j
+    parked_w = idle.bare_w + PARKED_SHARE * idle.premium_w
+    return min(result.energy_j, parked_w * result.dt_s)
+
 
 #: Load buckets of the baseline model: running requests 0, 1, 2-3, 4-7, … 64+.
 LOAD_BUCKETS = 8
@@ -89,12 +127,15 @@ class Totals:
     """Counts over tick results since the agent started, or over one window (`since`).
 
     `seconds` is governed time; `baseline_energy_j` the estimate of what the PMU default
-    would have drawn over it; `tokens` the generation tokens attributed to the GPU.
+    would have drawn over it; `enforce_energy_j` what the chosen clocks would have drawn
+    (Observe mode's estimate, `ENFORCE_ESTIMATE_METHOD`; the measured energy when they were
+    applied); `tokens` the generation tokens attributed to the GPU.
     """
 
     seconds: float = 0.0
     energy_j: float = 0.0
     baseline_energy_j: float = 0.0
+    enforce_energy_j: float = 0.0
     tokens: float = 0.0
     stall_s: float = 0.0
     throttle_s: float = 0.0
@@ -102,12 +143,19 @@ class Totals:
     slo_guard_trips: int = 0
     decisions: dict[str, int] = field(default_factory=dict)
 
-    def fold(self, result: TickResult, baseline_energy_j: float) -> None:
-        """Count one tick's result (`baseline_energy_j`: its period priced at the default)."""
+    def fold(
+        self, result: TickResult, baseline_energy_j: float, enforce_energy_j: float | None = None
+    ) -> None:
+        """Count one tick's result.
+
+        `baseline_energy_j` is its period priced at the default; `enforce_energy_j` at the
+        chosen clocks (None when they were applied).
+        """
         dt_s = result.dt_s
         self.seconds += dt_s
         self.energy_j += result.energy_j
         self.baseline_energy_j += baseline_energy_j
+        self.enforce_energy_j += result.energy_j if enforce_energy_j is None else enforce_energy_j
         if result.stalled:
             self.stall_s += dt_s
         if result.throttled:

@@ -25,7 +25,8 @@ from triserve.control import (
     TickResult,
 )
 from triserve.gpu.backend import GpuBackend, GpuError, GpuIdentity, GpuSample
-from triserve.node_agent.accounting import BaselineModel, Totals, baseline_bin
+from triserve.gpu.idle_powers import published_idle_powers
+from triserve.node_agent.accounting import BaselineModel, Totals, baseline_bin, enforce_energy_j
 from triserve.node_agent.gpumap import Placement
 from triserve.node_agent.stages import ServingPod
 from triserve.telemetry import StageObservation
@@ -57,6 +58,7 @@ class GpuRuntime:
     # Last report window's results (exported as gauges).
     tokens_per_joule: float = 0.0
     baseline_tokens_per_joule: float = 0.0
+    enforce_tokens_per_joule: float = 0.0
     baseline: BaselineModel = field(default_factory=BaselineModel)
     probes: ProbeSchedule = field(init=False)
     # The totals when the current report window opened.
@@ -65,6 +67,8 @@ class GpuRuntime:
     default_ticks: int = 0
     _at_default: bool = True
     _last_bin: int | None = None
+    # Observe mode's estimate prices a period by the decision taken at its start.
+    _previous: TickResult | None = None
 
     def __post_init__(self) -> None:
         self.probes = ProbeSchedule(self.probe)
@@ -175,6 +179,12 @@ class GpuRuntime:
         self._last_bin = bin_
         energy_j, span_s, dt_s = result.energy_j, result.span_s, result.dt_s
         power_w = energy_j / span_s if span_s > 0 else sample.power_mw / 1000.0
+        enforce_j = None
+        if self.loop is not None and not self.loop.actuate:
+            # Observe: what this tick chose was never applied; price it as Enforce would run.
+            idle = published_idle_powers(self.identity.name)
+            enforce_j = enforce_energy_j(result, self._previous, idle)
+        self._previous = result
         if not period_at_default:
             baseline_j = self.baseline.default_power_w(bin_, power_w) * dt_s
         else:
@@ -185,7 +195,7 @@ class GpuRuntime:
             # period that ends in a lock saw a phase change (e.g. prefill into decode).
             if at_default_now and steady and span_s > 0 and self.default_ticks > settle:
                 self.baseline.observe_default(bin_, power_w)
-        self.totals.fold(result, baseline_j)
+        self.totals.fold(result, baseline_j, enforce_j)
 
     def wants_probe(self, sample: GpuSample, stages: Sequence[StageObservation]) -> bool:
         """True when this tick's state has too few default samples to price a lock."""
@@ -214,6 +224,8 @@ class GpuRuntime:
             self.tokens_per_joule = w.tokens / w.energy_j
             base_j = max(w.baseline_energy_j, w.energy_j)
             self.baseline_tokens_per_joule = w.tokens / base_j
+            enforce_j = min(w.enforce_energy_j, w.energy_j)
+            self.enforce_tokens_per_joule = w.tokens / enforce_j if enforce_j > 0 else 0.0
         self._window_start = self.totals.copy()
         return w
 

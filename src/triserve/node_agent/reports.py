@@ -31,7 +31,7 @@ from triserve.api.status import (
     NodeEnergyReportStatus,
     ReportPhase,
 )
-from triserve.node_agent.accounting import BASELINE_METHOD
+from triserve.node_agent.accounting import BASELINE_METHOD, ENFORCE_ESTIMATE_METHOD
 from triserve.node_agent.agent import NodeAgent
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def _build_status(
 ) -> NodeEnergyReportStatus:
     with agent.lock:
         gpu_reports: list[GpuReport] = []
-        energy_j = baseline_j = tokens = window_s = 0.0
+        energy_j = baseline_j = enforce_j = tokens = window_s = 0.0
         pods: dict[str, int] = {}
         for pod in agent.inputs.pods.values():
             pods[pod.stage] = pods.get(pod.stage, 0) + 1
@@ -210,6 +210,7 @@ def _build_status(
             if window.seconds > 0:
                 energy_j += window.energy_j
                 baseline_j += max(window.baseline_energy_j, window.energy_j)
+                enforce_j += min(window.enforce_energy_j, window.energy_j)
                 tokens += window.tokens
                 window_s = max(window_s, window.seconds)
             gpu_reports.append(
@@ -239,6 +240,8 @@ def _build_status(
         found = conditions(agent, rfc3339(now), since_of)
     tpj = tokens / energy_j if energy_j > 0 else 0.0
     base_tpj = tokens / baseline_j if baseline_j > 0 else 0.0
+    observing = policy is not None and policy.spec.mode is PolicyMode.OBSERVE
+    enforce_pct = 100.0 * (energy_j / enforce_j - 1.0) if observing and enforce_j > 0 else 0.0
     return NodeEnergyReportStatus(
         policy=policy_name,
         policy_generation=policy.generation if policy else 0,
@@ -261,6 +264,8 @@ def _build_status(
             baseline_tokens_per_joule=round(base_tpj, 4),
             improvement_percent=round(100.0 * (tpj / base_tpj - 1.0), 2) if base_tpj > 0 else 0.0,
             method=BASELINE_METHOD,
+            enforce_estimate_percent=round(enforce_pct, 2),
+            enforce_estimate_method=ENFORCE_ESTIMATE_METHOD if observing else "",
         ),
     )
 
@@ -270,10 +275,12 @@ def log_status(status: NodeEnergyReportStatus) -> None:
     eff = status.efficiency
     log.info(
         "report: phase=%s policy=%s gpus=%d energy=%.0f J over %.1f s, %.3f tokens/J "
-        "(baseline est. %.3f, %+.1f%%)",
+        "(baseline est. %.3f, %+.1f%%)%s",
         status.phase.value, status.policy or "-", status.managed_gpus, status.energy.joules,
         status.energy.window_seconds, eff.tokens_per_joule, eff.baseline_tokens_per_joule,
         eff.improvement_percent,
+        f"; Observe: Enforce would give est. {eff.enforce_estimate_percent:+.1f}%"
+        if eff.enforce_estimate_method else "",
     )  # fmt: skip
 
 

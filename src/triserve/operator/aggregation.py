@@ -53,6 +53,8 @@ class ReportView:
     tokens_per_joule: float = 0.0
     baseline_tokens_per_joule: float = 0.0
     method: str = ""
+    enforce_estimate_percent: float = 0.0
+    enforce_estimate_method: str = ""
 
 
 def parse_time_s(value: str) -> float:
@@ -96,6 +98,8 @@ def report_view(body: Mapping[str, Any]) -> ReportView | None:
         tokens_per_joule=status.efficiency.tokens_per_joule,
         baseline_tokens_per_joule=status.efficiency.baseline_tokens_per_joule,
         method=status.efficiency.method,
+        enforce_estimate_percent=status.efficiency.enforce_estimate_percent,
+        enforce_estimate_method=status.efficiency.enforce_estimate_method,
     )
 
 
@@ -146,8 +150,9 @@ def aggregate(
 ) -> Aggregate:
     """Aggregate the reports of `nodes` (the nodes labelled for `policy`) at time `now_s`."""
     result = Aggregate()
-    joules = watts = window_s = tokens = baseline_j = 0.0
+    joules = watts = window_s = tokens = baseline_j = enforce_j = 0.0
     methods: set[str] = set()
+    enforce_methods: set[str] = set()
     for node in sorted(nodes):
         result.targeted += 1
         report = reports.get(node)
@@ -172,6 +177,10 @@ def aggregate(
         tokens += report.tokens
         if report.tokens and report.baseline_tokens_per_joule:
             baseline_j += report.tokens / report.baseline_tokens_per_joule
+        if report.enforce_estimate_method:
+            enforce_methods.add(report.enforce_estimate_method)
+        # Each node's estimate as energy: what its window would have drawn under Enforce.
+        enforce_j += report.joules / (1.0 + report.enforce_estimate_percent / 100.0)
         if report.method:
             methods.add(report.method)
     # A node released from the policy keeps reporting under it until its restore verified.
@@ -193,6 +202,10 @@ def aggregate(
         baseline_tokens_per_joule=_round(baseline),
         improvement_percent=_round(improvement),
         method=" + ".join(sorted(methods)),
+        enforce_estimate_percent=(
+            _round((joules / enforce_j - 1.0) * 100.0) if enforce_methods and enforce_j else 0.0
+        ),
+        enforce_estimate_method=" + ".join(sorted(enforce_methods)),
     )
     return result
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from triserve.gpu.idle_powers import IdlePowers, published_idle_powers
+
 __all__ = ["PROFILES", "DeviceProfile", "get_profile"]
 
 
@@ -88,6 +90,16 @@ class DeviceProfile:
         return self.thermal_tau_s / self.thermal_r_c_per_w
 
 
+def _published(name: str) -> IdlePowers:
+    powers = published_idle_powers(name)
+    assert powers is not None, name
+    return powers
+
+
+_H100 = _published("NVIDIA H100 80GB HBM3")
+_A100 = _published("NVIDIA A100-SXM4-80GB")
+_L40S = _published("NVIDIA L40S")
+
 _H100_SXM = DeviceProfile(
     key="h100-sxm",
     name="NVIDIA H100 80GB HBM3",
@@ -104,8 +116,8 @@ _H100_SXM = DeviceProfile(
     shutdown_c=92.0,
     slowdown_c=89.0,
     max_operating_c=87.0,
-    bare_idle_w=71.8,
-    context_idle_w=121.7,
+    bare_idle_w=_H100.bare_w,
+    context_idle_w=_H100.context_w,
     tlimit_offsets=False,
     mem_idle_w=20.0,
     mem_bw_w=110.0,
@@ -155,7 +167,7 @@ PROFILES: dict[str, DeviceProfile] = {
         # Not published: bare idle from public nvidia-smi readings (≈60 W); the context
         # premium assumed to be H100 SXM's scaled by TDP (docs/calibration.md).
         bare_idle_w=60.0,
-        context_idle_w=60.0 + (121.7 - 71.8) * 350 / 700,
+        context_idle_w=60.0 + _H100.premium_w * 350 / 700,
     ),
     "h200": _scaled(
         _H100_SXM,
@@ -186,8 +198,8 @@ PROFILES: dict[str, DeviceProfile] = {
         peak_fp32_flops_per_s=19.5e12,
         has_gpm=False,
         max_operating_c=85.0,
-        bare_idle_w=53.7,
-        context_idle_w=80.0,
+        bare_idle_w=_A100.bare_w,
+        context_idle_w=_A100.context_w,
         v_knee_mhz=750,
     ),
     "l40s": _scaled(
@@ -210,8 +222,8 @@ PROFILES: dict[str, DeviceProfile] = {
         shutdown_c=93.0,
         slowdown_c=90.0,
         max_operating_c=88.0,
-        bare_idle_w=35.6,
-        context_idle_w=102.1,
+        bare_idle_w=_L40S.bare_w,
+        context_idle_w=_L40S.context_w,
         tlimit_offsets=True,
         v_knee_mhz=1300,
     ),
