@@ -36,6 +36,7 @@ TOOL_SOURCES = {
     "mmdebstrap": "apt-get install mmdebstrap (Debian package; .ci/run installs it)",
     "umoci": "apt-get install umoci (Debian package; .ci/run installs it)",
     "runc": "apt-get install runc (Debian package; .ci/run installs it)",
+    "actionlint": "make test builds it with Go into .venv/bin (make actionlint)",
 }
 
 
