@@ -84,6 +84,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         }
     },
     "hints": {"agent": {"hints": {"enabled": True, "hostDir": "/run/triserve-hints"}}},
+    "system-priority": {
+        "agent": {
+            "priorityClassName": "system-node-critical",
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%"}},
+        }
+    },
     "custom-scheduling": {
         "agent": {
             "nodeSelector": {"nvidia.com/gpu.present": "true"},
