@@ -20,13 +20,14 @@ import sys
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.eventually import eventually_sync
 
-from .images import Bundle, Image, build
+from .images import BUILD_TIMEOUT_S, Bundle, Image, build
 from .support import REPO, run, tool
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -142,8 +143,10 @@ def image() -> Image:
 
 
 @pytest.fixture(scope="module")
-def bundle(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    return Bundle.unpack(image, tmp_path_factory.mktemp("image") / "bundle")
+def bundle(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bundle]:
+    dest = tmp_path_factory.mktemp("image") / "bundle"
+    yield Bundle.unpack(image, dest)
+    shutil.rmtree(dest, ignore_errors=True)  # about 400 MB; pytest keeps old tmp dirs
 
 
 def _runtime_stage() -> list[tuple[str, str]]:
@@ -164,6 +167,7 @@ def _assignments(keyword: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT_S + 60)
 def test_built_image_is_configured_as_the_dockerfile_says(image: Image) -> None:
     config = image.config()
     runtime = dict(_runtime_stage())
@@ -185,12 +189,14 @@ def test_built_image_is_configured_as_the_dockerfile_says(image: Image) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT_S + 60)
 def test_built_image_pulls_within_its_size_budget(image: Image) -> None:
     size = image.compressed_size_bytes()
     assert size <= IMAGE_BUDGET_BYTES, f"the image grew to {size / 2**20:.0f} MiB compressed"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT_S + 60)
 def test_image_entrypoint_prints_help_by_default(bundle: Bundle, tmp_path: Path) -> None:
     returncode, output = bundle.run(tmp_path)
     assert returncode == 0, output
@@ -216,6 +222,7 @@ def _get(url: str) -> tuple[int, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT_S + 60)
 def test_image_runs_the_agent_on_the_simulator(bundle: Bundle, tmp_path: Path) -> None:
     metrics_port, health_port = _free_port(), _free_port()
     args = ["triserve", "agent", "--standalone", "--policy", "/etc/triserve/policy.yaml"]
@@ -239,6 +246,7 @@ def test_image_runs_the_agent_on_the_simulator(bundle: Bundle, tmp_path: Path) -
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT_S + 60)
 def test_image_runs_the_operator_as_non_root_to_a_clear_error(
     bundle: Bundle, tmp_path: Path
 ) -> None:
