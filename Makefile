@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench perf crds clean k8s apiserver-bench lock reliability
+.PHONY: demo test bench perf crds clean k8s actionlint apiserver-bench lock reliability
 
 # Dependencies come from the hash-locked files under requirements/ (the image builds from the
 # same runtime lock); triserve itself is installed editable on top, without dependencies.
@@ -40,7 +40,14 @@ k8s:
 	@if command -v go >/dev/null 2>&1; then bash tools/k8s/build.sh >/dev/null; \
 	else echo "tests/apiserver will be skipped: Go is not installed (needed to build kube-apiserver)"; fi
 
-test: $(STAMP) k8s
+# actionlint for tests/deploy/test_release.py, built from the Go module proxy into .venv/bin.
+ACTIONLINT_VERSION := v1.7.12
+actionlint: $(STAMP)
+	@if [ -x $(BIN)/actionlint ]; then :; elif command -v go >/dev/null 2>&1; then \
+	GOBIN=$(abspath $(BIN)) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION); \
+	else echo "the actionlint test will be skipped: Go is not installed (needed to build actionlint)"; fi
+
+test: $(STAMP) k8s actionlint
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy  # src/ and tests/, both --strict (pyproject.toml [tool.mypy])

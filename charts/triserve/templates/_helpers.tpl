@@ -25,6 +25,15 @@
 {{- printf "%s-agent" (include "triserve.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The agent's priority class: the one named in values, else the chart's own, else none. */}}
+{{- define "triserve.agentPriorityClassName" -}}
+{{- if .Values.agent.priorityClassName }}
+{{- .Values.agent.priorityClassName }}
+{{- else if .Values.agent.priorityClass.create }}
+{{- include "triserve.agentName" . }}
+{{- end }}
+{{- end }}
+
 {{- define "triserve.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
