@@ -86,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default: the scenario's)",
     )
     p.add_argument(
+        "--decode-share",
+        default=None,
+        help="comma-separated clock-sensitive shares of a batch-1 decode step (e.g. "
+        "0.015,0.03,0.05; the published band is about 0.012-0.06, docs/calibration.md), set on "
+        "every decode stage: one block each (default: the scenario's)",
+    )
+    p.add_argument(
         "--duration-s",
         "--duration",
         dest="duration_s",
@@ -206,27 +213,42 @@ def _holds(raw: str | None) -> list[float | None]:
     return list(holds)
 
 
-def _shares(raw: str | None) -> list[float | None]:
+def _shares(raw: str | None, flag: str, example: str) -> list[float | None]:
     if raw is None:
         return [None]
     try:
         shares = [float(x) for x in raw.split(",") if x.strip()]
     except ValueError:
-        msg = f"--parked-share: {raw!r} is not a comma-separated list of shares, e.g. 0,0.35,0.6"
+        msg = f"{flag}: {raw!r} is not a comma-separated list of shares, e.g. {example}"
         raise ValueError(msg) from None
-    if not shares or any(not 0 <= x <= 1 for x in shares):
-        raise ValueError("--parked-share needs one or more shares from 0 to 1, e.g. 0,0.35,0.6")
+    if not shares or any(not 0 <= x < 1 for x in shares):
+        raise ValueError(f"{flag} needs one or more shares from 0 to below 1, e.g. {example}")
     return list(shares)
 
 
-def with_pmu(scenario: Scenario, hold_s: float | None, parked_share: float | None) -> Scenario:
-    """`scenario` with the PMU's idle hold and parked share replaced where given."""
+def with_pmu(
+    scenario: Scenario,
+    hold_s: float | None,
+    parked_share: float | None,
+    decode_share: float | None = None,
+) -> Scenario:
+    """`scenario` with the idle hold, parked share and decode clock share replaced if given."""
     overrides: dict[str, Any] = {}
     if hold_s is not None:
         overrides["pmu.idle_hold_s"] = hold_s
     if parked_share is not None:
         overrides["pmu.parked_share"] = parked_share
+    if decode_share is not None:
+        for i, stage in enumerate(scenario.pipeline.stages):
+            if stage.decode is not None:
+                overrides[f"pipeline.stages.{i}.decode.clock_sensitive_share"] = decode_share
     return with_overrides(scenario, overrides) if overrides else scenario
+
+
+def _decode_share(scenario: Scenario) -> float | None:
+    """The decode stages' clock-sensitive share when they all have one value."""
+    values = {s.decode.clock_sensitive_share for s in scenario.pipeline.stages if s.decode}
+    return values.pop() if len(values) == 1 else None
 
 
 def run_block(
@@ -238,7 +260,11 @@ def run_block(
 ) -> dict[str, Any]:
     """Every seed of one scenario variant: print its tables, return its JSON document."""
     pmu = scenario.pmu
-    title = f"{scenario.name} (parked share {pmu.parked_share:g}, idle hold {pmu.idle_hold_s:g} s)"
+    decode = _decode_share(scenario)
+    title = (
+        f"{scenario.name} (parked share {pmu.parked_share:g}, idle hold {pmu.idle_hold_s:g} s"
+        f"{'' if decode is None else f', decode share {decode:g}'})"
+    )
     per_seed: list[dict[str, Any]] = []
     rows_by_seed: list[list[StrategyResult]] = []
     for seed in seeds:
@@ -272,6 +298,7 @@ def run_block(
         "scenario": scenario.name,
         "idle_hold_s": scenario.pmu.idle_hold_s,
         "parked_share": scenario.pmu.parked_share,
+        "decode_share": _decode_share(scenario),
         "seeds": list(seeds),
         "results": per_seed[0]["results"],
         "per_seed": per_seed,
@@ -331,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         names = _selected(args.strategies)
         holds = _holds(args.idle_hold_s)
-        shares = _shares(args.parked_share)
+        shares = _shares(args.parked_share, "--parked-share", "0,0.35,0.6")
+        decode_shares = _shares(args.decode_share, "--decode-share", "0.015,0.03,0.05")
         scenarios = [load_scenario(s) for s in (args.scenario or ["reference"])]
         _check_outputs(args)
     except (ValueError, ScenarioError, cliargs.UserError) as exc:
@@ -358,13 +386,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     docs = []
     with pool:
         for scenario in scenarios:
-            for share in shares:
-                for hold in holds:
-                    try:
-                        variant = with_pmu(scenario, hold, share)
-                    except ScenarioError as exc:
-                        return cliargs.fail("triserve bench", " ".join(str(exc).split()))
-                    docs.append(run_block(variant, names, seeds, pool, args.plots))
+            variants = [
+                (share, hold, decode)
+                for share in shares
+                for hold in holds
+                for decode in decode_shares
+            ]
+            for share, hold, decode in variants:
+                try:
+                    variant = with_pmu(scenario, hold, share, decode)
+                except ScenarioError as exc:
+                    return cliargs.fail("triserve bench", " ".join(str(exc).split()))
+                docs.append(run_block(variant, names, seeds, pool, args.plots))
     if args.json is not None:
         write_json(args.json, docs)
     return 0

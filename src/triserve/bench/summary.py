@@ -54,8 +54,11 @@ def _results(seed_doc: dict[str, Any]) -> list[StrategyResult]:
 def _pmu(block: dict[str, Any]) -> str:
     """The block's PMU variant: parked share and the hold that applies without boost."""
     parked = block.get("parked_share")
-    hold = f"hold {block['idle_hold_s']:g} s"
-    return hold if parked is None else f"parked {parked:g}, {hold}"
+    decode = block.get("decode_share")
+    text = f"hold {block['idle_hold_s']:g} s"
+    if parked is not None:
+        text = f"parked {parked:g}, {text}"
+    return text if decode is None else f"{text}, decode {decode:g}"
 
 
 def summary_table(blocks: Sequence[dict[str, Any]]) -> str:

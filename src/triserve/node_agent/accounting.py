@@ -63,8 +63,10 @@ ENFORCE_ESTIMATE_METHOD = (
 def enforce_energy_j(
     result: TickResult, previous: TickResult | None, idle: IdlePowers | None
 ) -> float:
-    """Observe mode: the energy of `result`'s period had Enforce run it as `previous`, the
-    tick that opened the period, decided (see `ENFORCE_ESTIMATE_METHOD`).
+    """Observe mode: the energy of `result`'s period had Enforce parked it.
+
+    `previous` is the tick that opened the period, whose decision Enforce would have applied
+    (`ENFORCE_ESTIMATE_METHOD`).
     """
     if previous is None:
         return result.energy_j

@@ -103,7 +103,7 @@ def test_seeds_are_aggregated_into_mean_and_range(
         next(r for r in s["results"] if r["strategy"] == "tri-serve")["slo_guard_trips"]
         for s in doc["per_seed"]
     )
-    assert row.startswith("| reference | parked 0.35, hold 1.5 s | tri-serve | 2 | ")
+    assert row.startswith("| reference | parked 0.35, hold 1.5 s, decode 0.03 | tri-serve | 2 | ")
     assert f"{spread['mean']:+.1f}% [{spread['min']:+.1f}%, {spread['max']:+.1f}%]" in row
     assert row.endswith(f"| {trips} | - |") and "| default |" not in summary
     (tmp_path / "bad.json").write_text('{"rows": []}')
@@ -119,7 +119,7 @@ def test_each_idle_hold_is_its_own_block(
     argv = ["bench", *TINY, "--strategies", rows, "--idle-hold-s", "0.25,10", "--json"]
     assert cli.main([*argv, str(out)]) == 0
     text = capsys.readouterr().out
-    assert "idle hold 0.25 s)" in text and "idle hold 10 s)" in text
+    assert "idle hold 0.25 s," in text and "idle hold 10 s," in text
     docs = json.loads(out.read_text())
     assert [d["idle_hold_s"] for d in docs] == [0.25, 10.0]
     energy = [{r["strategy"]: r["energy_j"] for r in d["results"]} for d in docs]
