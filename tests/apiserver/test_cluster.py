@@ -103,14 +103,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         unavailable(exc)
 
 
+def wait_for_agents(cluster: Cluster) -> Any:
+    """The agent DaemonSet's status once an agent is Ready on each GPU node."""
+
+    def agents_ready() -> Any:
+        status = get_json(cluster.plane, "daemonset", "-n", NS, f"{RELEASE}-agent")["status"]
+        nodes = sorted(pod["spec"].get("nodeName", "-") for pod in cluster.pods("agent"))
+        # Quoted on timeout: where the agents went.
+        assert status.get("numberReady") == len(GPU_NODES), f"agents on {nodes}: {status}"
+        return status
+
+    return eventually_sync(agents_ready, "an agent Ready on each GPU node", 90)
+
+
 def test_agents_are_scheduled_on_the_gpu_nodes_only_tainted_ones_included(
     cluster: Cluster,
 ) -> None:
-    def agents_ready() -> Any:
-        status = get_json(cluster.plane, "daemonset", "-n", NS, f"{RELEASE}-agent")["status"]
-        return status if status.get("numberReady") == len(GPU_NODES) else None
-
-    status = eventually_sync(agents_ready, "an agent Ready on each GPU node", 90)
+    status = wait_for_agents(cluster)
     assert status["desiredNumberScheduled"] == len(GPU_NODES)
     assert {pod["spec"]["nodeName"] for pod in cluster.pods("agent")} == GPU_NODES
 
@@ -133,6 +142,7 @@ def test_the_operator_deployment_becomes_available(cluster: Cluster) -> None:
 def test_agents_run_with_the_charts_flags_and_report_owned_by_their_node(
     cluster: Cluster,
 ) -> None:
+    wait_for_agents(cluster)
     agents = cluster.containers(f"{RELEASE}-agent-")
     assert {agent.node for agent in agents} == GPU_NODES
     for agent in agents:
@@ -206,7 +216,9 @@ def test_pod_templates_pass_pod_security_at_the_levels_the_install_guide_states(
 
 def test_a_deleted_node_takes_its_report_with_it(cluster: Cluster) -> None:
     plane = cluster.plane
-    assert get_json(plane, "nodeenergyreport", "gpu-tainted") is not None
+    for node in sorted(GPU_NODES):
+        has_report = functools.partial(get_json, plane, "nodeenergyreport", node)
+        eventually_sync(has_report, f"{node}'s report", 90)
     cluster.kubelet.leave("gpu-tainted")
     eventually_sync(
         lambda: get_json(plane, "nodeenergyreport", "gpu-tainted") is None,
