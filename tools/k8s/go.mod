@@ -1,5 +1,6 @@
 // Build glue only: kube-apiserver, kube-controller-manager, kube-scheduler and etcd for the tests
-// against a real API server (tests/apiserver). Regenerate the pins with `python3 tools/k8s/update_gomod.py v1.X.Y`.
+// against a real API server (tests/apiserver). Regenerate the pins with
+// `python3 tools/k8s/update_gomod.py v1.X.Y`.
 module triserve.local/tools/k8s
 
 go 1.26.0
