@@ -34,11 +34,12 @@ lock: $(RUNTIME)
 demo: $(RUNTIME)
 	$(BIN)/triserve demo
 
-# kube-apiserver and etcd for tests/apiserver, built from the Go modules pinned in tools/k8s
+# The control plane for tests/apiserver (kube-apiserver, kube-controller-manager, kube-scheduler,
+# etcd), built from the Go modules pinned in tools/k8s
 # (cached under .cache/k8s/). Without Go, tests/apiserver is skipped with the reason.
 k8s:
 	@if command -v go >/dev/null 2>&1; then bash tools/k8s/build.sh >/dev/null; \
-	else echo "tests/apiserver will be skipped: Go is not installed (needed to build kube-apiserver)"; fi
+	else echo "tests/apiserver will be skipped: Go is not installed (needed to build the control plane)"; fi
 
 # actionlint for tests/deploy/test_release.py, built from the Go module proxy into .venv/bin.
 ACTIONLINT_VERSION := v1.7.12

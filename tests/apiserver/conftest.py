@@ -1,6 +1,6 @@
 """Fixtures for the tests against a real kube-apiserver (see controlplane.py).
 
-Every test here is marked `apiserver`. Without Go (to build kube-apiserver and etcd) they are
+Every test here is marked `apiserver`. Without Go (to build the control plane) they are
 skipped with a one-line reason, unless TRISERVE_APISERVER_REQUIRED=1 (set by .ci/run), which
 turns that into a failure. The control plane is shared by the whole session; each module
 installs what it needs under its own release and namespace names.
@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import pytest
 import yaml
@@ -40,18 +40,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.apiserver)
 
 
+def tools_on_path() -> None:
+    """kubectl and helm (tests/deploy's pinned ones) first on PATH."""
+    for name in ("kubectl", "helm"):
+        os.environ["PATH"] = f"{Path(tool(name)).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+def unavailable(exc: Unavailable) -> NoReturn:
+    """Skip for `exc`, or fail where the suite must run (TRISERVE_APISERVER_REQUIRED=1)."""
+    if os.environ.get(REQUIRED_ENV) == "1":
+        pytest.fail(f"the real API server suite must run here: {exc}")
+    pytest.skip(f"no real API server: {exc}")
+
+
 @pytest.fixture(scope="session")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """etcd + kube-apiserver for the session, with kubectl and helm on PATH."""
-    for name in ("kubectl", "helm"):
-        os.environ["PATH"] = f"{Path(tool(name)).parent}{os.pathsep}{os.environ['PATH']}"
+    tools_on_path()
     try:
         with running(tmp_path_factory.mktemp("controlplane")) as control_plane:
             yield control_plane
     except Unavailable as exc:
-        if os.environ.get(REQUIRED_ENV) == "1":
-            pytest.fail(f"the real API server suite must run here: {exc}")
-        pytest.skip(f"no real API server: {exc}")
+        unavailable(exc)
 
 
 def get_json(plane: ControlPlane, *args: str) -> Any:

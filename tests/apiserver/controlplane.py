@@ -6,7 +6,11 @@ certificate for 127.0.0.1, the ServiceAccount token signing key pair and a stati
 starts etcd and kube-apiserver with RBAC authorization, and writes kubeconfigs: one for the
 admin (group system:masters) and one per ServiceAccount token obtained from the TokenRequest
 API, optionally bound to a pod so that the token carries the pod's node name.
-There is no kubelet, scheduler or controller-manager: pods are API objects only.
+By default there is no kubelet, scheduler or controller-manager: pods are API objects only.
+With `controllers=True` kube-controller-manager (the workload controllers and the garbage
+collector) and kube-scheduler run too, each with its own static token as the user the bootstrap
+RBAC roles name, no HTTPS port of its own and no leader election; add a process kubelet
+(tests/support/kubelet.py) and pods run.
 """
 
 from __future__ import annotations
@@ -33,8 +37,12 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "tools" / "k8s" / "build.sh"
 #: Set by CI: a missing Go toolchain or failed build is then an error, not a skip.
 REQUIRED_ENV = "TRISERVE_APISERVER_REQUIRED"
-#: A directory holding kube-apiserver and etcd, instead of building them.
+#: A directory holding the control-plane binaries (build.sh output), instead of building them.
 BIN_ENV = "TRISERVE_K8S_BIN"
+
+
+#: Control-plane components beside kube-apiserver, started with `controllers=True`.
+COMPONENTS = ("kube-controller-manager", "kube-scheduler")
 
 
 class Unavailable(Exception):
@@ -42,11 +50,11 @@ class Unavailable(Exception):
 
 
 def binaries() -> Path:
-    """The directory holding kube-apiserver and etcd, building them if needed."""
+    """The directory holding the control-plane binaries, building them if needed."""
     if os.environ.get(BIN_ENV):
         return Path(os.environ[BIN_ENV])
     if shutil.which("go") is None:
-        raise Unavailable("Go is not installed (needed to build kube-apiserver and etcd)")
+        raise Unavailable("Go is not installed (needed to build the control plane)")
     result = subprocess.run(
         ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False, timeout=3000
     )
@@ -124,10 +132,28 @@ def make_pki(directory: Path) -> None:
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=directory)
 
 
+#: The controllers a test cluster needs: workloads and their garbage collection, a namespace's
+#: default ServiceAccount and kube-root-ca.crt (which every pod's token volume projects), and
+#: the clean-up of finished Jobs and of pods whose node is gone. No node lifecycle: the process
+#: kubelet posts no heartbeats, so nothing may evict or taint its nodes for that.
+CONTROLLERS = (
+    "garbage-collector-controller",
+    "daemonset-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "job-controller",
+    "ttl-after-finished-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "root-ca-certificate-publisher-controller",
+    "pod-garbage-collector-controller",
+)
+
+
 class ControlPlane:
     """etcd + kube-apiserver on 127.0.0.1, with RBAC and ServiceAccount tokens."""
 
-    def __init__(self, bin_dir: Path, work_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, work_dir: Path, *, controllers: bool = False) -> None:
         self.bin_dir = bin_dir
         self.work = work_dir
         self.pki = work_dir / "pki"
@@ -136,12 +162,20 @@ class ControlPlane:
         self.admin_token = secrets.token_hex(16)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}  # by binary name, in start order
         self.admin_kubeconfig = work_dir / "admin.kubeconfig"
+        self.controllers = controllers
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self, timeout_s: float = 120.0) -> None:
         """Start etcd, then kube-apiserver; return once /readyz answers ok."""
         make_pki(self.pki)
-        (self.pki / "tokens.csv").write_text(f'{self.admin_token},admin,admin,"system:masters"\n')
+        # The controller-manager and scheduler log in as the users the bootstrap roles name.
+        component_tokens = {name: secrets.token_hex(16) for name in COMPONENTS}
+        (self.pki / "tokens.csv").write_text(
+            f'{self.admin_token},admin,admin,"system:masters"\n'
+            + "".join(
+                f"{token},system:{name},system:{name}\n" for name, token in component_tokens.items()
+            )
+        )
         etcd_port, peer_port = free_port(), free_port()
         etcd_url, peer_url = f"http://127.0.0.1:{etcd_port}", f"http://127.0.0.1:{peer_port}"
         self._spawn(
@@ -181,6 +215,39 @@ class ControlPlane:
             ],
         )
         self.write_kubeconfig(self.admin_kubeconfig, self.admin_token, "admin")
+        self._wait_ready(timeout_s)
+        if self.controllers:
+            self._start_controllers(component_tokens)
+
+    def _start_controllers(self, tokens: dict[str, str]) -> None:
+        configs = {
+            name: self.write_kubeconfig(self.work / f"{name}.kubeconfig", token, f"system:{name}")
+            for name, token in tokens.items()
+        }
+        self._spawn(
+            "kube-controller-manager",
+            [
+                f"--kubeconfig={configs['kube-controller-manager']}",
+                "--secure-port=0",
+                "--leader-elect=false",
+                # Each controller with its own ServiceAccount's token, as kubeadm runs it.
+                "--use-service-account-credentials=true",
+                f"--controllers={','.join(CONTROLLERS)}",
+                f"--root-ca-file={self.pki / 'ca.crt'}",
+                "--v=1",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                f"--kubeconfig={configs['kube-scheduler']}",
+                "--secure-port=0",
+                "--leader-elect=false",
+                "--v=1",
+            ],
+        )
+
+    def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
             for name, proc in self.procs.items():
@@ -201,7 +268,7 @@ class ControlPlane:
         self.procs[name] = proc
 
     def stop(self) -> None:
-        """Stop kube-apiserver, then etcd."""
+        """Stop the components in the reverse order of their start (etcd last)."""
         for proc in reversed(self.procs.values()):
             processes.stop(proc, grace_s=20)
 
@@ -296,9 +363,9 @@ class ControlPlane:
 
 
 @contextlib.contextmanager
-def running(work_dir: Path) -> Iterator[ControlPlane]:
-    """A started control plane, stopped on exit."""
-    plane = ControlPlane(binaries(), work_dir)
+def running(work_dir: Path, *, controllers: bool = False) -> Iterator[ControlPlane]:
+    """A started control plane (with the scheduler and controllers if asked), stopped on exit."""
+    plane = ControlPlane(binaries(), work_dir, controllers=controllers)
     try:
         plane.start()
         yield plane

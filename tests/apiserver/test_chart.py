@@ -2,8 +2,8 @@
 
 There is no kubelet here, so no pod runs: `helm uninstall` is run with `--no-hooks` and the test
 then does what Helm would, in Helm's order: it creates the post-delete hook's ServiceAccount and
-RBAC and runs the hook Job's command with that ServiceAccount's token. What is not exercised is
-the Job being scheduled.
+RBAC and runs the hook Job's command with that ServiceAccount's token. test_cluster.py runs the
+hook as the Job it is, on a cluster with a scheduler, the controllers and a process kubelet.
 """
 
 from __future__ import annotations
