@@ -99,6 +99,7 @@ class Totals:
     stall_s: float = 0.0
     throttle_s: float = 0.0
     pipeline_capped_s: float = 0.0
+    budget_capped_s: float = 0.0
     slo_guard_trips: int = 0
     decisions: dict[str, int] = field(default_factory=dict)
 
@@ -112,6 +113,8 @@ class Totals:
             self.stall_s += dt_s
         if result.throttled:
             self.throttle_s += dt_s
+        if result.budget_capped:
+            self.budget_capped_s += dt_s
         if result.decision.guard_tripped:
             self.slo_guard_trips += 1
         if result.decision.reason is Reason.PIPELINE:

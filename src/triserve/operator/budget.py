@@ -104,7 +104,7 @@ class Curve:
             return top if level <= 0 else low_w
         if self.e >= 1.0:
             return top if self.a > level else low_w
-        watts = (self.a * self.e / level) ** (1.0 / (1.0 - self.e))
+        watts: float = (self.a * self.e / level) ** (1.0 / (1.0 - self.e))
         return min(max(watts, low_w), top)
 
 
