@@ -24,9 +24,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from triserve.operator import budget
+
 from triserve.api.status import (
     Efficiency,
     EnergyWindow,
+    GpuReport,
     GpuState,
     NodeEnergyReportStatus,
     ReportPhase,
@@ -53,6 +56,10 @@ class ReportView:
     tokens_per_joule: float = 0.0
     baseline_tokens_per_joule: float = 0.0
     method: str = ""
+    #: Sum of the GPUs' last measured board power, watts (the budget's measured power).
+    gpu_watts: float = 0.0
+    #: The governed GPUs as the power-budget allocation reads them.
+    budget_gpus: tuple[budget.GpuInput, ...] = ()
 
 
 def parse_time_s(value: str) -> float:
@@ -79,8 +86,9 @@ def report_view(body: Mapping[str, Any]) -> ReportView | None:
         return None
     spec = body.get("spec") or {}
     meta = body.get("metadata") or {}
+    node = str(spec.get("nodeName") or meta.get("name", ""))
     return ReportView(
-        node=str(spec.get("nodeName") or meta.get("name", "")),
+        node=node,
         policy=status.policy,
         policy_generation=status.policy_generation,
         phase=status.phase,
@@ -96,6 +104,29 @@ def report_view(body: Mapping[str, Any]) -> ReportView | None:
         tokens_per_joule=status.efficiency.tokens_per_joule,
         baseline_tokens_per_joule=status.efficiency.baseline_tokens_per_joule,
         method=status.efficiency.method,
+        gpu_watts=sum(gpu.power_watts for gpu in status.gpus),
+        budget_gpus=tuple(
+            _budget_input(node, gpu) for gpu in status.gpus if gpu.power_limit_max_watts
+        ),
+    )
+
+
+def _budget_input(node: str, gpu: GpuReport) -> budget.GpuInput:
+    windows = tuple(
+        budget.Window(
+            watts=p.watts,
+            tokens_per_second=p.tokens_per_second,
+            cap_watts=p.cap_watts,
+            capped_share=p.capped_seconds / p.seconds if p.seconds > 0 else 0.0,
+        )
+        for p in gpu.operating_points
+    )
+    return budget.GpuInput(
+        node=node,
+        uuid=gpu.uuid,
+        min_w=gpu.power_limit_min_watts,
+        max_w=gpu.power_limit_max_watts,
+        windows=windows,
     )
 
 

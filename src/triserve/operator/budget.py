@@ -104,8 +104,13 @@ class Curve:
             return top if level <= 0 else low_w
         if self.e >= 1.0:
             return top if self.a > level else low_w
-        watts: float = (self.a * self.e / level) ** (1.0 / (1.0 - self.e))
-        return min(max(watts, low_w), top)
+        if top <= 0:
+            return top
+        # In logs: an elasticity near 1 would overflow the power.
+        log_w = math.log(self.a * self.e / level) / (1.0 - self.e)
+        if log_w >= math.log(top):
+            return top
+        return max(math.exp(log_w), low_w)
 
 
 def fit(gpu: GpuInput) -> Curve:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.unit.node_agent.conftest import policy, run
 from triserve.api.powercaps import PowerCaps
@@ -15,7 +16,7 @@ from triserve.sim import Simulation
 from triserve.simnode.node import SimNode
 
 MakeAgent = Callable[..., tuple[NodeAgent, SimNode]]
-BUDGETED = {"powerBudget": {"watts": 2000}}
+BUDGETED: dict[str, Any] = {"powerBudget": {"watts": 2000}}
 
 
 def _limit_w(sim: Simulation, index: int) -> float:
