@@ -24,8 +24,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from triserve.operator import budget
-
 from triserve.api.status import (
     Efficiency,
     EnergyWindow,
@@ -34,6 +32,7 @@ from triserve.api.status import (
     NodeEnergyReportStatus,
     ReportPhase,
 )
+from triserve.operator import budget
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

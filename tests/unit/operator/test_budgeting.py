@@ -31,7 +31,9 @@ class FakeKube:
 
 def _policy(watts: int | None = 1500) -> PolicyView:
     spec = {"powerBudget": {"watts": watts, "marginPercent": 0}} if watts else {}
-    return PolicyView("fleet", "uid", 0, "2026-01-01T00:00:00Z", 1, EnergyPolicySpec(**spec))
+    return PolicyView(
+        "fleet", "uid", 0, "2026-01-01T00:00:00Z", 1, EnergyPolicySpec.model_validate(spec)
+    )
 
 
 def _node(name: str, caps: dict[str, int] | None = None) -> NodeView:
