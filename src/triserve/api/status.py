@@ -156,6 +156,12 @@ class OperatingPoint(ApiModel):
         ge=0.0,
         description="Seconds of the window the GPU was held at its power limit under a cap.",
     )
+    busy_seconds: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Seconds of the window a kernel ran (NVML utilisation); a GPU that is "
+        "not busy throughout has tokens/s set by its load, not by its cap.",
+    )
     seconds: float = Field(ge=0.0, description="Window length, seconds.")
 
 

@@ -229,6 +229,7 @@ class GpuRuntime:
                     tokens_per_second=round(w.tokens / w.seconds, 2),
                     cap_watts=round((ceiling_mw or 0) / 1000.0, 1),
                     capped_seconds=round(w.budget_capped_s, 2),
+                    busy_seconds=round(w.busy_s, 2),
                     seconds=round(w.seconds, 2),
                 )
             )

@@ -117,6 +117,9 @@ def _budget_input(node: str, gpu: GpuReport) -> budget.GpuInput:
             tokens_per_second=p.tokens_per_second,
             cap_watts=p.cap_watts,
             capped_share=p.capped_seconds / p.seconds if p.seconds > 0 else 0.0,
+            busy_share=1.0
+            if p.busy_seconds is None or p.seconds <= 0
+            else p.busy_seconds / p.seconds,
         )
         for p in gpu.operating_points
     )

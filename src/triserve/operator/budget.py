@@ -6,9 +6,12 @@ NodeEnergyReports) and the caps now written on the Nodes; the cluster bench
 (`triserve.bench.cluster`) calls the same code with simulated agents.
 
 Each GPU's throughput is modelled from its own report windows (`OperatingPoint`: mean power,
-tokens/s, the cap then and how long it was held at it) as `tokens/s = a·P^e` up to the power
-it draws when nothing holds it (its demand), flat above. The elasticity `e` is measured from
-two windows at clearly different power while held at a cap, else `PRIOR_ELASTICITY`; `a`
+tokens/s, the cap then, how long it was held at it and how long it was busy) as
+`tokens/s = a·P^e` up to the power it draws when nothing holds it (its demand), flat above.
+A window counts as cap-bound only when the GPU was both held at its cap and busy nearly all
+of it; a GPU that idles between requests gets its last power plus some headroom as demand.
+The elasticity `e` is measured from two cap-bound windows at clearly different caps, else
+`PRIOR_ELASTICITY`; `a`
 anchors the curve on the newest window. Allocation is water-filling on the marginal tokens
 per watt `a·e·P^(e-1)`: every GPU starts at its minimum power limit, and one common marginal
 value (found by bisection) decides how far above it each GPU's cap goes; watts no GPU can use
@@ -41,6 +44,8 @@ MIN_ELASTICITY = 0.05
 MAX_ELASTICITY = 1.0
 #: A window held at its cap for at least this share of its length counts as cap-bound.
 BOUND_SHARE = 0.05
+#: A window busy for at least this share of its length had more work than it could run.
+SATURATED_SHARE = 0.9
 #: Headroom above the power an unbound GPU drew, before its marginal value drops to 0.
 DEMAND_HEADROOM = 1.15
 #: Two windows whose power differs by less than this ratio cannot measure an elasticity.
@@ -62,11 +67,20 @@ class Window:
     tokens_per_second: float
     cap_watts: float = 0.0
     capped_share: float = 0.0  #: capped seconds over the window's seconds
+    busy_share: float = 1.0  #: busy seconds over the window's seconds (1: not reported)
 
     @property
     def bound(self) -> bool:
-        """True when the cap held the GPU for a real share of the window."""
-        return self.cap_watts > 0 and self.capped_share >= BOUND_SHARE
+        """True when the cap, not the load, set the window's tokens/s.
+
+        The cap held the GPU for a real share of the window and the GPU had work nearly all
+        of it: a GPU that idles between requests serves its load whatever its cap.
+        """
+        return (
+            self.cap_watts > 0
+            and self.capped_share >= BOUND_SHARE
+            and self.busy_share >= SATURATED_SHARE
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -123,10 +137,12 @@ def fit(gpu: GpuInput) -> Curve:
     elasticity = PRIOR_ELASTICITY
     bound = [w for w in windows if w.bound and w.tokens_per_second >= MIN_TOKENS_PER_S]
     if len(bound) >= 2:
-        low, high = min(bound, key=lambda w: w.watts), max(bound, key=lambda w: w.watts)
-        if high.watts / low.watts >= MIN_POWER_RATIO:
+        # Held at their caps, the windows drew about their caps: the caps are the cleaner
+        # measure of the watts each window was given.
+        low, high = min(bound, key=lambda w: w.cap_watts), max(bound, key=lambda w: w.cap_watts)
+        if high.cap_watts / low.cap_watts >= MIN_POWER_RATIO:
             measured = math.log(high.tokens_per_second / low.tokens_per_second) / math.log(
-                high.watts / low.watts
+                high.cap_watts / low.cap_watts
             )
             elasticity = min(max(measured, MIN_ELASTICITY), MAX_ELASTICITY)
     a = newest.tokens_per_second / newest.watts**elasticity
