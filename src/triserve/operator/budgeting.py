@@ -8,7 +8,8 @@ NodeEnergyReports into what `budget.allocate` reads:
 * a node labelled for the policy with a fresh report: its governed GPUs, with their caps as
   the node's `triserve.io/power-caps` annotation shows them;
 * a labelled node whose report is stale, or names another policy, but whose annotation still
-  holds this policy's caps: those caps are *held*, counted against the budget unchanged;
+  holds this policy's caps: those caps are *held*, counted against the budget unchanged; so
+  is the cap of a GPU a fresh report no longer lists as governed;
 * a labelled node with neither: its agent holds each GPU at the minimum limit until a cap
   arrives, so its GPU count times the largest minimum limit in the fleet is *reserved*.
 
@@ -104,7 +105,10 @@ def fleet_inputs(
             for gpu in report.budget_gpus:
                 gpus.append(gpu)
                 if gpu.uuid in caps:
-                    written[gpu.key] = caps[gpu.uuid]
+                    written[gpu.key] = caps.pop(gpu.uuid)
+            # A capped GPU the report no longer lists as governed (an agent stopping reports
+            # its GPUs released first) may still run at its cap: it stays counted.
+            held.update({(node.name, uuid): watts for uuid, watts in caps.items()})
         elif caps:
             held.update({(node.name, uuid): watts for uuid, watts in caps.items()})
         else:
@@ -212,6 +216,19 @@ class Budgeter:
                 await self._write(node.name, text, logger, caps)
         self._status[policy.name] = budget_status(spec.watts, result, inputs)
         self._shortfall[policy.name] = result.shortfall_w
+
+    async def clear(
+        self,
+        policy: str,
+        nodes: Iterable[NodeView],
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+    ) -> None:
+        """Remove `policy`'s caps from every node (the policy is being deleted)."""
+        self._keepers.pop(policy, None)
+        self._status.pop(policy, None)
+        for node in nodes:
+            if written_caps(node, policy):
+                await self._write(node.name, None, logger)
 
     async def _write(
         self,

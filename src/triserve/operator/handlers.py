@@ -200,6 +200,7 @@ def _register_release(
             p for p in values(kwargs["triserve_policies"], placement.PolicyView) if p.name != name
         ]
         labelled = _labelled_since_deletion(kwargs["memo"], name, nodes)
+        await placer.budgeter.clear(name, nodes, kwargs["logger"])
         await _unlabel(placer, name, nodes, others, kwargs["logger"], settings.release_poll_s)
         reports = values(kwargs["triserve_reports"], aggregation.ReportView)
         waiting = placer.release_message(name, reports, labelled)

@@ -103,3 +103,13 @@ def test_caps_are_removed_when_the_budget_goes_or_the_node_leaves() -> None:
     _rebalance(budgeter, _policy(None), [capped], {"a": _report("a")})
     assert kube.annotations["a"] is None
     assert budgeter.status("fleet") is None
+
+
+def test_a_capped_gpu_its_report_no_longer_governs_keeps_its_cap_counted() -> None:
+    kube = FakeKube()
+    budgeter = Budgeter(kube, settle_s=5)
+    stopping = _node("b", {"GPU-b-0": 600, "GPU-b-1": 600})
+    released = ReportView("b", "fleet", 1, ReportPhase.RELEASED, NOW_S)  # no governed GPUs
+    _rebalance(budgeter, _policy(2000), [_node("a"), stopping], {"a": _report("a"), "b": released})
+    status = budgeter.status("fleet")
+    assert status is not None and status.held_watts == 1200 and status.allocated_watts <= 2000
