@@ -15,8 +15,8 @@ a `NodeEnergyReportStatus` (its GPUs' limits, caps and operating points), read b
 and writes `triserve.io/power-caps` annotations, which each agent applies after a watch
 latency (`parse_power_caps`; no cap yet: the minimum limit, like the real agent).
 Compared rows share seeds and arrivals: uniform caps (the usable budget split evenly) and
-caps proportional to each GPU's default power limit (TDP) are fixed caps, re-split only when
-the budget changes.
+caps proportional to each GPU's default power limit (TDP) are fixed caps, both scaled to add
+up to the usable budget within the GPUs' limit ranges, and re-split only when it changes.
 """
 
 from __future__ import annotations
@@ -192,13 +192,25 @@ def fleet(config: ClusterConfig) -> list[SimGpu]:
 
 
 def _fixed_caps(method: str, gpus: Sequence[SimGpu], usable_w: float) -> list[float]:
-    if method == "uniform":
-        share = usable_w / len(gpus)
-        return [min(max(share, g.table.min_w), g.table.max_w) for g in gpus]
-    tdp = sum(g.table.default_w for g in gpus)
-    return [
-        min(max(usable_w * g.table.default_w / tdp, g.table.min_w), g.table.max_w) for g in gpus
-    ]
+    """Uniform or TDP-proportional caps, scaled so that they add up to the usable budget.
+
+    Each GPU's share is `scale x weight` clamped to its power-limit range; the scale is
+    bisected so that the clamped caps add up to the budget (a plain share would overrun it
+    wherever a minimum limit is above the share).
+    """
+    weights = [1.0 if method == "uniform" else float(g.table.default_w) for g in gpus]
+
+    def caps(scale: float) -> list[float]:
+        return [
+            min(max(scale * w, g.table.min_w), g.table.max_w)
+            for g, w in zip(gpus, weights, strict=True)
+        ]
+
+    low, high = 0.0, max(g.table.max_w / w for g, w in zip(gpus, weights, strict=True))
+    for _ in range(60):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if sum(caps(mid)) <= usable_w else (low, mid)
+    return caps(low)
 
 
 class _Kube:

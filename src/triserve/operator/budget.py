@@ -7,13 +7,14 @@ NodeEnergyReports) and the caps now written on the Nodes; the cluster bench
 
 Each GPU's throughput is modelled from its own report windows (`OperatingPoint`: mean power,
 tokens/s, the cap then, how long it was held at it and how long it was busy) as
-`tokens/s = a·P^e` up to the power it draws when nothing holds it (its demand), flat above.
+`tokens/s = a·(P - p0)^e` up to the power it draws when nothing holds it (its demand), flat
+above; `p0` (`STATIC_SHARE` of the minimum limit) is the power that buys no work.
 A window counts as cap-bound only when the GPU was both held at its cap and busy nearly all
 of it; a GPU that idles between requests gets its last power plus some headroom as demand.
 The elasticity `e` is measured from two cap-bound windows at clearly different caps, else
 `PRIOR_ELASTICITY`; `a`
 anchors the curve on the newest window. Allocation is water-filling on the marginal tokens
-per watt `a·e·P^(e-1)`: every GPU starts at its minimum power limit, and one common marginal
+per watt `a·e·(P - p0)^(e-1)`: every GPU starts at its minimum power limit, and one common marginal
 value (found by bisection) decides how far above it each GPU's cap goes; watts no GPU can use
 are then spread up to the maximum limits, so a load that rises between two re-balances has
 room. Invariants (property-tested in tests/unit/operator/test_budget.py):
@@ -34,11 +35,14 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-#: The elasticity of tokens/s in power used until a GPU's own windows measure it:
-#: throughput ∝ P^0.6 is what the simulator's H100 shows for compute-bound prefill between
-#: its 700 W default and 350 W (docs/power-budget.md). It only orders GPUs that have not
-#: been measured yet; measured elasticities replace it.
+#: The elasticity of tokens/s in the power above `p0`, used until a GPU's own windows
+#: measure it. The simulator's H100 and A100 show 0.45-0.7 for compute-bound prefill across
+#: their limit ranges (lower near the default limit, higher near the minimum); 0.6 did better
+#: than 0.8 in `triserve bench-cluster` (docs/power-budget.md). Measured values replace it.
 PRIOR_ELASTICITY = 0.6
+#: The power that buys no work, as a share of the minimum power limit: the datasheet idle
+#: powers of the H100 (75 W of a 200 W minimum), A100 and L40S sit near half of it.
+STATIC_SHARE = 0.5
 #: Bounds on a measured elasticity (concave, never flat: noise must not zero a GPU's share).
 MIN_ELASTICITY = 0.05
 MAX_ELASTICITY = 1.0
@@ -52,6 +56,8 @@ DEMAND_HEADROOM = 1.15
 MIN_POWER_RATIO = 1.05
 #: Windows generating fewer tokens per second than this cannot measure an elasticity.
 MIN_TOKENS_PER_S = 1e-3
+#: The water level is found once the caps it gives fall short of the budget by less than this.
+SPEND_TOLERANCE_W = 0.5
 #: Caps move in steps of this many watts above the minimum limit, so that fit noise does not
 #: rewrite every Node's annotation on every re-balance.
 CAP_STEP_W = 5
@@ -101,15 +107,27 @@ class GpuInput:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Curve:
-    """A GPU's fitted throughput model: tokens/s = a·P^e for P up to `demand_w`."""
+    """A GPU's fitted throughput model: tokens/s = a·(P - p0)^e for P up to `demand_w`.
+
+    `p0` is the power that buys no work (static power and leakage): the clock, and with it
+    the rate, grows with the power above it, which is why a GPU held near its minimum limit
+    gains much from a few more watts.
+    """
 
     a: float
     e: float
     demand_w: float
+    p0_w: float = 0.0
 
     def tokens_per_second(self, watts: float) -> float:
         """Modelled generation rate at a cap of `watts`."""
-        return self.a * min(watts, self.demand_w) ** self.e if watts > 0 else 0.0
+        above = min(watts, self.demand_w) - self.p0_w
+        return self.a * above**self.e if above > 0 else 0.0
+
+    def marginal(self, watts: float) -> float:
+        """Modelled extra tokens/s per extra watt at a cap of `watts`."""
+        above = max(watts - self.p0_w, 1.0)
+        return self.a * self.e * above ** (self.e - 1.0) if watts < self.demand_w else 0.0
 
     def cap_at(self, level: float, low_w: float, high_w: float) -> float:
         """The cap whose marginal tokens per watt equals `level`, within [low_w, high_w]."""
@@ -118,20 +136,21 @@ class Curve:
             return top if level <= 0 else low_w
         if self.e >= 1.0:
             return top if self.a > level else low_w
-        if top <= 0:
+        if top <= self.p0_w:
             return top
         # In logs: an elasticity near 1 would overflow the power.
-        log_w = math.log(self.a * self.e / level) / (1.0 - self.e)
-        if log_w >= math.log(top):
+        log_above = math.log(self.a * self.e / level) / (1.0 - self.e)
+        if log_above >= math.log(top - self.p0_w):
             return top
-        return max(math.exp(log_w), low_w)
+        return max(self.p0_w + math.exp(log_above), low_w)
 
 
 def fit(gpu: GpuInput) -> Curve:
     """The throughput model of `gpu` from its windows (no windows: no tokens, no demand)."""
-    windows = [w for w in gpu.windows if w.watts > 0]
+    p0_w = STATIC_SHARE * gpu.min_w
+    windows = [w for w in gpu.windows if w.watts > p0_w]
     if not windows:
-        return Curve(0.0, PRIOR_ELASTICITY, gpu.min_w)
+        return Curve(0.0, PRIOR_ELASTICITY, gpu.min_w, p0_w)
     newest = windows[-1]
     demand_w = gpu.max_w if newest.bound else min(gpu.max_w, newest.watts * DEMAND_HEADROOM)
     elasticity = PRIOR_ELASTICITY
@@ -140,13 +159,13 @@ def fit(gpu: GpuInput) -> Curve:
         # Held at their caps, the windows drew about their caps: the caps are the cleaner
         # measure of the watts each window was given.
         low, high = min(bound, key=lambda w: w.cap_watts), max(bound, key=lambda w: w.cap_watts)
-        if high.cap_watts / low.cap_watts >= MIN_POWER_RATIO:
+        if high.cap_watts / low.cap_watts >= MIN_POWER_RATIO and low.cap_watts > p0_w:
             measured = math.log(high.tokens_per_second / low.tokens_per_second) / math.log(
-                high.cap_watts / low.cap_watts
+                (high.cap_watts - p0_w) / (low.cap_watts - p0_w)
             )
             elasticity = min(max(measured, MIN_ELASTICITY), MAX_ELASTICITY)
-    a = newest.tokens_per_second / newest.watts**elasticity
-    return Curve(a, elasticity, demand_w)
+    a = newest.tokens_per_second / (newest.watts - p0_w) ** elasticity
+    return Curve(a, elasticity, demand_w, p0_w)
 
 
 def water_fill(
@@ -168,7 +187,7 @@ def water_fill(
             0.0,
             max(
                 (
-                    c.a * c.e * max(lo, 1.0) ** (c.e - 1.0)
+                    c.a * c.e * max(lo - c.p0_w, 1.0) ** (c.e - 1.0)
                     for c, lo in zip(curves, low_w, strict=True)
                 ),
                 default=1.0,
@@ -184,6 +203,8 @@ def water_fill(
                 level_lo = mid
             else:
                 level_hi = mid
+                if total_w - spend < SPEND_TOLERANCE_W:
+                    break
         caps = [c.cap_at(level_hi, lo, hi) for c, lo, hi in zip(curves, low_w, high_w, strict=True)]
     spare = total_w - sum(caps)
     room = [hi - cap for cap, hi in zip(caps, high_w, strict=True)]
@@ -211,9 +232,12 @@ class Allocation:
     shortfall_w: float
     deferred_w: float
 
-    def node_caps(self, node: str) -> dict[str, int]:
-        """GPU UUID → cap of one node's GPUs."""
-        return {uuid: w for (n, uuid), w in self.caps_w.items() if n == node}
+    def by_node(self) -> dict[str, dict[str, int]]:
+        """Node name → GPU UUID → cap, grouped in one pass over the caps."""
+        grouped: dict[str, dict[str, int]] = {}
+        for (node, uuid), watts in self.caps_w.items():
+            grouped.setdefault(node, {})[uuid] = watts
+        return grouped
 
 
 def allocate(

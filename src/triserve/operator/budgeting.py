@@ -207,8 +207,9 @@ class Budgeter:
             now_s=now_s,
         )
         keeper.forget(result.caps_w)
+        grouped = result.by_node()
         for node in mine:
-            caps = result.node_caps(node.name)
+            caps = grouped.get(node.name)
             if not caps:
                 continue
             text = format_power_caps(PowerCaps(policy=policy.name, watts=caps))

@@ -141,7 +141,8 @@ def test_budget_below_the_minimum_limits_reports_the_shortfall() -> None:
 
 
 def test_elasticity_is_measured_from_two_capped_windows() -> None:
-    curve = fit(_gpu("a", _bound(300, 1000), _bound(600, 2000)))
+    # Above the static power (half the 200 W minimum): 200 W then 400 W, twice the tokens.
+    curve = fit(_gpu("a", _bound(300, 1000), _bound(500, 2000)))
     assert curve.e == pytest.approx(1.0)
     prior = fit(_gpu("a", _bound(300, 1000)))
     assert prior.e == budget.PRIOR_ELASTICITY
