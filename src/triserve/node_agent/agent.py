@@ -142,11 +142,14 @@ class NodeAgent:
     def power_ceiling_mw(self, gpu: GpuRuntime) -> int | None:
         """The power-budget ceiling for `gpu`: its cap, or its minimum limit until it has one.
 
-        None when the policy has no power budget. A cap written for another policy does not
-        count: until the operator writes this policy's, the GPU waits at its minimum limit.
+        None when the policy has no power budget, or the GPU is only observed. A cap written
+        for another policy does not count: until the operator writes this policy's, the GPU
+        waits at its minimum limit.
         """
         policy, loop = self.policy, gpu.loop
         if policy is None or policy.spec.power_budget is None or loop is None:
+            return None
+        if not loop.actuate:  # Observe sets nothing, the cap included
             return None
         caps = self.power_caps
         watts = caps.watts.get(gpu.identity.uuid) if caps and caps.policy == policy.name else None

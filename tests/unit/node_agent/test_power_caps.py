@@ -110,3 +110,15 @@ def test_a_policy_power_cap_below_the_budget_cap_is_the_one_in_force(
     assert _limit_w(sim, 0) == 250
     report = Reporter(agent).build(dt.datetime.now(tz=dt.UTC))
     assert all(p.capped_seconds == 0 for g in report.gpus for p in g.operating_points)
+
+
+def test_an_observing_policy_reports_no_cap_and_sets_none(
+    sim: Simulation, make_agent: MakeAgent
+) -> None:
+    agent, node = make_agent(policy(mode="Observe", **BUDGETED))
+    agent.set_power_caps(_caps(sim, g0=250, g1=250))
+    default_w = sim.backend.power_limit_constraints_mw(0).default_mw / 1000.0
+    run(sim, node, 1.0)
+    assert _limit_w(sim, 0) == default_w
+    report = Reporter(agent).build(dt.datetime.now(tz=dt.UTC))
+    assert all(g.power_cap_watts == 0 for g in report.gpus)
