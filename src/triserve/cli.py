@@ -14,6 +14,10 @@ from typing import Any
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("triserve.simnode.demo", "run the agent on a simulated 2-GPU node (no cluster)"),
     "bench": ("triserve.bench.cli", "run scenarios x strategies on the simulator"),
+    "bench-cluster": (
+        "triserve.bench.cluster_cli",
+        "share a power budget across a simulated cluster (operator allocation vs fixed caps)",
+    ),
     "agent": ("triserve.node_agent.main", "run the node agent (in a cluster or --standalone)"),
     "operator": ("triserve.operator.cli", "run the kopf operator"),
     "release": ("triserve.operator.release", "unlabel nodes, drop policy finalizers (uninstall)"),

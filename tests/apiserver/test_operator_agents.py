@@ -34,6 +34,7 @@ from tests.apiserver.conftest import (
 from tests.apiserver.controlplane import ControlPlane
 from tests.support.eventually import eventually_sync
 from triserve.api.annotations import POLICY_LABEL
+from triserve.api.powercaps import POWER_CAPS_ANNOTATION, parse_power_caps
 
 RELEASE, NS = "triserve", "triserve-system"
 AGENT_SA, OPERATOR_SA = "triserve-agent", "triserve-operator"
@@ -168,7 +169,17 @@ def fleet(crds: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Itera
             NS, OPERATOR_SA, tmp / "operator.kubeconfig"
         )
         operator = Process(
-            ["operator", "--liveness", "", "--status-interval", "2", "--release-timeout", "90"],
+            [
+                "operator",
+                "--liveness",
+                "",
+                "--status-interval",
+                "2",
+                "--budget-interval",
+                "2",
+                "--release-timeout",
+                "90",
+            ],
             tmp / "operator.log",
             env={"KUBECONFIG": str(operator_config)},
         )
@@ -200,8 +211,12 @@ def policy_events(plane: ControlPlane, reason: str, *args: str) -> str:
 
 def enpol_row(plane: ControlPlane, name: str) -> dict[str, str]:
     """`kubectl get enpol NAME` as column → value."""
-    header, row = plane.kubectl("get", "enpol", name).stdout.strip().splitlines()
-    return dict(zip(header.split(), row.split(), strict=True))
+    header, row = plane.kubectl("get", "enpol", name).stdout.rstrip().splitlines()
+    # Columns by their header's position: kubectl leaves a column blank when its field is unset.
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    ends = [*starts[1:], None]
+    names = header.split()
+    return {n: row[a:b].strip() for n, a, b in zip(names, starts, ends, strict=True)}
 
 
 def test_an_applied_policy_labels_the_nodes_and_the_agents_report(fleet: Fleet) -> None:
@@ -290,9 +305,14 @@ def patch_node_as(kubeconfig: Path, node: str, patch: dict[str, Any]) -> str:
     return ""
 
 
-def test_the_operator_may_change_only_the_policy_label_of_a_node(fleet: Fleet) -> None:
+def test_the_operator_may_change_only_the_policy_label_and_the_caps_of_a_node(
+    fleet: Fleet,
+) -> None:
     operator = fleet.tmp / "operator.kubeconfig"
-    only = "the triserve operator may change only the triserve.io/policy label of a Node"
+    only = (
+        "the triserve operator may change only the triserve.io/policy label and the "
+        "triserve.io/power-caps annotation of a Node"
+    )
     other_label = {"metadata": {"labels": {"team": "x"}}}
     # The API server loads admission policies asynchronously: poll until this one refuses.
     eventually_sync(
@@ -302,8 +322,11 @@ def test_the_operator_may_change_only_the_policy_label_of_a_node(fleet: Fleet) -
     )
     assert only in patch_node_as(operator, "gpu-a", {"spec": {"unschedulable": True}})
     assert only in patch_node_as(operator, "gpu-a", {"metadata": {"annotations": {"a": "b"}}})
-    # The label it owns, it may change (what placement does), and the admin may do anything.
+    # The label it owns, it may change (what placement does), and the power caps (what the
+    # budget does); the admin may do anything.
     assert patch_node_as(operator, "gpu-a", {"metadata": {"labels": {POLICY_LABEL: "x"}}}) == ""
+    caps = {"metadata": {"annotations": {POWER_CAPS_ANNOTATION: '{"policy":"x","watts":{}}'}}}
+    assert patch_node_as(operator, "gpu-a", caps) == ""
     assert patch_node_as(fleet.plane.admin_kubeconfig, "gpu-a", other_label) == ""
 
 
@@ -402,6 +425,71 @@ def test_agents_and_operator_were_never_refused_by_rbac(fleet: Fleet) -> None:
         assert not denied, f"{name}: {denied[:3]}"
 
 
+BUDGET_W, USABLE_W = 2000, 1900  # marginPercent 5
+
+
+def node_caps(fleet: Fleet, node: str) -> dict[str, int]:
+    """The caps the operator wrote on `node` for policy omni (empty: none)."""
+    annotations = get_json(fleet.plane, "node", node)["metadata"].get("annotations") or {}
+    text = annotations.get(POWER_CAPS_ANNOTATION)
+    caps = parse_power_caps(text) if text else None
+    return dict(caps.watts) if caps is not None and caps.policy == "omni" else {}
+
+
+def budget_status(fleet: Fleet) -> dict[str, Any]:
+    status = get_json(fleet.plane, "enpol", "omni").get("status") or {}
+    return dict(status.get("powerBudget") or {})
+
+
+def test_a_power_budget_gives_each_gpu_a_cap_its_agent_enforces(fleet: Fleet) -> None:
+    budget = {"spec": {"powerBudget": {"watts": BUDGET_W, "marginPercent": 5}}}
+    fleet.plane.kubectl("patch", "enpol", "omni", "--type=merge", "-p", json.dumps(budget))
+
+    def enforced(node: str) -> dict[str, int] | None:
+        caps = node_caps(fleet, node)
+        gpus = fleet.report(node)["status"].get("gpus") or []
+        applied = {g["uuid"]: g.get("powerCapWatts", 0) for g in gpus}
+        return caps if caps and all(applied.get(u) == w for u, w in caps.items()) else None
+
+    caps = {
+        node: eventually_sync(functools.partial(enforced, node), f"{node}'s caps enforced", 90)
+        for node in NODES
+    }
+    assert all(len(c) == 2 for c in caps.values())
+    # Both nodes from one list: caps move between re-balances, so reads at two moments may
+    # mix an old cap of one node with a new cap of the other.
+    listed = json.loads(fleet.plane.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    texts = [(n["metadata"].get("annotations") or {}).get(POWER_CAPS_ANNOTATION) for n in listed]
+    assert sum(sum(parse_power_caps(t).watts.values()) for t in texts if t) <= USABLE_W
+
+    def columns() -> dict[str, str]:
+        row = enpol_row(fleet.plane, "omni")
+        values = (row["BUDGET"], row["ALLOCATED"], row["MEASURED"])
+        assert all(v and v != "<none>" for v in values), row
+        return row
+
+    row = eventually_sync(columns, "Budget, Allocated and Measured columns", 60)
+    assert row["BUDGET"] == str(BUDGET_W) and float(row["ALLOCATED"]) <= USABLE_W
+
+
+def test_a_node_whose_agent_stops_keeps_its_caps_counted(fleet: Fleet) -> None:
+    held = node_caps(fleet, "gpu-b")
+    assert held
+    fleet.agents["gpu-b"].stop()
+
+    def counted() -> dict[str, Any] | None:
+        status = budget_status(fleet)
+        return status if status.get("heldWatts") == sum(held.values()) else None
+
+    status = eventually_sync(counted, "gpu-b's caps held against the budget", 90)
+    assert status["allocatedWatts"] <= USABLE_W
+    assert node_caps(fleet, "gpu-b") == held
+    fleet.agents["gpu-b"] = start_agent(fleet, "gpu-b")
+    eventually_sync(
+        lambda: budget_status(fleet).get("heldWatts", 0) == 0, "gpu-b reporting again", 90
+    )
+
+
 def test_deleting_the_policy_releases_the_gpus_and_drops_the_finalizer(fleet: Fleet) -> None:
     plane = fleet.plane
     plane.kubectl("delete", "enpol", "omni", "--wait=false")
@@ -417,6 +505,7 @@ def test_deleting_the_policy_releases_the_gpus_and_drops_the_finalizer(fleet: Fl
         eventually_sync(functools.partial(released, node), f"{node} released", 60)
     eventually_sync(lambda: get_json(plane, "enpol", "omni") is None, "the policy to go", 60)
     assert "Every agent restored default clocks" in policy_events(plane, "GpusReleased")
+    assert all(node_caps(fleet, node) == {} for node in NODES)
 
 
 pytestmark = pytest.mark.timeout(600)

@@ -198,7 +198,50 @@ ALERT_CASES: list[dict[str, Any]] = [
             # A GPU that is managed while locked is the normal case: no alert.
             {"eval_time": "2m", "alertname": "TriserveGpuDegraded", "exp_alerts": []},
         ],
-    }
+    },
+    # Policy "fleet" has a 1,000 W budget. Its two GPUs draw 450 + 450 W (GPU 0's series
+    # repeats for a second pod: it counts once), then 450 + 650 W from minute 5.
+    {
+        "interval": "1m",
+        "input_series": [
+            {"series": f'triserve_gpu_power_watts{{{GPU}, policy="fleet"}}', "values": "450x12"},
+            {
+                "series": f'triserve_gpu_power_watts{{{GPU_POD_B}, policy="fleet"}}',
+                "values": "450x12",
+            },
+            {
+                "series": 'triserve_gpu_power_watts{node="gpu-2", gpu="0", UUID="GPU-b", pod="",'
+                ' namespace="", container="", stage="", policy="fleet"}',
+                "values": "450 450 450 450 450 650 650 650 650 650 650 650",
+            },
+            {
+                "series": 'triserve_policy_power_budget_watts{node="gpu-1", policy="fleet"}',
+                "values": "1000x12",
+            },
+            {
+                "series": 'triserve_policy_power_budget_watts{node="gpu-2", policy="fleet"}',
+                "values": "1000x12",
+            },
+        ],
+        "alert_rule_test": [
+            {"eval_time": "4m", "alertname": "TriservePowerOverBudget", "exp_alerts": []},
+            {
+                "eval_time": "8m",
+                "alertname": "TriservePowerOverBudget",
+                "exp_alerts": [
+                    {
+                        "exp_labels": {"severity": "critical", "policy": "fleet"},
+                        "exp_annotations": {
+                            "summary": "EnergyPolicy fleet draws more than its power budget",
+                            "description": "The GPUs under EnergyPolicy fleet draw 1.1kW, "
+                            "above spec.powerBudget.watts. See the BudgetLimited condition in "
+                            "kubectl describe enpol fleet.",
+                        },
+                    }
+                ],
+            },
+        ],
+    },
 ]
 
 

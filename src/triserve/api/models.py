@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel as _to_camel
 
 
@@ -229,6 +229,52 @@ class PowerCapSpec(ApiModel):
     watts: int = Field(ge=1, le=2000, description="Power limit per GPU, in watts.")
 
 
+#: The largest power budget the API takes, in watts (100 MW: far above any GPU fleet).
+MAX_POWER_BUDGET_W = 100_000_000
+
+
+class PowerBudgetSpec(ApiModel):
+    """A power budget the operator shares across the policy's GPUs as per-GPU power caps.
+
+    The bounds are checked here and by the CRD's CEL rules (`triserve.api.crds`), with the
+    same messages, so the API server and a standalone policy file refuse the same values.
+    """
+
+    watts: int = Field(
+        le=MAX_POWER_BUDGET_W,
+        description="Power the policy's GPUs may draw together, in watts; must be > 0.",
+    )
+    margin_percent: float = Field(
+        default=5.0,
+        description="Share of the budget kept unallocated as a safety margin, percent; "
+        "0 <= marginPercent < 50. The per-GPU caps add up to at most watts x (1 - margin).",
+    )
+
+    @field_validator("watts")
+    @classmethod
+    def _watts_positive(cls, watts: int) -> int:
+        if watts <= 0:
+            raise ValueError(f"{watts} {WATTS_RULE}")
+        return watts
+
+    @field_validator("margin_percent")
+    @classmethod
+    def _margin_in_range(cls, margin: float) -> float:
+        if not 0.0 <= margin < 50.0:
+            raise ValueError(f"{margin} {MARGIN_RULE}")
+        return margin
+
+    @property
+    def usable_w(self) -> float:
+        """What the caps may add up to: the budget less its margin, in watts."""
+        return self.watts * (1.0 - self.margin_percent / 100.0)
+
+
+#: What the power-budget bounds say, shared by pydantic and the CEL rules (`crds.py`).
+WATTS_RULE = "must be greater than 0: the budget of the policy's GPUs together, in watts"
+MARGIN_RULE = "must be at least 0 and below 50: the percent of the budget kept unallocated, e.g. 5"
+
+
 class ClockLimits(ApiModel):
     """Bounds on any SM clock triserve locks; 0 means the device's own limit."""
 
@@ -323,6 +369,11 @@ class EnergyPolicySpec(ApiModel):
     )
     clock_limits: ClockLimits = Field(
         default_factory=ClockLimits, description="Bounds on every clock triserve sets."
+    )
+    power_budget: PowerBudgetSpec | None = Field(
+        default=None,
+        description="Power budget shared across the policy's GPUs (docs/power-budget.md); "
+        "the operator gives each GPU a power cap that the agent enforces as a ceiling.",
     )
     slo: SloSpec = Field(default_factory=SloSpec, description="Service-level guard rails.")
     mig: MigSpec = Field(default_factory=MigSpec, description="GPUs in MIG mode.")

@@ -85,6 +85,42 @@ class GpuCounts(ApiModel):
     )
 
 
+class PowerBudgetStatus(ApiModel):
+    """Where the policy's power budget stands (present while spec.powerBudget is set).
+
+    `allocatedWatts` adds up every per-GPU cap counted against the budget, including the
+    last caps of nodes that stopped reporting; `measuredWatts` adds up the board power the
+    reporting GPUs last measured; `headroomWatts` is the budget less the measured power
+    (negative when the fleet draws more than its budget).
+    """
+
+    budget_watts: float = Field(default=0.0, ge=0.0, description="spec.powerBudget.watts.")
+    usable_watts: float = Field(
+        default=0.0, ge=0.0, description="The budget less its margin: what caps may add up to."
+    )
+    allocated_watts: float = Field(
+        default=0.0, ge=0.0, description="Sum of the per-GPU caps counted against the budget."
+    )
+    measured_watts: float = Field(
+        default=0.0, ge=0.0, description="Sum of the reporting GPUs' measured board power."
+    )
+    headroom_watts: float = Field(
+        default=0.0, description="Budget minus measured power (negative: over budget)."
+    )
+    capped_gpus: int = Field(default=0, ge=0, description="GPUs given a cap.")
+    binding_gpus: int = Field(
+        default=0,
+        ge=0,
+        description="GPUs whose budget cap, not the policy, held their clocks down in the "
+        "last report window.",
+    )
+    held_watts: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Caps of GPUs whose node stopped reporting, still counted against the budget.",
+    )
+
+
 class EnergyPolicyStatus(ApiModel):
     """Written by the operator only."""
 
@@ -95,6 +131,9 @@ class EnergyPolicyStatus(ApiModel):
     pods: dict[str, int] = Field(default_factory=dict, description="Serving pods by stage.")
     energy: EnergyWindow = Field(default_factory=EnergyWindow, description="Fleet energy.")
     efficiency: Efficiency = Field(default_factory=Efficiency, description="Fleet efficiency.")
+    power_budget: PowerBudgetStatus | None = Field(
+        default=None, description="The power budget's allocation (while spec.powerBudget is set)."
+    )
 
 
 class GpuState(enum.StrEnum):
@@ -106,6 +145,32 @@ class GpuState(enum.StrEnum):
     DEGRADED = "Degraded"
     #: Its restore did not read back at defaults; the agent keeps retrying.
     RESTORE_FAILED = "RestoreFailed"
+
+
+class OperatingPoint(ApiModel):
+    """One past report window of a GPU: its mean power, generation rate and cap then.
+
+    The operator's power-budget allocation learns each GPU's tokens per extra watt from
+    these (`triserve.operator.budget`).
+    """
+
+    watts: float = Field(ge=0.0, description="Mean board power over the window, watts.")
+    tokens_per_second: float = Field(ge=0.0, description="Tokens generated per second.")
+    cap_watts: float = Field(
+        default=0.0, ge=0.0, description="Budget cap in force over the window; 0 = none."
+    )
+    capped_seconds: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Seconds of the window the GPU was held at its power limit under a cap.",
+    )
+    busy_seconds: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Seconds of the window a kernel ran (NVML utilisation); a GPU that is "
+        "not busy throughout has tokens/s set by its load, not by its cap.",
+    )
+    seconds: float = Field(ge=0.0, description="Window length, seconds.")
 
 
 class GpuReport(ApiModel):
@@ -131,6 +196,22 @@ class GpuReport(ApiModel):
         default_factory=dict, description="Decisions in the window by reason."
     )
     message: str = Field(default="", description="Why the GPU is in its state.")
+    power_limit_min_watts: float = Field(
+        default=0.0, ge=0.0, description="Lowest power limit the GPU accepts, watts."
+    )
+    power_limit_max_watts: float = Field(
+        default=0.0, ge=0.0, description="Highest power limit the GPU accepts, watts."
+    )
+    power_cap_watts: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Power-budget cap the agent enforces as a ceiling, watts; 0 = none.",
+    )
+    operating_points: list[OperatingPoint] = Field(
+        default_factory=list,
+        max_length=16,
+        description="The GPU's last report windows, newest last (power-budget allocation).",
+    )
 
 
 class ReportPhase(enum.StrEnum):

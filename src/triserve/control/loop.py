@@ -13,6 +13,12 @@ tick disturb NCCL), never sets a clock outside the device's supported clocks or 
 policy's limits (`_clamp`: the only place that bounds a lock by them), and in Observe mode
 (``actuate=False``) records decisions without setting anything. `release()` hands clocks
 back to the PMU and restores any power limit it changed.
+`power_ceiling_mw` (set by the node agent from the power budget's cap for this GPU) is a
+ceiling every decision lives under: the power limit applied is the strategy's own limit or
+the ceiling, whichever is lower, set through the same setter and restored by the same
+`release()`. The ceiling is outside the strategy's decision, so `at_default` (and the
+baseline it prices) still means "the strategy leaves the GPU to the PMU"; a baseline probe
+therefore measures the PMU default under the same cap.
 `hold_default(until_s)` makes the ticks before `until_s` decide the PMU default (reason
 ``default``) whatever the strategy says, except a thermal cap, which ends the hold: the node
 agent's baseline probes use it, so that the loop stays the only thing that sets clocks. The
@@ -62,6 +68,13 @@ class TickResult:
     energy_j: float
     span_s: float
     at_default_before: bool
+    #: The power-budget ceiling, not the strategy, was the limit in force over the period.
+    budget_limited_before: bool = False
+
+    @property
+    def budget_capped(self) -> bool:
+        """True when the budget's ceiling held the GPU at its power limit over the period."""
+        return self.budget_limited_before and self.sample.clock_event_reasons.is_power
 
     @property
     def stalled(self) -> bool:
@@ -109,6 +122,9 @@ class ControlLoop:
         self._applied_lock: tuple[int, int] | None = None
         self._applied_power_mw: int | None = None
         self._original_power_mw: int | None = None
+        #: The power budget's cap for this GPU (None: no budget); see the module docstring.
+        self.power_ceiling_mw: int | None = None
+        self._budget_limited = False
         self._last_now_s: float | None = None
         self._hold_until_s: float | None = None
         self._hold_message = ""
@@ -175,6 +191,7 @@ class ControlLoop:
         )
         self._last_now_s = now_s
         at_default_before = self.at_default
+        budget_limited_before = self._budget_limited
         signals = self._signals.update(now_s, sample, stages)
         ctx = TickContext(now_s, dt_s, sample, stages, signals, self.limits, at_default_before)
         decision = self._held(now_s, self._clamp(self.strategy.decide(ctx)))
@@ -187,7 +204,15 @@ class ControlLoop:
             energy_j = (sample.energy_mj - last.energy_mj) / 1000.0
             span_s = max(sample.timestamp_s - last.timestamp_s, 0.0)
         result = TickResult(
-            now_s, dt_s, sample, signals, decision, energy_j, span_s, at_default_before
+            now_s,
+            dt_s,
+            sample,
+            signals,
+            decision,
+            energy_j,
+            span_s,
+            at_default_before,
+            budget_limited_before,
         )
         self.last_sample = sample
         self.last_decision = decision
@@ -268,7 +293,13 @@ class ControlLoop:
                 self.backend.lock_sm_clocks(self.gpu_index, lock[0], lock[1])
             self._applied_lock = lock
             self.clock_sets += 1
-        self._apply_power(decision.power_limit_mw)
+        limit_mw, ceiling_mw = decision.power_limit_mw, self.power_ceiling_mw
+        self._budget_limited = ceiling_mw is not None and (
+            limit_mw is None or ceiling_mw < limit_mw
+        )
+        if self._budget_limited:
+            limit_mw = ceiling_mw
+        self._apply_power(limit_mw)
 
     def _apply_power(self, limit_mw: int | None) -> None:
         if limit_mw == self._applied_power_mw:

@@ -142,6 +142,8 @@ class Totals:
     stall_s: float = 0.0
     throttle_s: float = 0.0
     pipeline_capped_s: float = 0.0
+    budget_capped_s: float = 0.0
+    busy_s: float = 0.0
     slo_guard_trips: int = 0
     decisions: dict[str, int] = field(default_factory=dict)
 
@@ -162,6 +164,9 @@ class Totals:
             self.stall_s += dt_s
         if result.throttled:
             self.throttle_s += dt_s
+        if result.budget_capped:
+            self.budget_capped_s += dt_s
+        self.busy_s += dt_s * min(max(result.sample.utilization_gpu_pct, 0.0), 100.0) / 100.0
         if result.decision.guard_tripped:
             self.slo_guard_trips += 1
         if result.decision.reason is Reason.PIPELINE:

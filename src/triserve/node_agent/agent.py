@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from triserve.api.powercaps import PowerCaps
 from triserve.api.status import GpuState
 from triserve.control import ProbeSettings
 from triserve.gpu.backend import GpuBackend, GpuError
@@ -92,6 +93,8 @@ class NodeAgent:
         self.ready = False
         self._rebuild_loops = False
         self._on_policy_change = on_policy_change
+        #: The operator's power caps for this node (the triserve.io/power-caps annotation).
+        self.power_caps: PowerCaps | None = None
 
     def is_ready(self) -> bool:
         """Ready once the first tick ran (for `/readyz`)."""
@@ -130,6 +133,29 @@ class NodeAgent:
             self.inputs.invalidate_mapping()
         if self._on_policy_change is not None:
             self._on_policy_change(policy)
+
+    def set_power_caps(self, caps: PowerCaps | None) -> None:
+        """The operator's per-GPU power caps for this node (None: none written yet)."""
+        with self.lock:
+            self.power_caps = caps
+
+    def power_ceiling_mw(self, gpu: GpuRuntime) -> int | None:
+        """The power-budget ceiling for `gpu`: its cap, or its minimum limit until it has one.
+
+        None when the policy has no power budget, or the GPU is only observed. A cap written
+        for another policy does not count: until the operator writes this policy's, the GPU
+        waits at its minimum limit.
+        """
+        policy, loop = self.policy, gpu.loop
+        if policy is None or policy.spec.power_budget is None or loop is None:
+            return None
+        if not loop.actuate:  # Observe sets nothing, the cap included
+            return None
+        caps = self.power_caps
+        watts = caps.watts.get(gpu.identity.uuid) if caps and caps.policy == policy.name else None
+        if watts is None:
+            return loop.limits.power_min_mw
+        return min(max(watts * 1000, loop.limits.power_min_mw), loop.limits.power_max_mw)
 
     def set_pods(self, pods: Iterable[ServingPod]) -> None:
         """Replace the set of serving pods on this node."""
@@ -235,6 +261,8 @@ class NodeAgent:
         self.ticks.observe(time.perf_counter() - started)
 
     def _tick_gpu(self, gpu: GpuRuntime, now_s: float) -> None:
+        if gpu.loop is not None:
+            gpu.loop.power_ceiling_mw = self.power_ceiling_mw(gpu)
         try:
             gpu.step(self.sampler.sample(gpu.index), now_s)
         except GpuError as exc:

@@ -149,6 +149,16 @@ class AgentCollector(Collector):
             "trips": CounterMetricFamily(
                 "triserve_slo_guard_trips", "Times the SLO guard engaged", labels=GPU_LABELS
             ),
+            "cap": GaugeMetricFamily(
+                "triserve_gpu_power_cap_watts",
+                "Power-budget cap the agent enforces on the GPU as a ceiling (0 = none)",
+                labels=GPU_LABELS,
+            ),
+            "budget_capped": CounterMetricFamily(
+                "triserve_gpu_budget_capped_seconds",
+                "Seconds the power budget's cap, not the policy, held the GPU at its power limit",
+                labels=GPU_LABELS,
+            ),
             "pipeline": CounterMetricFamily(
                 "triserve_gpu_pipeline_capped_seconds",
                 "Seconds the pipeline component (P) capped the clock: the GPU fed a queued "
@@ -186,6 +196,8 @@ class AgentCollector(Collector):
                 "guard": 1.0 if gpu.slo_guard_active else 0.0,
                 "trips": gpu.totals.slo_guard_trips,
                 "pipeline": gpu.totals.pipeline_capped_s,
+                "cap": (gpu.loop.power_ceiling_mw or 0) / 1000.0 if gpu.loop else 0.0,
+                "budget_capped": gpu.totals.budget_capped_s,
             }
             running = {o.pod: (o.serving.running if o.serving else 0) for o in gpu.stages}
             for labels in _gpu_label_sets(agent, gpu):
@@ -215,6 +227,16 @@ class AgentCollector(Collector):
         else:
             info.add_metric([agent.node_name, "", "", ""], 1.0)
         yield info
+        budget = GaugeMetricFamily(
+            "triserve_policy_power_budget_watts",
+            "spec.powerBudget.watts of the policy this node follows (absent: no budget)",
+            labels=("node", "policy"),
+        )
+        if agent.policy is not None and agent.policy.spec.power_budget is not None:
+            budget.add_metric(
+                [agent.node_name, agent.policy.name], float(agent.policy.spec.power_budget.watts)
+            )
+        yield budget
         errors = CounterMetricFamily(
             "triserve_agent_errors", "Errors by kind", labels=("node", "kind")
         )

@@ -12,10 +12,11 @@ through `wants_probe`, whether a baseline probe would help (`triserve.control.pr
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from triserve.api.status import GpuState
+from triserve.api.status import GpuState, OperatingPoint
 from triserve.control import (
     ControlLoop,
     Decision,
@@ -33,6 +34,8 @@ from triserve.telemetry import StageObservation
 
 log = logging.getLogger("triserve.node_agent.agent")
 
+#: Report windows kept per GPU as operating points (the NodeEnergyReport carries them).
+OPERATING_POINTS = 4
 #: States in which the agent runs no control step on the GPU (it waits on a restore).
 HELD_BACK = (GpuState.DEGRADED, GpuState.RESTORE_FAILED)
 
@@ -58,8 +61,11 @@ class GpuRuntime:
     # Last report window's results (exported as gauges).
     tokens_per_joule: float = 0.0
     baseline_tokens_per_joule: float = 0.0
-    enforce_tokens_per_joule: float = 0.0
     baseline: BaselineModel = field(default_factory=BaselineModel)
+    #: The last report windows (newest last), for the operator's power-budget allocation.
+    operating_points: deque[OperatingPoint] = field(
+        default_factory=lambda: deque(maxlen=OPERATING_POINTS)
+    )
     probes: ProbeSchedule = field(init=False)
     # The totals when the current report window opened.
     _window_start: Totals = field(default_factory=Totals)
@@ -224,8 +230,18 @@ class GpuRuntime:
             self.tokens_per_joule = w.tokens / w.energy_j
             base_j = max(w.baseline_energy_j, w.energy_j)
             self.baseline_tokens_per_joule = w.tokens / base_j
-            enforce_j = min(w.enforce_energy_j, w.energy_j)
-            self.enforce_tokens_per_joule = w.tokens / enforce_j if enforce_j > 0 else 0.0
+        if w.seconds > 0 and w.energy_j > 0:
+            ceiling_mw = self.loop.power_ceiling_mw if self.loop is not None else None
+            self.operating_points.append(
+                OperatingPoint(
+                    watts=round(w.energy_j / w.seconds, 1),
+                    tokens_per_second=round(w.tokens / w.seconds, 2),
+                    cap_watts=round((ceiling_mw or 0) / 1000.0, 1),
+                    capped_seconds=round(w.budget_capped_s, 2),
+                    busy_seconds=round(w.busy_s, 2),
+                    seconds=round(w.seconds, 2),
+                )
+            )
         self._window_start = self.totals.copy()
         return w
 

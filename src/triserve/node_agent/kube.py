@@ -1,7 +1,8 @@
 """Where the in-cluster agent learns its policy and pods: watches on the Kubernetes API.
 
 `ClusterSource` runs three list-then-watch threads with the official `kubernetes` client:
-this node (its `triserve.io/policy` label names the policy), EnergyPolicies (the one named
+this node (its `triserve.io/policy` label names the policy, its `triserve.io/power-caps`
+annotation carries the power-budget caps of its GPUs), EnergyPolicies (the one named
 is followed live; a label change switches, a removed label releases), and the pods with
 `spec.nodeName=<node>`. Selectors are also checked client-side, so a server that ignores
 them (or an emulator) gives the same answer. Every change is handed to the asyncio loop with
@@ -30,6 +31,7 @@ from typing import Any
 
 from triserve.api.annotations import GROUP, POLICY_LABEL, VERSION
 from triserve.api.errors import PolicyError, parse_policy_spec
+from triserve.api.powercaps import POWER_CAPS_ANNOTATION, PowerCapsError, parse_power_caps
 from triserve.backoff import Backoff, jittered
 from triserve.node_agent.agent import NodeAgent, PolicyRef
 from triserve.node_agent.stages import pod_from_manifest, pod_on_node
@@ -223,6 +225,7 @@ class ClusterSource:
             self.node_labels = (
                 dict((mine[0].get("metadata") or {}).get("labels") or {}) if mine else None
             )
+            self._power_caps(mine[0] if mine else None)
         elif kind == "policy":
             self.policies = {_name(o)[1]: o for o in items}
         else:
@@ -238,6 +241,7 @@ class ClusterSource:
             self.node_labels = (
                 None if deleted else dict((obj.get("metadata") or {}).get("labels") or {})
             )
+            self._power_caps(None if deleted else obj)
         elif kind == "policy":
             name = _name(obj)[1]
             if deleted:
@@ -251,6 +255,18 @@ class ClusterSource:
             else:
                 self.pods[key] = obj
         self._apply(kind)
+
+    def _power_caps(self, node: Obj | None) -> None:
+        """Hand the operator's power caps on this Node to the agent (None: none usable)."""
+        annotations = ((node or {}).get("metadata") or {}).get("annotations") or {}
+        text = annotations.get(POWER_CAPS_ANNOTATION)
+        caps = None
+        if text is not None:
+            try:
+                caps = parse_power_caps(str(text))
+            except PowerCapsError as exc:
+                self.agent.error("policy", f"{exc}; GPUs held at their minimum power limit")
+        self.agent.set_power_caps(caps)
 
     def _apply(self, kind: str) -> None:
         if kind == "pod":

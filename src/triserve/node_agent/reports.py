@@ -33,6 +33,7 @@ from triserve.api.status import (
 )
 from triserve.node_agent.accounting import BASELINE_METHOD, ENFORCE_ESTIMATE_METHOD
 from triserve.node_agent.agent import NodeAgent
+from triserve.node_agent.gpus import GpuRuntime
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,20 @@ class Reporter:
         return _build_status(self.agent, now, self._since)
 
 
+def _power_fields(gpu: GpuRuntime) -> dict[str, Any]:
+    """A governed GPU's power-limit range, budget cap and operating points (budget input)."""
+    loop = gpu.loop
+    if loop is None:
+        return {}
+    ceiling_mw = loop.power_ceiling_mw
+    return {
+        "power_limit_min_watts": loop.limits.power_min_mw / 1000.0,
+        "power_limit_max_watts": loop.limits.power_max_mw / 1000.0,
+        "power_cap_watts": (ceiling_mw or 0) / 1000.0,
+        "operating_points": list(gpu.operating_points),
+    }
+
+
 def _build_status(
     agent: NodeAgent, now: dt.datetime, since_of: ConditionSince
 ) -> NodeEnergyReportStatus:
@@ -230,6 +245,7 @@ def _build_status(
                     throttle_seconds=round(window.throttle_s, 2),
                     decisions=dict(sorted(window.decisions.items())),
                     message=gpu.message,
+                    **_power_fields(gpu),
                 )
             )
         policy = agent.policy

@@ -27,10 +27,12 @@ from pydantic import ValidationError
 from triserve.api.status import (
     Efficiency,
     EnergyWindow,
+    GpuReport,
     GpuState,
     NodeEnergyReportStatus,
     ReportPhase,
 )
+from triserve.operator import budget
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -55,6 +57,10 @@ class ReportView:
     method: str = ""
     enforce_estimate_percent: float = 0.0
     enforce_estimate_method: str = ""
+    #: Sum of the GPUs' last measured board power, watts (the budget's measured power).
+    gpu_watts: float = 0.0
+    #: The governed GPUs as the power-budget allocation reads them.
+    budget_gpus: tuple[budget.GpuInput, ...] = ()
 
 
 def parse_time_s(value: str) -> float:
@@ -81,8 +87,9 @@ def report_view(body: Mapping[str, Any]) -> ReportView | None:
         return None
     spec = body.get("spec") or {}
     meta = body.get("metadata") or {}
+    node = str(spec.get("nodeName") or meta.get("name", ""))
     return ReportView(
-        node=str(spec.get("nodeName") or meta.get("name", "")),
+        node=node,
         policy=status.policy,
         policy_generation=status.policy_generation,
         phase=status.phase,
@@ -100,6 +107,32 @@ def report_view(body: Mapping[str, Any]) -> ReportView | None:
         method=status.efficiency.method,
         enforce_estimate_percent=status.efficiency.enforce_estimate_percent,
         enforce_estimate_method=status.efficiency.enforce_estimate_method,
+        gpu_watts=sum(gpu.power_watts for gpu in status.gpus),
+        budget_gpus=tuple(
+            _budget_input(node, gpu) for gpu in status.gpus if gpu.power_limit_max_watts
+        ),
+    )
+
+
+def _budget_input(node: str, gpu: GpuReport) -> budget.GpuInput:
+    windows = tuple(
+        budget.Window(
+            watts=p.watts,
+            tokens_per_second=p.tokens_per_second,
+            cap_watts=p.cap_watts,
+            capped_share=p.capped_seconds / p.seconds if p.seconds > 0 else 0.0,
+            busy_share=1.0
+            if p.busy_seconds is None or p.seconds <= 0
+            else p.busy_seconds / p.seconds,
+        )
+        for p in gpu.operating_points
+    )
+    return budget.GpuInput(
+        node=node,
+        uuid=gpu.uuid,
+        min_w=gpu.power_limit_min_watts,
+        max_w=gpu.power_limit_max_watts,
+        windows=windows,
     )
 
 

@@ -47,6 +47,12 @@ def parser() -> argparse.ArgumentParser:
         help="seconds between status updates per policy",
     )
     p.add_argument(
+        "--budget-interval",
+        type=cliargs.positive_float,
+        default=defaults.budget_interval_s,
+        help="seconds between re-balances of each policy's power budget",
+    )
+    p.add_argument(
         "--release-timeout",
         type=cliargs.positive_float,
         default=defaults.release_timeout_s,
@@ -71,7 +77,9 @@ def parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     """The operator settings that parsed `triserve operator` flags ask for."""
     return OperatorSettings(
-        status_interval_s=args.status_interval, release_timeout_s=args.release_timeout
+        status_interval_s=args.status_interval,
+        release_timeout_s=args.release_timeout,
+        budget_interval_s=args.budget_interval,
     )
 
 

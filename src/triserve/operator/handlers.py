@@ -8,12 +8,14 @@ API; kopf holds every handler until those indices are populated, which is what m
 start-up sweep of stale node labels safe.
 
 Triggers: a node event re-places that node; a policy event re-places every node; a timer
-per policy re-places (self-healing) and patches status when it changed; deletion unlabels,
+per policy re-places (self-healing) and patches status when it changed; another re-balances
+its power budget (`budgeting.Budgeter`) every few seconds; deletion unlabels,
 then waits for the agents to report `Released` (bounded by `release_timeout_s`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -21,6 +23,7 @@ import kopf
 
 from triserve.api.annotations import GROUP, POLICY_FINALIZER, VERSION
 from triserve.operator import aggregation, placement
+from triserve.operator.budgeting import Budgeter
 from triserve.operator.kube import KubeClient
 from triserve.operator.reconciler import Placer
 from triserve.operator.settings import OperatorSettings
@@ -48,13 +51,14 @@ def by_node(index: Any) -> dict[str, aggregation.ReportView]:
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Placer:
     """Declare every handler on `registry`; returns the placer (tests inspect it)."""
     kube = KubeClient()
-    placer = Placer(settings, kube)
+    placer = Placer(settings, kube, Budgeter(kube, settle_s=settings.budget_interval_s))
     # kopf runs the handlers of one cause in declaration order, so the order below matters:
     # connection and indices first, placement before status, release last.
     _register_connection(registry, settings, kube)
     _register_indices(registry)
     _register_placement(registry, placer)
     _register_status(registry, placer, settings)
+    _register_budget(registry, placer, settings)
     _register_release(registry, placer, settings)
     return placer
 
@@ -161,6 +165,28 @@ def _register_status(
             await placer.post(policy.ref(), notice.reason, notice.message, warning=notice.warning)
 
 
+def _register_budget(
+    registry: kopf.OperatorRegistry, placer: Placer, settings: OperatorSettings
+) -> None:
+    """A timer per policy: re-balance its power budget and write the caps that changed."""
+
+    @kopf.timer(
+        *POLICIES, interval=settings.budget_interval_s, registry=registry, id="rebalance_budget"
+    )
+    async def rebalance_budget(**kwargs: Any) -> None:
+        policy = placement.policy_view(kwargs["body"])
+        nodes = list(values(kwargs["triserve_nodes"], placement.NodeView))
+        await placer.budgeter.rebalance(
+            policy,
+            nodes,
+            placer.effective_labels(nodes),
+            by_node(kwargs["triserve_reports"]),
+            now_s=time.time(),
+            stale_after_s=placer.stale_after_s(policy),
+            logger=kwargs["logger"],
+        )
+
+
 def _register_release(
     registry: kopf.OperatorRegistry, placer: Placer, settings: OperatorSettings
 ) -> None:
@@ -174,6 +200,7 @@ def _register_release(
             p for p in values(kwargs["triserve_policies"], placement.PolicyView) if p.name != name
         ]
         labelled = _labelled_since_deletion(kwargs["memo"], name, nodes)
+        await placer.budgeter.clear(name, nodes, kwargs["logger"])
         await _unlabel(placer, name, nodes, others, kwargs["logger"], settings.release_poll_s)
         reports = values(kwargs["triserve_reports"], aggregation.ReportView)
         waiting = placer.release_message(name, reports, labelled)

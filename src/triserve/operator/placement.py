@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from triserve.api.annotations import GPU_PRESENT_LABEL, GPU_RESOURCE, POLICY_LABEL
 from triserve.api.models import EnergyPolicySpec, LabelSelector
+from triserve.api.powercaps import POWER_CAPS_ANNOTATION
 from triserve.api.selectors import matches
 
 
@@ -32,6 +33,8 @@ class NodeView:
     name: str
     labels: Mapping[str, str]
     gpus: int
+    #: The `triserve.io/power-caps` annotation as the operator last wrote it (None: absent).
+    power_caps: str | None = None
 
     @property
     def has_gpus(self) -> bool:
@@ -97,10 +100,12 @@ def node_view(body: Mapping[str, Any]) -> NodeView:
         _quantity_count((status.get(part) or {}).get(GPU_RESOURCE, 0))
         for part in ("capacity", "allocatable")
     ]
+    caps = (meta.get("annotations") or {}).get(POWER_CAPS_ANNOTATION)
     return NodeView(
         name=str(meta.get("name", "")),
         labels=dict(meta.get("labels") or {}),
         gpus=max(counts),
+        power_caps=None if caps is None else str(caps),
     )
 
 

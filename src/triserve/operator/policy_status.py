@@ -11,6 +11,8 @@ Conditions (type: reasons):
 * Progressing: Placing | WaitingForAgents | Reconciled | InvalidSpec
 * Degraded: RestoreFailed | AgentsNotReporting | GpusDegraded | Reconciled | InvalidSpec
 * Conflicted: LostToPolicy | NoConflict
+* BudgetLimited (only while spec.powerBudget is set): BudgetBinding | OverBudget |
+  BudgetBelowMinimum | WithinBudget — whether the budget, not the policy, holds GPUs down
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from triserve.api.status import (
     EnergyPolicyStatus,
     GpuCounts,
     NodeCounts,
+    PowerBudgetStatus,
 )
 from triserve.operator.aggregation import Aggregate
 from triserve.operator.placement import Plan, PolicyView, summarize
@@ -75,8 +78,10 @@ def verdicts(
     *,
     stale_after_s: float,
     limit: int = 5,
+    budget: PowerBudgetStatus | None = None,
+    shortfall_w: float = 0.0,
 ) -> list[Verdict]:
-    """The four conditions for `policy`, given its placement and its nodes' reports."""
+    """The conditions for `policy`, given its placement, its nodes' reports and its budget."""
     true, false = ConditionStatus.TRUE, ConditionStatus.FALSE
     if policy.spec is None:
         message = f"{policy.spec_error}. Fix the spec; the policy claims no nodes until then."
@@ -170,7 +175,48 @@ def verdicts(
             f"{agg.targeted} nodes and {agg.managed_gpus} GPUs under this policy; "
             "every agent is reporting.",
         )
-    return [ready, progressing, degraded, conflicted]
+    found = [ready, progressing, degraded, conflicted]
+    if budget is not None and policy.spec.power_budget is not None:
+        found.append(_budget_verdict(budget, shortfall_w))
+    return found
+
+
+def _budget_verdict(budget: PowerBudgetStatus, shortfall_w: float) -> Verdict:
+    """Whether the power budget, rather than the policy, limits the GPUs."""
+    true, false = ConditionStatus.TRUE, ConditionStatus.FALSE
+    if shortfall_w > 0:
+        return Verdict(
+            "BudgetLimited",
+            true,
+            "BudgetBelowMinimum",
+            f"The GPUs' minimum power limits exceed the usable budget by {shortfall_w:.0f} W: "
+            "every GPU is held at its minimum limit. Raise spec.powerBudget.watts, lower "
+            "spec.powerBudget.marginPercent, or select fewer nodes.",
+        )
+    if budget.measured_watts > budget.budget_watts:
+        return Verdict(
+            "BudgetLimited",
+            true,
+            "OverBudget",
+            f"Measured power {budget.measured_watts:.0f} W is above the budget of "
+            f"{budget.budget_watts:.0f} W; caps add up to {budget.allocated_watts:.0f} W. "
+            "GPUs outside triserve's control on these nodes may be drawing power.",
+        )
+    if budget.binding_gpus:
+        return Verdict(
+            "BudgetLimited",
+            true,
+            "BudgetBinding",
+            f"{budget.binding_gpus} of {budget.capped_gpus} GPUs spent the last report window "
+            "held at their budget cap: the power budget, not the policy, limits them.",
+        )
+    return Verdict(
+        "BudgetLimited",
+        false,
+        "WithinBudget",
+        f"No GPU is held at its budget cap; {budget.allocated_watts:.0f} of "
+        f"{budget.usable_watts:.0f} usable watts allocated.",
+    )
 
 
 def _conditions(
@@ -204,6 +250,8 @@ def build_status(
     found: Sequence[Verdict],
     previous: Mapping[str, Any],
     now: str,
+    *,
+    budget: PowerBudgetStatus | None = None,
 ) -> dict[str, Any]:
     """The whole operator-owned status document, with Kubernetes field names."""
     status = EnergyPolicyStatus(
@@ -222,6 +270,7 @@ def build_status(
         pods=dict(sorted(agg.pods.items())),
         energy=agg.energy,
         efficiency=agg.efficiency,
+        power_budget=budget if policy.spec and policy.spec.power_budget else None,
     )
     return status.to_k8s()
 

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from triserve.backoff import Backoff
 from triserve.operator import aggregation, placement, policy_status
+from triserve.operator.budgeting import Budgeter
 from triserve.operator.placement import NodeView, Plan, PolicyView
 from triserve.operator.settings import OperatorSettings
 
@@ -62,9 +63,14 @@ class StatusUpdate:
 class Placer:
     """Applies placements to node labels and derives policy status; one per operator."""
 
-    def __init__(self, settings: OperatorSettings, kube: Kube) -> None:
+    def __init__(
+        self, settings: OperatorSettings, kube: Kube, budgeter: Budgeter | None = None
+    ) -> None:
         self.settings = settings
         self.kube = kube
+        self.budgeter = (
+            budgeter if budgeter is not None else Budgeter(kube, settings.budget_interval_s)
+        )
         self._lock = asyncio.Lock()
         self._pending: dict[str, tuple[str | None, float]] = {}
         #: node → the backoff of its label writes that keep failing (monotonic clock)
@@ -213,6 +219,7 @@ class Placer:
             now_s=time.time() if now_s is None else now_s,
             stale_after_s=stale_after_s,
         )
+        budget = self.budgeter.status(policy.name)
         found = policy_status.verdicts(
             policy,
             result,
@@ -220,9 +227,13 @@ class Placer:
             agg,
             stale_after_s=stale_after_s,
             limit=self.settings.max_event_nodes,
+            budget=budget,
+            shortfall_w=self.budgeter.shortfall_w(policy.name),
         )
         old = policy_status.owned(stored)
-        new = policy_status.build_status(policy, result, agg, found, old, now_rfc3339())
+        new = policy_status.build_status(
+            policy, result, agg, found, old, now_rfc3339(), budget=budget
+        )
         patch = policy_status.merge_patch(old, new)
         notices = policy_status.transitions(old.get("conditions") or [], found) if patch else []
         return StatusUpdate(patch=patch, notices=notices)

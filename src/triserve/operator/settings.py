@@ -27,6 +27,9 @@ class OperatorSettings:
         stale_report_intervals: a report counts as "reporting" while its `lastReportTime` is
             younger than this many of the policy's `reportIntervalSeconds`.
         max_event_nodes: how many node names an event or message lists before "+N more".
+        budget_interval_s: seconds between re-balances of a policy's power budget; a lowered
+            budget reaches the Nodes within one interval, and a lowered cap counts at its old
+            value for one interval (while the agents apply it) before its watts go elsewhere.
         login: kopf login function; None uses the service account, then the kubeconfig.
 
     """
@@ -36,4 +39,5 @@ class OperatorSettings:
     release_poll_s: float = 5.0
     stale_report_intervals: float = 3.0
     max_event_nodes: int = 5
+    budget_interval_s: float = 5.0
     login: LoginFn | None = None

@@ -70,3 +70,24 @@ def test_bad_spec_error_names_the_field_and_what_to_do(
 )
 def test_role_labels_of_other_stacks_map_to_stages(key: str, value: str, stage: str | None) -> None:
     assert stage_from_role(key, value) == stage
+
+
+@pytest.mark.parametrize(
+    ("budget", "field"),
+    [
+        ({"watts": 0}, "spec.powerBudget.watts"),
+        ({"watts": -5}, "spec.powerBudget.watts"),
+        ({"watts": 1000, "marginPercent": 50}, "spec.powerBudget.marginPercent"),
+        ({"watts": 1000, "marginPercent": -1}, "spec.powerBudget.marginPercent"),
+    ],
+)
+def test_bad_power_budget_is_refused_naming_the_field(budget: dict[str, float], field: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy_spec({"powerBudget": budget})
+    assert str(info.value).startswith(field + ":"), str(info.value)
+
+
+def test_power_budget_usable_watts_leave_the_margin_out() -> None:
+    spec = parse_policy_spec({"powerBudget": {"watts": 10_000, "marginPercent": 10}})
+    assert spec.power_budget is not None
+    assert spec.power_budget.usable_w == pytest.approx(9_000)
