@@ -44,7 +44,7 @@ def test_energypolicy_crd_is_cluster_scoped_with_status_short_name_and_category(
     version = spec["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Mode", "Strategy", "Nodes", "GPUs", "Saving", "Ready", "Age"]
+    assert columns == ["Mode", "Strategy", "SLO", "Over", "Nodes", "GPUs", "Saving", "Ready", "Age"]
 
 
 def _walk(node: object, path: str = "") -> list[tuple[str, dict[str, object]]]:
