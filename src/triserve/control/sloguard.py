@@ -76,7 +76,7 @@ def merge(a: Histogram | None, b: Histogram) -> Histogram:
     return Histogram(a.upper_bounds_s, counts, a.sum_s + b.sum_s, a.count + b.count)
 
 
-class _Series:
+class Series:
     """Timestamped histogram deltas of one (stage, metric), trimmed to an age.
 
     Their sum is kept on insert and eviction: the guard reads it on every scrape.
@@ -128,9 +128,9 @@ class SloGuard:
         self.message = ""
         self._last: dict[str, ServingSnapshot] = {}
         self._default_since_scrape: dict[str, bool] = {}
-        self._ref: dict[tuple[str, str], _Series] = {}
+        self._ref: dict[tuple[str, str], Series] = {}
         # Controlled observations, over the short window and over the long one.
-        self._ctl: dict[tuple[str, str], tuple[_Series, _Series]] = {}
+        self._ctl: dict[tuple[str, str], tuple[Series, Series]] = {}
 
     def active(self, now_s: float) -> bool:
         """True while the guard holds clocks at the PMU default."""
@@ -157,16 +157,16 @@ class SloGuard:
             if last is None:
                 continue
             for metric in METRICS:
-                delta = _delta(last, snap, metric)
+                delta = delta_of(last, snap, metric)
                 if delta is None:
                     continue
                 key = (stage, metric)
                 if default:
-                    self._ref.setdefault(key, _Series(self.reference_s)).add(now_s, delta)
+                    self._ref.setdefault(key, Series(self.reference_s)).add(now_s, delta)
                 else:
                     pair = self._ctl.get(key)
                     if pair is None:
-                        pair = (_Series(self.window_s), _Series(self.long_window_s))
+                        pair = (Series(self.window_s), Series(self.long_window_s))
                         self._ctl[key] = pair
                     pair[0].add(now_s, delta)
                     pair[1].add(now_s, delta)
@@ -223,7 +223,8 @@ class SloGuard:
         return True
 
 
-def _delta(last: ServingSnapshot, snap: ServingSnapshot, metric: str) -> Histogram | None:
+def delta_of(last: ServingSnapshot, snap: ServingSnapshot, metric: str) -> Histogram | None:
+    """The observations of `metric` between two scrapes (None: none new, or a reset)."""
     now_h: Histogram | None = getattr(snap, metric)
     then_h: Histogram | None = getattr(last, metric)
     if now_h is None or then_h is None or now_h.upper_bounds_s != then_h.upper_bounds_s:

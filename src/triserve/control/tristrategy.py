@@ -34,6 +34,7 @@ from triserve.control.phases import PhaseTracker
 from triserve.control.pipeline import PipelineGovernor, protect
 from triserve.control.settings import ControlSettings
 from triserve.control.sloguard import SloGuard
+from triserve.control.slotargets import SloTargetController
 from triserve.control.thermal import ThermalGovernor
 
 
@@ -53,7 +54,17 @@ class TriServeStrategy:
             {(stage, phase): mhz for stage, phase, mhz in settings.ridge_profile},
         )
         self.thermal = ThermalGovernor(settings.thermal_headroom_c)
-        self.guard = SloGuard(settings.max_latency_increase_pct) if settings.slo_guard else None
+        # Absolute targets replace the relative guard: it would refuse any trade of latency.
+        self.targets = (
+            SloTargetController(settings.slo_targets, settings.slo_target_margin_pct)
+            if settings.slo_targets
+            else None
+        )
+        self.guard = (
+            SloGuard(settings.max_latency_increase_pct)
+            if settings.slo_guard and self.targets is None
+            else None
+        )
         self.pipeline = PipelineGovernor(settings) if settings.pipeline_enabled else None
         # Parking released the lock on the last tick; the driver was seen to boost an idle,
         # unlocked GPU (learned once, from the clock climbing back during a stall).
@@ -84,6 +95,8 @@ class TriServeStrategy:
                 )
             return Decision(None, Reason.SLO_GUARD, guard.message, guard_tripped=tripped)
         decision = self._base(ctx)
+        if self.targets is not None:
+            decision = self._under_targets(ctx, decision)
         view = self.pipeline.view if self.pipeline is not None else None
         if view is not None and decision.reason is Reason.RIDGE:
             why = protect(view)  # the queues P read this tick, not read again
@@ -98,6 +111,30 @@ class TriServeStrategy:
         ):
             decision = Decision(cap, Reason.THERMAL, self.thermal.message)
         return decision
+
+    def _under_targets(self, ctx: TickContext, decision: Decision) -> Decision:
+        """`decision` under the SLO-target ceilings (mode Targets; see `slotargets`)."""
+        targets = self.targets
+        assert targets is not None
+        tripped = targets.update(ctx.now_s, ctx.stages, ctx.limits)
+        if targets.active(ctx.now_s):
+            self.intensity.search.interrupt(ctx.now_s)
+            return Decision(None, Reason.SLO_GUARD, targets.message, guard_tripped=tripped)
+        if targets.readout.unmet and decision.reason is not Reason.STALL:
+            return Decision(
+                None,
+                Reason.SLO_GUARD,
+                f"{targets.message}: a target is missed at boost, clocks cannot help: PMU default",
+            )
+        if decision.reason not in (Reason.RIDGE, Reason.COMPUTE):
+            return decision
+        ceiling = targets.ceiling(compute=decision.reason is Reason.COMPUTE)
+        target = decision.target_sm_clock_mhz
+        if ceiling is None or (target is not None and target <= ceiling):
+            return decision
+        if decision.source == "search":
+            self.intensity.search.interrupt(ctx.now_s)  # its window would not run its clock
+        return Decision(ceiling, decision.reason, targets.message, source="slo-targets")
 
     def _base(self, ctx: TickContext) -> Decision:
         s = self.settings
