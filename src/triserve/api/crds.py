@@ -76,8 +76,7 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "reason": "FieldValueRequired",
         },
         {
-            "rule": "has(self.ttftSeconds) || has(self.interTokenSeconds) || "
-            "has(self.e2eSeconds)",
+            "rule": "has(self.ttftSeconds) || has(self.interTokenSeconds) || has(self.e2eSeconds)",
             "message": "a target needs at least one of ttftSeconds, interTokenSeconds and "
             "e2eSeconds",
             "fieldPath": ".ttftSeconds",

@@ -266,9 +266,8 @@ def spec_for(name: str, settings: ControlSettings | None = None) -> StrategySpec
         return StrategySpec(
             name, tri, "ORACLE: per-phase no-loss lookahead (future phases)", lookahead_factory
         )
-    if name in SEARCHED:
-        raise ValueError(f"{name!r} is found by a search: use search_row")
-    if name in SLO_ROWS:
-        raise ValueError(f"{name!r} takes its targets from the default row: use slo_spec")
+    if name in SEARCHED or name in SLO_ROWS:
+        use = "search_row" if name in SEARCHED else "slo_spec (targets from the default row)"
+        raise ValueError(f"{name!r} is not a fixed row: use {use}")
     known = ", ".join(STRATEGIES)
     raise ValueError(f"unknown strategy {name!r}; choose from {known}")

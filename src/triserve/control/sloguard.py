@@ -88,6 +88,7 @@ class Series:
         self._total: Histogram | None = None
 
     def add(self, now_s: float, hist: Histogram) -> None:
+        """Append the observations of one scrape made at `now_s`; evict those too old."""
         if self._total is not None and self._total.upper_bounds_s != hist.upper_bounds_s:
             self.items.clear()  # the engine changed its buckets: start over
             self._total = None
@@ -98,6 +99,7 @@ class Series:
         self._total = total
 
     def total(self) -> Histogram | None:
+        """Every observation held (None before the first)."""
         return self._total
 
 

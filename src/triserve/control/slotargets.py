@@ -11,9 +11,9 @@ one for memory-bound decode, that move on the quantiles the serving engines' own
 show over a window (the last `window_s`, or the last `long_window_s` for metrics that arrive
 once per request). Every `move_every_s` each target relevant to a ceiling is read as a
 *headroom used*, measured quantile / target: while every one is below ``1 - margin`` the
-ceiling steps `DOWN_FRACTION` of the boost clock down (never below `FLOOR_FRACTION` of it);
-once any is above ``1 - margin / 2`` it steps `UP_FRACTION` up. TTFT moves the compute ceiling, inter-token latency the decode ceiling, and
-end-to-end latency both.
+ceiling steps `DOWN_FRACTION` of the boost clock down (never below `FLOOR_FRACTION` of
+it); once any is above ``1 - margin / 2`` it steps `UP_FRACTION` up. TTFT moves the
+compute ceiling, inter-token latency the decode ceiling, and end-to-end latency both.
 
 Which observations a target is judged on (only what the agent scrapes):
 
