@@ -144,6 +144,7 @@ class SloTargetController:
         self.message = ""
         self.readout = SloReadout((), None, None)
         self._last_move_s: float | None = None
+        self._unmet = False
         self._last: dict[str, ServingSnapshot] = {}
         self._series: dict[tuple[str, str], tuple[Series, Series]] = {}
         self._upstream: dict[str, tuple[str, ...]] = {}
@@ -181,16 +182,20 @@ class SloTargetController:
                     f"({100 * (1 - worst.target.quantile):.1f}% allowed): PMU default for "
                     f"{self.hold_s:.0f} s, ceilings up"
                 )
+                # What the old ceilings did is judged: the next moves read fresh windows.
+                self._series.clear()
         due = self._last_move_s is None or now_s - self._last_move_s >= self.move_every_s
-        if due and not tripped:
+        if due and not self.active(now_s):
             self._last_move_s = now_s
             self._move(measured, limits)
-        unmet = (
-            self.compute_mhz is None
-            and self.decode_mhz is None
-            and any(m.headroom_used > 1.0 for m in measured)
-        )
-        self.readout = SloReadout(measured, self.compute_mhz, self.decode_mhz, unmet)
+        if measured or tripped:
+            # Kept while the windows refill after a trip: no new reading says it is met.
+            self._unmet = (
+                self.compute_mhz is None
+                and self.decode_mhz is None
+                and (tripped or any(m.headroom_used > 1.0 for m in measured))
+            )
+        self.readout = SloReadout(measured, self.compute_mhz, self.decode_mhz, self._unmet)
         return tripped
 
     def _move(self, measured: Sequence[SloMeasured], limits: DeviceLimits) -> None:

@@ -28,6 +28,8 @@ Each component is switched separately by `ControlSettings` (the bench's ablation
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from triserve.control.decisions import Decision, Reason, TickContext
 from triserve.control.intensity import IntensityEstimator
 from triserve.control.phases import PhaseTracker
@@ -73,6 +75,12 @@ class TriServeStrategy:
 
     def decide(self, ctx: TickContext) -> Decision:
         """Choose this tick's clock ceiling and say why."""
+        decision = self._decide(ctx)
+        if self.targets is not None:
+            return replace(decision, slo=self.targets.readout)
+        return decision
+
+    def _decide(self, ctx: TickContext) -> Decision:
         s = self.settings
         guard = self.guard
         tripped = guard is not None and guard.update(ctx.now_s, ctx.stages, ctx.at_default)

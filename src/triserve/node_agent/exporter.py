@@ -166,6 +166,21 @@ class AgentCollector(Collector):
             "1 while a stage on the GPU has running requests",
             labels=GPU_LABELS,
         )
+        slo_used = GaugeMetricFamily(
+            "triserve_slo_target_headroom_used_ratio",
+            "Measured latency quantile over its SLO target (mode Targets; 1 = at the target)",
+            labels=(*GPU_LABELS, "scope", "metric"),
+        )
+        slo_over = GaugeMetricFamily(
+            "triserve_slo_target_over_ratio",
+            "Share of observations above their SLO target over the controller's window",
+            labels=(*GPU_LABELS, "scope", "metric"),
+        )
+        slo_unmet = GaugeMetricFamily(
+            "triserve_slo_targets_unmet",
+            "1 while an SLO target is missed with the GPU at boost (clocks cannot help)",
+            labels=GPU_LABELS,
+        )
         for gpu in agent.gpus.values():
             sample = gpu.last_sample
             decision = gpu.last_decision
@@ -195,9 +210,18 @@ class AgentCollector(Collector):
                     decisions.add_metric([*labels, reason], float(count))
                 if labels[3]:
                     active.add_metric(labels, 1.0 if running.get(labels[3], 0) > 0 else 0.0)
+                if gpu.slo is not None:
+                    slo_unmet.add_metric(labels, 1.0 if gpu.slo.unmet else 0.0)
+                    for m in gpu.slo.measured:
+                        slo_labels = [*labels, m.target.scope, m.target.metric]
+                        slo_used.add_metric(slo_labels, m.headroom_used)
+                        slo_over.add_metric(slo_labels, m.over_share)
         yield from g.values()
         yield decisions
         yield active
+        yield slo_used
+        yield slo_over
+        yield slo_unmet
         yield from self._agent_families()
 
     def _agent_families(self) -> Iterable[Metric]:

@@ -12,14 +12,16 @@ policy and its `lastReportTime` is younger than a few report intervals):
   `energy.windowSeconds` the longest window;
 * `efficiency.tokensPerJoule` is total tokens over total joules; the baseline is the
   tokens-weighted (harmonic) mean of the nodes' baselines, i.e. total tokens over the energy
-  the PMU default would have spent on the same tokens; `improvementPercent` compares them.
+  the PMU default would have spent on the same tokens; `improvementPercent` compares them;
+* `slo` (mode Targets): per target, the node that used most of it; the headline figures
+  are the largest over targets.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,6 +32,8 @@ from triserve.api.status import (
     GpuState,
     NodeEnergyReportStatus,
     ReportPhase,
+    SloMeasurement,
+    SloStatus,
 )
 
 
@@ -53,6 +57,7 @@ class ReportView:
     tokens_per_joule: float = 0.0
     baseline_tokens_per_joule: float = 0.0
     method: str = ""
+    slo: SloStatus | None = None
 
 
 def parse_time_s(value: str) -> float:
@@ -96,6 +101,7 @@ def report_view(body: Mapping[str, Any]) -> ReportView | None:
         tokens_per_joule=status.efficiency.tokens_per_joule,
         baseline_tokens_per_joule=status.efficiency.baseline_tokens_per_joule,
         method=status.efficiency.method,
+        slo=status.slo,
     )
 
 
@@ -128,6 +134,24 @@ class Aggregate:
     pods: dict[str, int] = dataclasses.field(default_factory=dict)
     energy: EnergyWindow = dataclasses.field(default_factory=EnergyWindow)
     efficiency: Efficiency = dataclasses.field(default_factory=Efficiency)
+    slo: SloStatus | None = None
+
+
+def _merge_slo(statuses: Sequence[SloStatus]) -> SloStatus | None:
+    """Per target (scope, metric, quantile) the node reading that used most of it."""
+    if not statuses:
+        return None
+    worst: dict[tuple[str, str, float], SloMeasurement] = {}
+    for status in statuses:
+        for t in status.targets:
+            key = (t.scope, t.metric, t.quantile)
+            if key not in worst or t.headroom_used_percent > worst[key].headroom_used_percent:
+                worst[key] = t
+    return SloStatus(
+        headroom_used_percent=max(s.headroom_used_percent for s in statuses),
+        over_target_percent=max(s.over_target_percent for s in statuses),
+        targets=[worst[k] for k in sorted(worst)],
+    )
 
 
 def _round(value: float) -> float:
@@ -148,6 +172,7 @@ def aggregate(
     result = Aggregate()
     joules = watts = window_s = tokens = baseline_j = 0.0
     methods: set[str] = set()
+    slos: list[SloStatus] = []
     for node in sorted(nodes):
         result.targeted += 1
         report = reports.get(node)
@@ -174,6 +199,8 @@ def aggregate(
             baseline_j += report.tokens / report.baseline_tokens_per_joule
         if report.method:
             methods.add(report.method)
+        if report.slo is not None:
+            slos.append(report.slo)
     # A node released from the policy keeps reporting under it until its restore verified.
     for report in reports.values():
         if report.policy == policy and report.phase is ReportPhase.RESTORE_FAILED:
@@ -194,6 +221,7 @@ def aggregate(
         improvement_percent=_round(improvement),
         method=" + ".join(sorted(methods)),
     )
+    result.slo = _merge_slo(slos)
     return result
 
 

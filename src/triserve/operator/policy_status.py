@@ -222,6 +222,7 @@ def build_status(
         pods=dict(sorted(agg.pods.items())),
         energy=agg.energy,
         efficiency=agg.efficiency,
+        slo=agg.slo,
     )
     return status.to_k8s()
 
