@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from triserve.control.decisions import Reason, TickContext
+from triserve.control.firsttoken import FirstTokenFloor
 from triserve.control.phases import (
     DECODE,
     DRAM_SATURATION,
@@ -56,16 +57,24 @@ class IntensityEstimator:
         floor_fraction: float,
         max_loss_pct: float,
         profile: Mapping[tuple[str, str], int] | None = None,
+        first_token: FirstTokenFloor | None = None,
+        tick_s: float = 0.05,
     ) -> None:
         self.source = source
         self.margin = 1.0 + margin_pct / 100.0
+        self.base_floor_fraction = floor_fraction
         self.floor_fraction = floor_fraction
+        self.first_token = first_token
+        self.tick_s = tick_s
         self.profile = dict(profile or {})
         self.search = RidgeSearch(max_loss_pct)
         self.extra_margin = 0.0
 
     def decide(self, ctx: TickContext, phases: PhaseView) -> AChoice:
         """The clock for a busy GPU in phase `phases`."""
+        if self.first_token is not None:
+            entry = self.first_token.update(ctx.sample, ctx.stages, self.tick_s)
+            self.floor_fraction = max(self.base_floor_fraction, entry)
         if phases.compute_now:
             return Reason.COMPUTE, None, "tensor pipe busy (compute-bound phase): full boost", ""
         if phases.has_prefill:
@@ -108,6 +117,8 @@ class IntensityEstimator:
         if clock is None:
             return Reason.COMPUTE, None, message, "search"
         floor = ctx.limits.snap_up(self.floor_fraction * ctx.limits.default_max_mhz)
+        if floor >= ctx.limits.default_max_mhz:
+            return Reason.COMPUTE, None, f"{message}; {self._entry_note()}", "search"
         return Reason.RIDGE, max(clock, floor), message, "search"
 
     def _counter_estimate(self, ctx: TickContext) -> float | None:
@@ -126,17 +137,21 @@ class IntensityEstimator:
         target = max(target, self.floor_fraction * limits.default_max_mhz)
         snapped = limits.snap_up(target)
         if snapped >= limits.default_max_mhz:
-            return (
-                Reason.COMPUTE,
-                None,
-                f"{what}: {ridge_mhz:.0f} MHz at or above boost: full boost",
-                source,
-            )
+            wanted = ridge_mhz * (self.margin + self.extra_margin)
+            floored = wanted < limits.default_max_mhz
+            why = self._entry_note() if floored else f"{ridge_mhz:.0f} MHz at or above boost"
+            return Reason.COMPUTE, None, f"{what}: {why}: full boost", source
         return (
             Reason.RIDGE,
             snapped,
             f"{what}: ridge {ridge_mhz:.0f} MHz, locking {snapped} MHz",
             source,
+        )
+
+    def _entry_note(self) -> str:
+        return (
+            f"first-token floor {100 * self.floor_fraction:.0f}% of boost (new requests start "
+            "here; a prefill would run at the lock until it is seen)"
         )
 
     def widen(self, ctx: TickContext, step: float = 0.05) -> None:

@@ -10,10 +10,12 @@ Each GPU keeps two clock ceilings, one for compute-bound work (prefill, one-shot
 one for memory-bound decode, that move on the quantiles the serving engines' own histograms
 show over a window (the last `window_s`, or the last `long_window_s` for metrics that arrive
 once per request). Every `move_every_s` each target relevant to a ceiling is read as a
-*headroom used*, measured quantile / target: while every one is below ``1 - margin`` the
-ceiling steps `DOWN_FRACTION` of the boost clock down (never below `FLOOR_FRACTION` of
-it); once any is above ``1 - margin / 2`` it steps `UP_FRACTION` up. TTFT moves the
-compute ceiling, inter-token latency the decode ceiling, and end-to-end latency both.
+*headroom used*, measured quantile / target: while every one is below ``1 - margin``
+(and `FRESH_OBSERVATIONS` of each arrived since the last move down) the ceiling steps
+`DOWN_FRACTION` of the boost clock down (never below `FLOOR_FRACTION` of it); once any is
+above ``1 - margin / 2`` it steps `UP_FRACTION` up. Inter-token latency moves the decode
+ceiling only; TTFT and end-to-end latency move both (a prefill waits for the decode step
+in flight).
 
 Which observations a target is judged on (only what the agent scrapes):
 
@@ -52,6 +54,10 @@ UP_FRACTION = 0.09
 FLOOR_FRACTION = 0.35
 #: Observations a window needs before its quantile moves a ceiling.
 MIN_OBSERVATIONS = 10.0
+#: New observations of every metric a ceiling answers to before it moves down again: a
+#: window must show the current clock, not mostly the last one (first tokens and finished
+#: requests arrive a few a minute).
+FRESH_OBSERVATIONS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +151,9 @@ class SloTargetController:
         self.readout = SloReadout((), None, None)
         self._last_move_s: float | None = None
         self._unmet = False
+        # Observations of each metric on this GPU's stages: in all, and at the last move down.
+        self._seen: dict[str, float] = dict.fromkeys(METRICS, 0.0)
+        self._seen_at_move: dict[bool, dict[str, float]] = {}
         self._last: dict[str, ServingSnapshot] = {}
         self._series: dict[tuple[str, str], tuple[Series, Series]] = {}
         self._upstream: dict[str, tuple[str, ...]] = {}
@@ -207,8 +216,9 @@ class SloTargetController:
             current = self.ceiling(compute)
             if used > 1.0 - self.margin / 2.0:
                 moved = _up(current, limits)
-            elif used < 1.0 - self.margin:
+            elif used < 1.0 - self.margin and self._fresh_since_move(compute, relevant):
                 moved = _down(current, limits)
+                self._seen_at_move[compute] = dict(self._seen)
             else:
                 continue
             if compute:
@@ -220,6 +230,16 @@ class SloTargetController:
         self.message = (
             f"SLO targets: compute ceiling {_mhz(self.compute_mhz)}, decode ceiling "
             f"{_mhz(self.decode_mhz)}{where}"
+        )
+
+    def _fresh_since_move(self, compute: bool, relevant: Sequence[SloMeasured]) -> bool:
+        """True when every metric of `relevant` got enough observations since the last move."""
+        then = self._seen_at_move.get(compute)
+        if then is None:
+            return True
+        return all(
+            self._seen[m.target.metric] - then[m.target.metric] >= FRESH_OBSERVATIONS
+            for m in relevant
         )
 
     def _at_risk(self, m: SloMeasured) -> bool:
@@ -252,7 +272,9 @@ class SloTargetController:
                     self._series[(stage, metric)] = pair
                 pair[0].add(now_s, delta)
                 pair[1].add(now_s, delta)
-                fresh = fresh or stage in self._hosted
+                if stage in self._hosted:
+                    fresh = True
+                    self._seen[metric] += delta.count
         return fresh
 
     def _window(self, stage: str, metric: str) -> Histogram | None:
@@ -336,10 +358,12 @@ def _visible(
 
 
 def _moves(metric: str, compute: bool) -> bool:
-    """Whether `metric` moves the compute ceiling (`compute`) or the decode one."""
-    if metric == "e2e":
-        return True
-    return metric == ("ttft" if compute else "inter_token")
+    """Whether `metric` moves the compute ceiling (`compute`) or the decode one.
+
+    A new request's prefill waits for the decode step in flight, so a slower decode also
+    delays first tokens: TTFT moves both ceilings; inter-token latency only decode's.
+    """
+    return not (compute and metric == "inter_token")
 
 
 def _up(current: int | None, limits: DeviceLimits) -> int | None:

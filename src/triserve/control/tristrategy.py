@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from triserve.control.decisions import Decision, Reason, TickContext
+from triserve.control.firsttoken import FirstTokenFloor
 from triserve.control.intensity import IntensityEstimator
 from triserve.control.phases import PhaseTracker
 from triserve.control.pipeline import PipelineGovernor, protect
@@ -54,6 +55,9 @@ class TriServeStrategy:
             settings.ridge_floor_fraction,
             settings.max_throughput_loss_pct,
             {(stage, phase): mhz for stage, phase, mhz in settings.ridge_profile},
+            # Absolute targets bound TTFT themselves (their ceilings follow it).
+            None if settings.slo_targets else FirstTokenFloor(settings.max_latency_increase_pct),
+            settings.control_interval_s,
         )
         self.thermal = ThermalGovernor(settings.thermal_headroom_c)
         # Absolute targets replace the relative guard: it would refuse any trade of latency.
