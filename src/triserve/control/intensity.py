@@ -117,6 +117,9 @@ class IntensityEstimator:
         if clock is None:
             return Reason.COMPUTE, None, message, "search"
         floor = ctx.limits.snap_up(self.floor_fraction * ctx.limits.default_max_mhz)
+        if clock < floor and self.floor_fraction > self.base_floor_fraction:
+            # The window would run the floor, not its candidate: it must not be judged.
+            self.search.interrupt(ctx.now_s)
         if floor >= ctx.limits.default_max_mhz:
             return Reason.COMPUTE, None, f"{message}; {self._entry_note()}", "search"
         return Reason.RIDGE, max(clock, floor), message, "search"

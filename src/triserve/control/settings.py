@@ -66,7 +66,8 @@ class ControlSettings:
     `triserve profile` (`spec.triServe.arithmeticIntensity.profile`); `slo_targets` non-empty
     is SLO-target mode (`spec.slo.mode: Targets`, `triserve.control.slotargets`): the
     absolute targets replace the relative latency guard, keeping `slo_target_margin_pct` of
-    each target free.
+    each target free. `first_token_floor` bounds A's lock on a GPU that hosts an entry
+    stage so that p99 TTFT stays in bound (`triserve.control.firsttoken`; mode Relative).
     """
 
     strategy: StrategyKind = StrategyKind.TRI_SERVE
@@ -94,6 +95,7 @@ class ControlSettings:
     pipeline_min_fraction: float = 0.6
     pipeline_step_fraction: float = 0.05
     pipeline_step_s: float = 1.0
+    first_token_floor: bool = True
     slo_targets: tuple[SloTargetSetting, ...] = ()
     slo_target_margin_pct: float = 10.0
 

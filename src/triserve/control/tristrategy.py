@@ -56,7 +56,9 @@ class TriServeStrategy:
             settings.max_throughput_loss_pct,
             {(stage, phase): mhz for stage, phase, mhz in settings.ridge_profile},
             # Absolute targets bound TTFT themselves (their ceilings follow it).
-            None if settings.slo_targets else FirstTokenFloor(settings.max_latency_increase_pct),
+            FirstTokenFloor(settings.max_latency_increase_pct)
+            if settings.first_token_floor and not settings.slo_targets
+            else None,
             settings.control_interval_s,
         )
         self.thermal = ThermalGovernor(settings.thermal_headroom_c)

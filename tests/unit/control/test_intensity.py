@@ -39,6 +39,7 @@ def test_online_search_settles_near_the_true_ridge_of_decode() -> None:
         intensity_source=IntensitySource.SEARCH,
         ridge_floor_fraction=0.0,
         slo_guard=False,
+        first_token_floor=False,
     )
     run = drive(short("reference", 150.0), settings)
     strategy = run.loops[0].strategy
@@ -84,6 +85,7 @@ def test_a_profile_locks_its_clock_in_decode_and_boosts_prefill() -> None:
         intensity_source=IntensitySource.PROFILE,
         ridge_profile=(("thinker", "decode", 1185), ("talker", "decode", 1290)),
         slo_guard=False,
+        first_token_floor=False,
     )
     run = drive(short("reference", 40.0), settings)
     profiled = [t for t in run.ticks[0] if t.decision.source == "profile"]

@@ -102,6 +102,7 @@ def test_a_clock_sensitive_decode_trips_the_guard_on_an_always_busy_gpu() -> Non
         ControlSettings().only("A"),
         intensity_source=IntensitySource.COUNTERS,
         ridge_floor_fraction=0.0,
+        first_token_floor=False,
     )
     run = drive(scenario, settings)
     busy = [t for t in run.ticks[0] if t.phase != "idle"]
