@@ -42,6 +42,8 @@ from triserve.control.settings import IntensitySource
 
 #: Below this busy fraction of the sample period the pipe counters are not trusted.
 MIN_BUSY = 0.2
+#: Seconds over which the GPU's queued share (its load, for the search's bound) averages.
+LOAD_WINDOW_S = 120.0
 
 #: One A decision: (reason, clock ceiling or None for boost, message, source).
 AChoice = tuple[Reason, int | None, str, str]
@@ -59,6 +61,7 @@ class IntensityEstimator:
         profile: Mapping[tuple[str, str], int] | None = None,
         first_token: FirstTokenFloor | None = None,
         tick_s: float = 0.05,
+        latency_bound_pct: float | None = None,
     ) -> None:
         self.source = source
         self.margin = 1.0 + margin_pct / 100.0
@@ -69,6 +72,29 @@ class IntensityEstimator:
         self.profile = dict(profile or {})
         self.search = RidgeSearch(max_loss_pct)
         self.extra_margin = 0.0
+        self.max_loss_pct = max_loss_pct
+        self.latency_bound_pct = latency_bound_pct
+        #: Share of recent ticks with requests waiting on this GPU (EWMA, `LOAD_WINDOW_S`).
+        self.queued_share = 0.0
+
+    def observe_load(self, queued: bool, dt_s: float) -> None:
+        """Fold one tick into the GPU's queued share; narrow the search's loss bound with it.
+
+        A stage that serves ``eps`` slower stretches each request's own time by ``eps``; once
+        requests queue for it, every queued one also waits longer, ``eps / (1 - rho)`` at
+        utilisation ``rho`` (M/M/1), so near saturation a small loss of rate is a long wait.
+        The share of ticks with requests waiting estimates ``rho`` (an M/M/1 server is
+        busy, so a newcomer waits, with probability ``rho``), and the search accepts at most
+        ``bound · (1 - rho)`` of the latency bound, besides the throughput bound
+        (`maxThroughputLossPercent`).
+        """
+        if dt_s > 0:
+            alpha = min(dt_s / LOAD_WINDOW_S, 1.0)
+            self.queued_share += alpha * ((1.0 if queued else 0.0) - self.queued_share)
+        allowed = self.max_loss_pct
+        if self.latency_bound_pct is not None:
+            allowed = min(allowed, self.latency_bound_pct * (1.0 - self.queued_share))
+        self.search.max_loss = max(allowed, 0.0) / 100.0
 
     def decide(self, ctx: TickContext, phases: PhaseView) -> AChoice:
         """The clock for a busy GPU in phase `phases`."""

@@ -223,12 +223,16 @@ class RidgeSearch:
             st.rejects += 1
             if rechecking:
                 # A re-check failed at the settled clock. One failure may be a change of load
-                # between the windows; two in a row move the clock up.
+                # between the windows; two in a row move the clock up. One that lost twice
+                # the bound (it narrows as the load rises: `IntensityEstimator.observe_load`)
+                # moves it a coarse step up at once and re-checks soon.
                 st.failed_rechecks += 1
-                if st.failed_rechecks >= 2:
-                    st.ok_mhz = min(limits.step(st.ok_mhz, FINE_STEPS), top)
+                far = trial.mean_s > ref.mean_s * (1.0 + 2.0 * self.max_loss)
+                if st.failed_rechecks >= 2 or far:
+                    steps = COARSE_STEPS if far else FINE_STEPS
+                    st.ok_mhz = min(limits.step(st.ok_mhz, steps), top)
                     st.failed_rechecks = 0
-                self._settle(st, now_s, soon=st.failed_rechecks > 0)
+                self._settle(st, now_s, soon=st.failed_rechecks > 0 or far)
                 return
             st.rejected_mhz = max(st.rejected_mhz or 0, st.candidate_mhz)
         lo = st.rejected_mhz

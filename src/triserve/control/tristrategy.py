@@ -60,6 +60,7 @@ class TriServeStrategy:
             if settings.first_token_floor and not settings.slo_targets
             else None,
             settings.control_interval_s,
+            None if settings.slo_targets else settings.max_latency_increase_pct,
         )
         self.thermal = ThermalGovernor(settings.thermal_headroom_c)
         # Absolute targets replace the relative guard: it would refuse any trade of latency.
@@ -154,6 +155,8 @@ class TriServeStrategy:
         s = self.settings
         sig = ctx.signals
         phases = self.phases.update(ctx.sample, ctx.stages, ctx.now_s)
+        queued = any(o.serving is not None and o.serving.waiting > 0 for o in ctx.stages)
+        self.intensity.observe_load(queued, ctx.dt_s)
         parked, self._parked = self._parked, False
         if s.stalls_enabled and sig.stalled:
             if sig.work_imminent:

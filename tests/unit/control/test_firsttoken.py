@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from triserve.control import ControlSettings
+from triserve.control import ControlSettings, StrategyKind
 from triserve.control.firsttoken import FirstTokenFloor
 from triserve.gpu.backend import Activity, GpuSample
 from triserve.sim import Simulation, load_scenario
@@ -50,7 +50,7 @@ def test_per_tick_counters_allow_a_deeper_lock_and_non_entry_gpus_have_no_floor(
 
 def test_on_an_a100_the_entry_gpu_keeps_p99_ttft_within_the_bound() -> None:
     scenario = short("a100", 400.0, warmup_s=60.0)
-    default = drive(scenario, ControlSettings(strategy="default")).sim.report()
+    default = drive(scenario, ControlSettings(strategy=StrategyKind.DEFAULT)).sim.report()
     floored = drive(scenario, ControlSettings()).sim.report()
     unfloored = drive(scenario, replace(ControlSettings(), first_token_floor=False)).sim.report()
     assert default.ttft_p99_s is not None and floored.ttft_p99_s is not None
