@@ -9,6 +9,7 @@ from tests.unit.decode_stage import DecodeStage
 from triserve.api.models import EnergyPolicySpec
 from triserve.control import ControlSettings, DeviceLimits, Reason, SloTargetSetting
 from triserve.control.slotargets import SloTargetController
+from triserve.node_agent.exporter import build_registry
 from triserve.node_agent.reports import Reporter
 from triserve.sim import Simulation
 
@@ -105,6 +106,16 @@ def test_loose_targets_save_more_than_the_relative_bound_and_stay_met() -> None:
     assert report.e2e_p99_s is not None and report.e2e_p99_s < 80.0
     status = Reporter(loose.agent).build(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     assert status.slo is not None and 0 < status.slo.headroom_used_percent < 100
+    registry = build_registry(loose.agent)
+    labels = {"node": loose.agent.node_name, "gpu": "1", "metric": "e2e"}
+    used = [
+        s.value
+        for metric in registry.collect()
+        if metric.name == "triserve_slo_target_headroom_used_ratio"
+        for s in metric.samples
+        if all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+    assert used and all(0 < u < 1 for u in used), used
     met = next(c for c in status.conditions if c.type == "SloTargetsMet")
     assert met.status == "True", met.message
 
