@@ -201,5 +201,6 @@ class NodeEnergyReportStatus(ApiModel):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="RestoreFailed, StateFileWritable, GuardRailClamped, SloTargetsMet.",
+        description="RestoreFailed, StateFileWritable, GuardRailClamped, GpusFound, "
+        "LatencyBoundHeld, SloTargetsMet.",
     )

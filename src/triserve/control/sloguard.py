@@ -29,6 +29,10 @@ Two things follow from the observation rates of real serving engines:
   The message names the quantile tested.
 
 While tripped (`hold_s`) the strategy hands the clock back to the PMU; each trip is counted.
+A guard that trips `give_up_trips` times within `give_up_window_s` cannot hold the bound
+under control on this GPU: it holds the PMU default for `give_up_s` and says so (`unheld`:
+the decision's `bound_unheld`, the exporter's `triserve_slo_bound_unheld`, the report's
+condition `LatencyBoundHeld`).
 A remaining limit, stated in docs/controller.md: an inflation of a few percent in a metric
 that arrives a few times a minute is inside the sampling noise of any online test; the bench,
 which compares the same arrivals at default clocks, shows it where no guard can.
@@ -116,6 +120,9 @@ class SloGuard:
         long_window_s: float = 600.0,
         min_sparse_count: float = 10.0,
         tail_count: float = 5.0,
+        give_up_trips: int = 3,
+        give_up_window_s: float = 600.0,
+        give_up_s: float = 600.0,
     ) -> None:
         self.bound = max_increase_pct / 100.0
         self.window_s = window_s
@@ -127,6 +134,11 @@ class SloGuard:
         self.tail_count = tail_count
         self.trips = 0
         self.until_s: float | None = None
+        self.give_up_trips = give_up_trips
+        self.give_up_window_s = give_up_window_s
+        self.give_up_s = give_up_s
+        self.unheld_until_s: float | None = None
+        self._trip_times: deque[float] = deque()
         self.message = ""
         self._last: dict[str, ServingSnapshot] = {}
         self._default_since_scrape: dict[str, bool] = {}
@@ -137,6 +149,10 @@ class SloGuard:
     def active(self, now_s: float) -> bool:
         """True while the guard holds clocks at the PMU default."""
         return self.until_s is not None and now_s < self.until_s
+
+    def unheld(self, now_s: float) -> bool:
+        """True while the guard gave up: it tripped `give_up_trips` times in a short while."""
+        return self.unheld_until_s is not None and now_s < self.unheld_until_s
 
     def update(self, now_s: float, stages: Sequence[StageObservation], at_default: bool) -> bool:
         """Feed one tick; return True when the guard trips on this tick.
@@ -180,6 +196,19 @@ class SloGuard:
                 if self._violated(now_s, (stage, metric)):
                     self.trips += 1
                     self.until_s = now_s + self.hold_s
+                    self._trip_times.append(now_s)
+                    while now_s - self._trip_times[0] > self.give_up_window_s:
+                        self._trip_times.popleft()
+                    if len(self._trip_times) >= self.give_up_trips:
+                        # Control keeps breaking the bound here: stop trying for a while.
+                        self.until_s = now_s + self.give_up_s
+                        self.unheld_until_s = self.until_s
+                        self._trip_times.clear()
+                        self.message += (
+                            f"; {self.give_up_trips} trips within {self.give_up_window_s:.0f} s:"
+                            f" the bound cannot be held under control here, PMU default for "
+                            f"{self.give_up_s:.0f} s"
+                        )
                     # Observations made while controlled are judged: start a fresh window.
                     self._ctl.clear()
                     return True

@@ -84,7 +84,10 @@ class TriServeStrategy:
         """Choose this tick's clock ceiling and say why."""
         decision = self._decide(ctx)
         if self.targets is not None:
-            return replace(decision, slo=self.targets.readout)
+            unmet = self.targets.readout.unmet
+            return replace(decision, slo=self.targets.readout, bound_unheld=unmet)
+        if self.guard is not None and self.guard.unheld(ctx.now_s):
+            return replace(decision, bound_unheld=True)
         return decision
 
     def _decide(self, ctx: TickContext) -> Decision:

@@ -146,6 +146,12 @@ class AgentCollector(Collector):
                 "1 while the SLO guard holds clocks back toward default",
                 labels=GPU_LABELS,
             ),
+            "unheld": GaugeMetricFamily(
+                "triserve_slo_bound_unheld",
+                "1 while control cannot hold the latency bound or SLO targets on the GPU "
+                "(it runs at the PMU default)",
+                labels=GPU_LABELS,
+            ),
             "trips": CounterMetricFamily(
                 "triserve_slo_guard_trips", "Times the SLO guard engaged", labels=GPU_LABELS
             ),
@@ -199,6 +205,7 @@ class AgentCollector(Collector):
                 "degraded": 1.0 if gpu.state is GpuState.DEGRADED else 0.0,
                 "restore_failed": 1.0 if gpu.state is GpuState.RESTORE_FAILED else 0.0,
                 "guard": 1.0 if gpu.slo_guard_active else 0.0,
+                "unheld": 1.0 if gpu.bound_unheld else 0.0,
                 "trips": gpu.totals.slo_guard_trips,
                 "pipeline": gpu.totals.pipeline_capped_s,
             }

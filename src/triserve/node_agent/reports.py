@@ -99,7 +99,11 @@ def _condition(
 
 
 def conditions(agent: NodeAgent, now: str, since_of: ConditionSince) -> list[Condition]:
-    """RestoreFailed, StateFileWritable, GuardRailClamped and GpusFound, from the agent's state."""
+    """The node's conditions, from the agent's state.
+
+    RestoreFailed, StateFileWritable, GuardRailClamped, GpusFound, LatencyBoundHeld and, in
+    mode Targets, SloTargetsMet.
+    """
     failed: dict[int | str, str] = {
         g.index: g.message for g in agent.gpus.values() if g.state is GpuState.RESTORE_FAILED
     }
@@ -182,6 +186,20 @@ def conditions(agent: NodeAgent, now: str, since_of: ConditionSince) -> list[Con
         )
     )
     out = [restore, writable, rails, found]
+    unheld = [g.index for g in agent.gpus.values() if g.bound_unheld]
+    out.append(
+        _condition(
+            since_of,
+            "LatencyBoundHeld",
+            ConditionStatus.FALSE if unheld else ConditionStatus.TRUE,
+            "GuardGaveUp" if unheld else "Held",
+            f"GPUs {', '.join(map(str, unheld))}: control kept breaking the latency bound "
+            "or SLO targets; they run at the PMU default (triserve_slo_bound_unheld)"
+            if unheld
+            else "no GPU is held at the PMU default for breaking the latency bound",
+            now,
+        )
+    )
     readouts = [g.slo for g in agent.gpus.values() if g.slo is not None]
     if readouts:
         unmet = [g.index for g in agent.gpus.values() if g.slo is not None and g.slo.unmet]

@@ -5,13 +5,17 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import replace
 
+from prometheus_client.samples import Sample
+
 from tests.unit.decode_stage import DecodeStage
 from triserve.api.models import EnergyPolicySpec
+from triserve.api.status import NodeEnergyReportStatus
 from triserve.control import ControlSettings, DeviceLimits, Reason, SloTargetSetting
 from triserve.control.slotargets import SloTargetController
 from triserve.node_agent.exporter import build_registry
 from triserve.node_agent.reports import Reporter
 from triserve.sim import Simulation
+from triserve.simnode import AgentRun
 
 from .conftest import drive, short
 
@@ -87,6 +91,21 @@ def test_a_targets_policy_carries_its_targets_and_drops_the_relative_guard() -> 
     assert ControlSettings.from_policy(EnergyPolicySpec()).slo_targets == ()
 
 
+class _LastReport:
+    """The node's report and metrics at the last tick before `at_s` (the agent still governs)."""
+
+    def __init__(self, at_s: float) -> None:
+        self.at_s = at_s
+        self.status: NodeEnergyReportStatus | None = None
+        self.samples: list[Sample] = []
+
+    def __call__(self, run: AgentRun, now_s: float) -> None:
+        if self.status is not None or now_s < self.at_s:
+            return
+        self.status = Reporter(run.agent).build(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+        self.samples = [s for m in build_registry(run.agent).collect() for s in m.samples]
+
+
 def _reference_targets(ttft_s: float, e2e_s: float) -> ControlSettings:
     targets = (
         SloTargetSetting("ttft", ttft_s, 0.99, "qwen3-omni"),
@@ -98,33 +117,37 @@ def _reference_targets(ttft_s: float, e2e_s: float) -> ControlSettings:
 def test_loose_targets_save_more_than_the_relative_bound_and_stay_met() -> None:
     scenario = short("reference", 480.0)
     relative = drive(scenario, ControlSettings())
-    loose = drive(scenario, _reference_targets(2.0, 80.0))
+    last = _LastReport(470.0)
+    loose = drive(scenario, _reference_targets(2.0, 80.0), after_tick=last)
     energy = {n: r.sim.report().energy_j for n, r in (("relative", relative), ("loose", loose))}
     assert energy["loose"] < 0.95 * energy["relative"], energy
     report = loose.sim.report()
     assert report.ttft_p99_s is not None and report.ttft_p99_s < 2.0
     assert report.e2e_p99_s is not None and report.e2e_p99_s < 80.0
-    status = Reporter(loose.agent).build(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
-    assert status.slo is not None and 0 < status.slo.headroom_used_percent < 100
-    registry = build_registry(loose.agent)
-    labels = {"node": loose.agent.node_name, "gpu": "1", "metric": "e2e"}
-    used = [
-        s.value
-        for metric in registry.collect()
-        if metric.name == "triserve_slo_target_headroom_used_ratio"
-        for s in metric.samples
-        if all(s.labels.get(k) == v for k, v in labels.items())
-    ]
-    assert used and all(0 < u < 1 for u in used), used
+    status = last.status
+    assert status is not None and status.slo is not None
+    assert 0 < status.slo.headroom_used_percent < 100
     met = next(c for c in status.conditions if c.type == "SloTargetsMet")
     assert met.status == "True", met.message
+    used = [
+        s.value
+        for s in last.samples
+        if s.name == "triserve_slo_target_headroom_used_ratio" and s.labels["metric"] == "e2e"
+    ]
+    assert used and all(0 < u < 1 for u in used), used
 
 
 def test_targets_no_clock_can_meet_leave_the_gpus_at_default_and_say_so() -> None:
-    run = drive(short("reference", 240.0), _reference_targets(0.01, 1.0))
+    last = _LastReport(235.0)
+    run = drive(short("reference", 240.0), _reference_targets(0.01, 1.0), after_tick=last)
     late = [t for t in run.ticks[0] if t.now_s > 180.0]
     assert late and all(t.decision.target_sm_clock_mhz is None for t in late)
     assert any(t.decision.reason is Reason.SLO_GUARD for t in late)
-    status = Reporter(run.agent).build(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    status = last.status
+    assert status is not None
     met = next(c for c in status.conditions if c.type == "SloTargetsMet")
     assert met.status == "False" and met.reason == "MissedAtDefault", met
+    held = next(c for c in status.conditions if c.type == "LatencyBoundHeld")
+    assert held.status == "False" and "0" in held.message, held
+    unheld = [s for s in last.samples if s.name == "triserve_slo_bound_unheld"]
+    assert any(s.value == 1.0 for s in unheld), unheld
