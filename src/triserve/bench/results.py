@@ -46,7 +46,7 @@ class StrategyResult:
     share_of_optimum_pct: float | None = None
     decisions: dict[str, int] = field(default_factory=dict)
     slo_guard_trips: int = 0
-    #: SLO rows: percent of (request, target) pairs over their target (None elsewhere).
+    #: SLO rows: percent of requests over the pipeline target most missed (None elsewhere).
     over_target_pct: float | None = None
     wall_s: float = 0.0
 
