@@ -12,6 +12,11 @@ policy's bound ``b``, ``δ · (1/r - 1) <= b · TTFT_p99``, so
 
     r >= 1 / (1 + b · TTFT_p99 / δ).
 
+A prefill is compute-bound and often pinned at the power limit, where the PMU runs it below
+boost anyway (`prefill_ratio`: the clock seen on prefill ticks at the PMU default, over
+boost); a lock costs only what it takes below that clock, so the floor is
+``prefill_ratio / (1 + b · TTFT_p99 / δ)``.
+
 TTFT_p99 is read from the entry stage's own TTFT histogram (all of it: while too few
 requests finished, `MIN_FIRST_TOKENS`, the floor is the boost clock). On a GPU with GPM a
 tick is short next to a first token, and the floor is low; on one without (an A100, an
@@ -31,6 +36,8 @@ from triserve.telemetry import StageObservation
 MIN_FIRST_TOKENS = 10.0
 #: The scrape period assumed until two scrapes give it (the agent's default, seconds).
 DEFAULT_SCRAPE_S = 0.5
+#: Weight of each new prefill tick in the prefill clock's running mean.
+PREFILL_ALPHA = 0.05
 
 
 class FirstTokenFloor:
@@ -40,7 +47,18 @@ class FirstTokenFloor:
         self.bound = bound_pct / 100.0
         self.scrape_s = DEFAULT_SCRAPE_S
         self.fraction = 0.0
+        #: The prefill's clock at the PMU default over boost (1.0 until seen).
+        self.prefill_ratio = 1.0
+        self._prefill_seen = False
         self._last_ts: dict[str, float] = {}
+
+    def observe_prefill(self, clock_mhz: int, boost_mhz: int) -> None:
+        """A prefill tick that ran at the PMU default: its clock shows the power-limited one."""
+        ratio = min(clock_mhz / boost_mhz, 1.0) if boost_mhz > 0 else 1.0
+        if not self._prefill_seen:
+            self.prefill_ratio, self._prefill_seen = ratio, True
+        else:
+            self.prefill_ratio += PREFILL_ALPHA * (ratio - self.prefill_ratio)
 
     def update(self, sample: GpuSample, stages: Sequence[StageObservation], tick_s: float) -> float:
         """The floor for this tick (0.0: no entry stage here, 1.0: no lock below boost)."""
@@ -69,5 +87,5 @@ class FirstTokenFloor:
             return self.fraction
         per_tick = phase_activity(sample) is not None
         delay_s = (tick_s if per_tick else self.scrape_s) + tick_s
-        self.fraction = 1.0 / (1.0 + self.bound * min(ttft_s) / delay_s)
+        self.fraction = self.prefill_ratio / (1.0 + self.bound * min(ttft_s) / delay_s)
         return self.fraction

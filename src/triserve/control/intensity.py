@@ -99,6 +99,11 @@ class IntensityEstimator:
     def decide(self, ctx: TickContext, phases: PhaseView) -> AChoice:
         """The clock for a busy GPU in phase `phases`."""
         if self.first_token is not None:
+            prefill = phases.compute_now or phases.has_prefill
+            if prefill and ctx.at_default:
+                self.first_token.observe_prefill(
+                    ctx.sample.sm_clock_mhz, ctx.limits.default_max_mhz
+                )
             entry = self.first_token.update(ctx.sample, ctx.stages, self.tick_s)
             self.floor_fraction = max(self.base_floor_fraction, entry)
         if phases.compute_now:
@@ -144,8 +149,8 @@ class IntensityEstimator:
             return Reason.COMPUTE, None, message, "search"
         floor = ctx.limits.snap_up(self.floor_fraction * ctx.limits.default_max_mhz)
         if clock < floor and self.floor_fraction > self.base_floor_fraction:
-            # The window would run the floor, not its candidate: it must not be judged.
-            self.search.interrupt(ctx.now_s)
+            # The window would run the floor, not its candidate: search from the floor up.
+            self.search.respect_floor(ctx.now_s, floor)
         if floor >= ctx.limits.default_max_mhz:
             return Reason.COMPUTE, None, f"{message}; {self._entry_note()}", "search"
         return Reason.RIDGE, max(clock, floor), message, "search"

@@ -168,6 +168,22 @@ class RidgeSearch:
         if st is not None and st.mode is not Mode.SETTLED:
             self._restart(st, now_s)
 
+    def respect_floor(self, now_s: float, floor_mhz: int) -> None:
+        """No trial below `floor_mhz` (a clock the caller will not run): try the floor instead.
+
+        A key whose accepted clock is at the floor already has nothing left to search: it
+        settles there.
+        """
+        st = self.keys.get(self._key) if self._key is not None else None
+        if st is None or st.mode is Mode.SETTLED or st.candidate_mhz >= floor_mhz:
+            return
+        if st.ok_mhz <= floor_mhz:
+            self._settle(st, now_s)
+            return
+        st.candidate_mhz = floor_mhz
+        if st.mode is Mode.TRIAL:
+            self._restart(st, now_s)
+
     def _restart(self, st: KeyState, now_s: float) -> None:
         st.window_start_s = now_s
         st.fresh = True

@@ -176,7 +176,10 @@ class TriServeStrategy:
                     f"all stages idle ({why}): clock down at {low} MHz, lock released so the "
                     "GPU boosts the moment work arrives (parked)",
                 )
-            if self._idle_boosts and not sig.upstream_active:
+            # Work reaches a GPU whose every stage has a visible upstream only through that
+            # upstream, which shows it seconds before the hand-off: it may keep the lock.
+            announced = all(o.upstream and o.upstream_serving for o in ctx.stages)
+            if self._idle_boosts and not sig.upstream_active and not announced:
                 return Decision(
                     None,
                     Reason.STALL,
