@@ -71,6 +71,34 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "reason": "FieldValueInvalid",
         },
     ],
+    "SloSpec": [
+        {
+            "rule": "self.mode != 'Targets' || (has(self.targets) && size(self.targets) > 0)",
+            "message": "spec.slo.targets: mode Targets needs at least one target",
+            "fieldPath": ".targets",
+            "reason": "FieldValueRequired",
+        },
+        {
+            "rule": "self.mode == 'Targets' || !has(self.targets) || size(self.targets) == 0",
+            "message": "spec.slo.mode: targets are listed but mode is Relative; set mode: Targets",
+            "fieldPath": ".mode",
+        },
+    ],
+    "SloTarget": [
+        {
+            "rule": "has(self.pipeline) || has(self.stage)",
+            "message": "a target needs a pipeline, a stage or both",
+            "fieldPath": ".pipeline",
+            "reason": "FieldValueRequired",
+        },
+        {
+            "rule": "has(self.ttftSeconds) || has(self.interTokenSeconds) || has(self.e2eSeconds)",
+            "message": "a target needs at least one of ttftSeconds, interTokenSeconds and "
+            "e2eSeconds",
+            "fieldPath": ".ttftSeconds",
+            "reason": "FieldValueRequired",
+        },
+    ],
     "LabelSelectorRequirement": [
         {
             "rule": "self.operator in ['In', 'NotIn'] ? "
@@ -218,6 +246,19 @@ def build_crds() -> dict[str, dict[str, Any]]:
         columns=[
             {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
             {"name": "Strategy", "type": "string", "jsonPath": ".spec.strategy"},
+            {
+                "name": "SLO",
+                "type": "string",
+                "description": "Relative (p99 within the bound of default's) or Targets",
+                "jsonPath": ".spec.slo.mode",
+            },
+            {
+                "name": "Over",
+                "type": "number",
+                "description": "Share of requests over their SLO target, percent (mode Targets)",
+                "jsonPath": ".status.slo.overTargetPercent",
+                "priority": 1,
+            },
             {"name": "Nodes", "type": "integer", "jsonPath": ".status.nodes.targeted"},
             {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpus.managed"},
             {

@@ -291,15 +291,110 @@ class ClockLimits(ApiModel):
         return self
 
 
+class SloMode(enum.StrEnum):
+    """What bounds the latency a policy may trade for energy."""
+
+    RELATIVE = "Relative"
+    TARGETS = "Targets"
+
+
+#: Longest latency target, in seconds (an hour: beyond that a target bounds nothing real).
+MAX_TARGET_S = 3600.0
+
+
+class SloTarget(ApiModel):
+    """Absolute latency targets of one pipeline, or of one stage of it.
+
+    With `stage` unset the target is the pipeline's: its TTFT is judged on the pipeline's
+    entry stages (those with no upstream), its inter-token latency on every stage that
+    generates tokens, its end-to-end latency on the pipeline as the agent sees it
+    (docs/controller.md, "SLO targets"). With `stage` set, on that stage's own engine.
+    """
+
+    pipeline: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        description="Pipeline (triserve.io/pipeline annotation) the target applies to.",
+    )
+    stage: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        description="Stage the target applies to (every pipeline's stage of that name when "
+        "pipeline is unset).",
+    )
+    quantile: float = Field(
+        default=0.99, ge=0.5, le=0.999, description="Latency quantile the targets bound."
+    )
+    ttft_s: float | None = Field(
+        default=None,
+        alias="ttftSeconds",
+        ge=0.001,
+        le=MAX_TARGET_S,
+        description="Time to first token at the quantile, seconds.",
+    )
+    inter_token_s: float | None = Field(
+        default=None,
+        alias="interTokenSeconds",
+        ge=0.0001,
+        le=60.0,
+        description="Inter-token latency at the quantile, seconds.",
+    )
+    e2e_s: float | None = Field(
+        default=None,
+        alias="e2eSeconds",
+        ge=0.001,
+        le=MAX_TARGET_S,
+        description="End-to-end request latency at the quantile, seconds.",
+    )
+
+    @model_validator(mode="after")
+    def _names_something(self) -> Self:
+        if self.pipeline is None and self.stage is None:
+            raise ValueError("pipeline: a target needs a pipeline, a stage or both")
+        if self.ttft_s is None and self.inter_token_s is None and self.e2e_s is None:
+            raise ValueError(
+                "ttftSeconds: a target needs at least one of ttftSeconds, interTokenSeconds "
+                "and e2eSeconds"
+            )
+        return self
+
+
 class SloSpec(ApiModel):
     """How much service quality the policy may trade for energy."""
 
+    mode: SloMode = Field(
+        default=SloMode.RELATIVE,
+        description="Relative: p99 latency within maxLatencyIncreasePercent of the PMU "
+        "default's. Targets: every GPU as low as the absolute targets allow.",
+    )
     max_latency_increase_percent: float = Field(
         default=1.0, ge=0.0, le=100.0, description="Allowed p99 latency inflation, percent."
     )
     max_throughput_loss_percent: float = Field(
         default=0.5, ge=0.0, le=100.0, description="Allowed throughput loss, percent."
     )
+    targets: list[SloTarget] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Absolute latency targets (mode Targets only).",
+    )
+    target_margin_percent: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=50.0,
+        description="Share of each target kept free: clocks go down only while the measured "
+        "quantile stays below target x (1 - margin).",
+    )
+
+    @model_validator(mode="after")
+    def _targets_match_mode(self) -> Self:
+        if self.mode is SloMode.TARGETS and not self.targets:
+            raise ValueError("targets: mode Targets needs at least one target")
+        if self.mode is SloMode.RELATIVE and self.targets:
+            raise ValueError("mode: targets are listed but mode is Relative; set mode: Targets")
+        return self
 
 
 class MigMode(enum.StrEnum):

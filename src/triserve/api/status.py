@@ -121,6 +121,40 @@ class PowerBudgetStatus(ApiModel):
     )
 
 
+class SloMeasurement(ApiModel):
+    """One absolute target (mode Targets) against what the agent measured over its window."""
+
+    scope: str = Field(description="pipeline/stage the target is judged on (stage '*': all).")
+    metric: str = Field(description="ttft, interToken or e2e.")
+    quantile: float = Field(ge=0.0, le=1.0, description="Quantile the target bounds.")
+    target_seconds: float = Field(ge=0.0, description="The target, seconds.")
+    measured_seconds: float = Field(default=0.0, ge=0.0, description="Measured quantile, s.")
+    headroom_used_percent: float = Field(
+        default=0.0, ge=0.0, description="Measured quantile as a share of the target, percent."
+    )
+    over_target_percent: float = Field(
+        default=0.0, ge=0.0, le=100.0, description="Observations above the target, percent."
+    )
+    observations: float = Field(default=0.0, ge=0.0, description="Observations judged.")
+
+
+class SloStatus(ApiModel):
+    """Absolute SLO targets (spec.slo.mode Targets): the worst target and each of them."""
+
+    headroom_used_percent: float = Field(
+        default=0.0, ge=0.0, description="Largest measured quantile as a share of its target, %."
+    )
+    over_target_percent: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=100.0,
+        description="Largest share of observations above their target, percent.",
+    )
+    targets: list[SloMeasurement] = Field(
+        default_factory=list, max_length=256, description="Every target measured."
+    )
+
+
 class EnergyPolicyStatus(ApiModel):
     """Written by the operator only."""
 
@@ -133,6 +167,9 @@ class EnergyPolicyStatus(ApiModel):
     efficiency: Efficiency = Field(default_factory=Efficiency, description="Fleet efficiency.")
     power_budget: PowerBudgetStatus | None = Field(
         default=None, description="The power budget's allocation (while spec.powerBudget is set)."
+    )
+    slo: SloStatus | None = Field(
+        default=None, description="SLO targets across the nodes (mode Targets only)."
     )
 
 
@@ -248,7 +285,11 @@ class NodeEnergyReportStatus(ApiModel):
     pods: dict[str, int] = Field(default_factory=dict, description="Serving pods by stage.")
     energy: EnergyWindow = Field(default_factory=EnergyWindow, description="Node energy.")
     efficiency: Efficiency = Field(default_factory=Efficiency, description="Node efficiency.")
+    slo: SloStatus | None = Field(
+        default=None, description="SLO targets on this node (mode Targets only)."
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="RestoreFailed, StateFileWritable, GuardRailClamped.",
+        description="RestoreFailed, StateFileWritable, GuardRailClamped, GpusFound, "
+        "LatencyBoundHeld, SloTargetsMet.",
     )

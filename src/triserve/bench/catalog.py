@@ -7,7 +7,8 @@ one rule (p99 end-to-end latency and p99 TTFT within +1% of default's, throughpu
 ``static-best`` (one locked clock per GPU, as a fraction of its boost clock),
 ``power-cap-best`` (one power limit per GPU, as a fraction of its default limit) and
 ``optimum`` (`triserve.bench.optimum`, per GPU and phase kind, with
-hindsight).
+hindsight). The ``tri-serve-slo-*`` rows run Tri-serve in SLO-target mode with targets at a
+multiple of the default row's own p99 on the same seed (`slo_spec`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from triserve.control import (
     TriServeStrategy,
 )
 from triserve.control.profiling import sweep
+from triserve.control.slotargets import SloTargetSetting
 from triserve.sim import Scenario, Simulation
 from triserve.telemetry import ServingSnapshot
 
@@ -55,11 +57,21 @@ STRATEGIES: tuple[str, ...] = (
     "tri-serve-P",
     "tri-serve-hints-P",
     "tri-serve+perf-boost-off",
+    "tri-serve-slo-1.25",
+    "tri-serve-slo-1.5",
+    "tri-serve-slo-2",
     "lookahead",
     "optimum",
 )
 #: Rows found by an offline search relative to the default row of the same seed.
 SEARCHED: tuple[str, ...] = ("static-best", "power-cap-best", "optimum")
+#: Tri-serve in SLO-target mode, its pipeline targets (p99 TTFT and p99 e2e) at these
+#: multiples of the default row's own p99 on the same seed (`slo_spec`).
+SLO_ROWS: dict[str, float] = {
+    "tri-serve-slo-1.25": 1.25,
+    "tri-serve-slo-1.5": 1.5,
+    "tri-serve-slo-2": 2.0,
+}
 #: What users run instead of a controller, each from its own documentation: the node
 #: overrides that model it (`StrategySpec.node`), under the driver's default control.
 ALTERNATIVES: dict[str, tuple[tuple[str, object], ...]] = {
@@ -182,6 +194,27 @@ def search_row(
     )
 
 
+def slo_spec(name: str, scenario: Scenario, default: RunOutput) -> StrategySpec:
+    """Row `name` of `SLO_ROWS`: targets at its multiple of `default`'s own p99 (same seed).
+
+    The targets are the pipeline's, as a user would write them from a dashboard of the
+    service at default clocks: p99 TTFT and p99 end-to-end latency.
+    """
+    factor = SLO_ROWS[name]
+    base = default.result
+    pipeline = scenario.pipeline.name
+    targets = (
+        SloTargetSetting("ttft", factor * base.p99_ttft_s, 0.99, pipeline),
+        SloTargetSetting("e2e", factor * base.p99_e2e_s, 0.99, pipeline),
+    )
+    settings = replace(ControlSettings(), slo_targets=targets)
+    label = (
+        f"targets {factor:g}x default p99: TTFT {targets[0].target_s:.2f} s, "
+        f"e2e {targets[1].target_s:.1f} s"
+    )
+    return StrategySpec(name, settings, label)
+
+
 def spec_for(name: str, settings: ControlSettings | None = None) -> StrategySpec:
     """The single row `name` (not a search); `settings` overrides the Tri-serve defaults."""
     tri = settings or ControlSettings()
@@ -233,7 +266,8 @@ def spec_for(name: str, settings: ControlSettings | None = None) -> StrategySpec
         return StrategySpec(
             name, tri, "ORACLE: per-phase no-loss lookahead (future phases)", lookahead_factory
         )
-    if name in SEARCHED:
-        raise ValueError(f"{name!r} is found by a search: use search_row")
+    if name in SEARCHED or name in SLO_ROWS:
+        use = "search_row" if name in SEARCHED else "slo_spec (targets from the default row)"
+        raise ValueError(f"{name!r} is not a fixed row: use {use}")
     known = ", ".join(STRATEGIES)
     raise ValueError(f"unknown strategy {name!r}; choose from {known}")

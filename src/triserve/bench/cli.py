@@ -14,14 +14,14 @@ import argparse
 import os
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from triserve import cliargs
-from triserve.bench.catalog import SEARCHED, STRATEGIES, search_row, spec_for
+from triserve.bench.catalog import SEARCHED, SLO_ROWS, STRATEGIES, search_row, slo_spec, spec_for
 from triserve.bench.results import StrategyResult, markdown_table, with_gains, write_json
-from triserve.bench.runner import RunOutput, run_strategy
+from triserve.bench.runner import RunOutput, over_targets, run_strategy
 from triserve.bench.search import SearchOutcome
 from triserve.bench.seeds import aggregate, aggregate_table
 from triserve.sim import Scenario, ScenarioError, load_scenario, with_overrides
@@ -150,11 +150,21 @@ class ScenarioRun:
     results: list[StrategyResult]
     outputs: dict[str, RunOutput]
     searches: dict[str, SearchOutcome]
+    #: SLO rows: the default row's own share over the same targets, percent.
+    default_over: dict[str, float | None] = field(default_factory=dict)
 
     def notes(self) -> list[str]:
-        """One line per search: its cost, the constraints that bound it, its TTFT-strict best."""
+        """One line per search (cost, binding constraints, TTFT-strict best) and SLO row."""
         out: list[str] = []
         base = next(r for r in self.results if r.strategy == "default")
+        for r in self.results:
+            if r.strategy in self.default_over:
+                mine, theirs = r.over_target_pct, self.default_over[r.strategy]
+                out.append(
+                    f"{r.strategy}: {r.setting}; requests over target {_pct(mine)} "
+                    f"(default on the same targets {_pct(theirs)}), {r.slo_guard_trips} "
+                    "guard trips."
+                )
         for name, s in self.searches.items():
             bound = ", ".join(f"{k} ({v} cheaper plans broke it)" for k, v in s.binding.items())
             strict = s.strict.result
@@ -165,6 +175,10 @@ class ScenarioRun:
                 f"p99 TTFT within +1%: {gain:+.1f}% ({strict.setting or 'default'})."
             )
         return out
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
 
 
 def run_scenario(
@@ -178,10 +192,20 @@ def run_scenario(
     futs: dict[str, Future[RunOutput]] = {
         n: pool.submit(run_strategy, scenario, spec_for(n), seed, window)
         for n in wanted
-        if n not in SEARCHED
+        if n not in SEARCHED and n not in SLO_ROWS
     }
     outputs: dict[str, RunOutput] = {}
     searches: dict[str, SearchOutcome] = {}
+    default_over: dict[str, float | None] = {}
+    slo = [n for n in wanted if n in SLO_ROWS]
+    if slo:
+        default = futs["default"].result()
+        specs = {n: slo_spec(n, scenario, default) for n in slo}
+        futs.update({n: pool.submit(run_strategy, scenario, specs[n], seed, window) for n in slo})
+        default_over = {
+            n: over_targets(default.ttft_s, default.e2e_s, specs[n].settings.slo_targets)
+            for n in slo
+        }
     searched = [n for n in wanted if n in SEARCHED]
     if searched:
         default = futs["default"].result()
@@ -197,7 +221,7 @@ def run_scenario(
             )
     outputs.update({n: f.result() for n, f in futs.items()})
     ordered = [outputs[n].result for n in wanted]
-    return ScenarioRun(with_gains(ordered), outputs, searches)
+    return ScenarioRun(with_gains(ordered), outputs, searches, default_over)
 
 
 def _holds(raw: str | None) -> list[float | None]:

@@ -46,6 +46,8 @@ class StrategyResult:
     share_of_optimum_pct: float | None = None
     decisions: dict[str, int] = field(default_factory=dict)
     slo_guard_trips: int = 0
+    #: SLO rows: percent of requests over the pipeline target most missed (None elsewhere).
+    over_target_pct: float | None = None
     wall_s: float = 0.0
 
     @property

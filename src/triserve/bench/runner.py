@@ -11,12 +11,13 @@ internals, through their factories.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from triserve.bench.plots import Timeline
 from triserve.bench.results import StrategyResult
 from triserve.control import ControlLoop, ControlSettings, Strategy
+from triserve.control.slotargets import SloTargetSetting
 from triserve.gpu.backend import GpuBackend
 from triserve.sim import Scenario, Simulation, with_overrides
 from triserve.simnode import AgentRun, run_agent
@@ -45,10 +46,35 @@ class StrategySpec:
 
 @dataclass(slots=True)
 class RunOutput:
-    """A run's table row, plus timelines when a trace window was asked for."""
+    """A run's table row, plus timelines when a trace window was asked for.
+
+    `ttft_s` and `e2e_s` are the measured requests' own latencies (pipeline-level, from
+    the simulator's report): the SLO rows count the requests over a target with them.
+    """
 
     result: StrategyResult
     timelines: dict[int, Timeline] = field(default_factory=dict)
+    ttft_s: tuple[float, ...] = ()
+    e2e_s: tuple[float, ...] = ()
+
+
+def over_targets(
+    ttft_s: Sequence[float], e2e_s: Sequence[float], targets: Sequence[SloTargetSetting]
+) -> float | None:
+    """Percent of requests over their target, for the pipeline target most missed.
+
+    Only pipeline-wide TTFT and e2e targets are counted (what the bench measures per
+    request); at most ``100 · (1 - quantile)`` means every such target held. None when
+    `targets` has none of them or no request finished.
+    """
+    shares = [
+        100.0 * sum(1 for x in values if x > t.target_s) / len(values)
+        for t in targets
+        if t.stage is None and t.metric in ("ttft", "e2e")
+        for values in [ttft_s if t.metric == "ttft" else e2e_s]
+        if values
+    ]
+    return max(shares) if shares else None
 
 
 def run_strategy(
@@ -122,6 +148,7 @@ def run_strategy(
         throttle_s=report.throttle_s,
         decisions=decisions,
         slo_guard_trips=trips,
+        over_target_pct=over_targets(report.ttft_s, report.e2e_s, settings.slo_targets),
         wall_s=time.perf_counter() - started,
     )
-    return RunOutput(result, timelines)
+    return RunOutput(result, timelines, report.ttft_s, report.e2e_s)

@@ -30,6 +30,7 @@ from triserve.control.decisions import (
 from triserve.control.loop import ControlLoop, TickResult
 from triserve.control.probes import ProbeSchedule, ProbeSettings
 from triserve.control.settings import ControlSettings, IntensitySource, StrategyKind
+from triserve.control.slotargets import SloMeasured, SloReadout, SloTargetSetting
 from triserve.control.tristrategy import TriServeStrategy
 
 __all__ = [
@@ -45,6 +46,9 @@ __all__ = [
     "ProbeSettings",
     "Reason",
     "SloDvfsStrategy",
+    "SloMeasured",
+    "SloReadout",
+    "SloTargetSetting",
     "StageSignals",
     "StaticClockStrategy",
     "Strategy",

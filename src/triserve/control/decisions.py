@@ -12,10 +12,13 @@ import bisect
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from triserve.gpu.backend import GpuBackend, GpuSample, ThermalThresholds
 from triserve.telemetry import StageObservation
+
+if TYPE_CHECKING:
+    from triserve.control.slotargets import SloReadout
 
 
 class Reason(enum.StrEnum):
@@ -38,7 +41,9 @@ class Decision:
     PMU); `power_limit_mw` is a power limit to enforce (None = the device default);
     `source` names what decided an A (ridge) clock — ``profile``, ``search``, ``counters``
     or ``phase`` — and is empty otherwise; `guard_tripped` is True on the tick the latency
-    guard tripped.
+    guard tripped; `slo` is the SLO-target controller's latest readout (mode Targets only);
+    `bound_unheld` is True while control cannot keep the latency bound or targets on this
+    GPU (it runs at the PMU default).
     """
 
     target_sm_clock_mhz: int | None
@@ -47,6 +52,8 @@ class Decision:
     power_limit_mw: int | None = None
     source: str = ""
     guard_tripped: bool = False
+    slo: SloReadout | None = None
+    bound_unheld: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from triserve.control.decisions import Reason, TickContext
+from triserve.control.firsttoken import FirstTokenFloor
 from triserve.control.phases import (
     DECODE,
     DRAM_SATURATION,
@@ -41,6 +42,8 @@ from triserve.control.settings import IntensitySource
 
 #: Below this busy fraction of the sample period the pipe counters are not trusted.
 MIN_BUSY = 0.2
+#: Seconds over which the GPU's queued share (its load, for the search's bound) averages.
+LOAD_WINDOW_S = 120.0
 
 #: One A decision: (reason, clock ceiling or None for boost, message, source).
 AChoice = tuple[Reason, int | None, str, str]
@@ -56,16 +59,53 @@ class IntensityEstimator:
         floor_fraction: float,
         max_loss_pct: float,
         profile: Mapping[tuple[str, str], int] | None = None,
+        first_token: FirstTokenFloor | None = None,
+        tick_s: float = 0.05,
+        latency_bound_pct: float | None = None,
     ) -> None:
         self.source = source
         self.margin = 1.0 + margin_pct / 100.0
+        self.base_floor_fraction = floor_fraction
         self.floor_fraction = floor_fraction
+        self.first_token = first_token
+        self.tick_s = tick_s
         self.profile = dict(profile or {})
         self.search = RidgeSearch(max_loss_pct)
         self.extra_margin = 0.0
+        self.max_loss_pct = max_loss_pct
+        self.latency_bound_pct = latency_bound_pct
+        #: Share of recent ticks with requests waiting on this GPU (EWMA, `LOAD_WINDOW_S`).
+        self.queued_share = 0.0
+
+    def observe_load(self, queued: bool, dt_s: float) -> None:
+        """Fold one tick into the GPU's queued share; narrow the search's loss bound with it.
+
+        A stage that serves ``eps`` slower stretches each request's own time by ``eps``; once
+        requests queue for it, every queued one also waits longer, ``eps / (1 - rho)`` at
+        utilisation ``rho`` (M/M/1), so near saturation a small loss of rate is a long wait.
+        The share of ticks with requests waiting estimates ``rho`` (an M/M/1 server is
+        busy, so a newcomer waits, with probability ``rho``), and the search accepts at most
+        ``bound · (1 - rho)`` of the latency bound, besides the throughput bound
+        (`maxThroughputLossPercent`).
+        """
+        if dt_s > 0:
+            alpha = min(dt_s / LOAD_WINDOW_S, 1.0)
+            self.queued_share += alpha * ((1.0 if queued else 0.0) - self.queued_share)
+        allowed = self.max_loss_pct
+        if self.latency_bound_pct is not None:
+            allowed = min(allowed, self.latency_bound_pct * (1.0 - self.queued_share))
+        self.search.max_loss = max(allowed, 0.0) / 100.0
 
     def decide(self, ctx: TickContext, phases: PhaseView) -> AChoice:
         """The clock for a busy GPU in phase `phases`."""
+        if self.first_token is not None:
+            prefill = phases.compute_now or phases.has_prefill
+            if prefill and ctx.at_default:
+                self.first_token.observe_prefill(
+                    ctx.sample.sm_clock_mhz, ctx.limits.default_max_mhz
+                )
+            entry = self.first_token.update(ctx.sample, ctx.stages, self.tick_s)
+            self.floor_fraction = max(self.base_floor_fraction, entry)
         if phases.compute_now:
             return Reason.COMPUTE, None, "tensor pipe busy (compute-bound phase): full boost", ""
         if phases.has_prefill:
@@ -108,6 +148,11 @@ class IntensityEstimator:
         if clock is None:
             return Reason.COMPUTE, None, message, "search"
         floor = ctx.limits.snap_up(self.floor_fraction * ctx.limits.default_max_mhz)
+        if clock < floor and self.floor_fraction > self.base_floor_fraction:
+            # The window would run the floor, not its candidate: search from the floor up.
+            self.search.respect_floor(ctx.now_s, floor)
+        if floor >= ctx.limits.default_max_mhz:
+            return Reason.COMPUTE, None, f"{message}; {self._entry_note()}", "search"
         return Reason.RIDGE, max(clock, floor), message, "search"
 
     def _counter_estimate(self, ctx: TickContext) -> float | None:
@@ -126,17 +171,21 @@ class IntensityEstimator:
         target = max(target, self.floor_fraction * limits.default_max_mhz)
         snapped = limits.snap_up(target)
         if snapped >= limits.default_max_mhz:
-            return (
-                Reason.COMPUTE,
-                None,
-                f"{what}: {ridge_mhz:.0f} MHz at or above boost: full boost",
-                source,
-            )
+            wanted = ridge_mhz * (self.margin + self.extra_margin)
+            floored = wanted < limits.default_max_mhz
+            why = self._entry_note() if floored else f"{ridge_mhz:.0f} MHz at or above boost"
+            return Reason.COMPUTE, None, f"{what}: {why}: full boost", source
         return (
             Reason.RIDGE,
             snapped,
             f"{what}: ridge {ridge_mhz:.0f} MHz, locking {snapped} MHz",
             source,
+        )
+
+    def _entry_note(self) -> str:
+        return (
+            f"first-token floor {100 * self.floor_fraction:.0f}% of boost (new requests start "
+            "here; a prefill would run at the lock until it is seen)"
         )
 
     def widen(self, ctx: TickContext, step: float = 0.05) -> None:

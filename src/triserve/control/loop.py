@@ -259,6 +259,8 @@ class ControlLoop:
             f"{self._hold_message}: PMU default until t={until_s:.2f} s "
             f"(strategy wanted {decision.reason.value})",
             guard_tripped=decision.guard_tripped,
+            slo=decision.slo,
+            bound_unheld=decision.bound_unheld,
         )
 
     def _clamp(self, decision: Decision) -> Decision:
@@ -336,5 +338,7 @@ def _unless_stale(decision: Decision, stages: Sequence[StageObservation], now_s:
                 Reason.DEFAULT,
                 f"stale telemetry, clocks at PMU default: {why}",
                 guard_tripped=decision.guard_tripped,
+                slo=decision.slo,
+                bound_unheld=decision.bound_unheld,
             )
     return decision

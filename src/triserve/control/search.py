@@ -168,6 +168,22 @@ class RidgeSearch:
         if st is not None and st.mode is not Mode.SETTLED:
             self._restart(st, now_s)
 
+    def respect_floor(self, now_s: float, floor_mhz: int) -> None:
+        """No trial below `floor_mhz` (a clock the caller will not run): try the floor instead.
+
+        A key whose accepted clock is at the floor already has nothing left to search: it
+        settles there.
+        """
+        st = self.keys.get(self._key) if self._key is not None else None
+        if st is None or st.mode is Mode.SETTLED or st.candidate_mhz >= floor_mhz:
+            return
+        if st.ok_mhz <= floor_mhz:
+            self._settle(st, now_s)
+            return
+        st.candidate_mhz = floor_mhz
+        if st.mode is Mode.TRIAL:
+            self._restart(st, now_s)
+
     def _restart(self, st: KeyState, now_s: float) -> None:
         st.window_start_s = now_s
         st.fresh = True
@@ -223,12 +239,16 @@ class RidgeSearch:
             st.rejects += 1
             if rechecking:
                 # A re-check failed at the settled clock. One failure may be a change of load
-                # between the windows; two in a row move the clock up.
+                # between the windows; two in a row move the clock up. One that lost twice
+                # the bound (it narrows as the load rises: `IntensityEstimator.observe_load`)
+                # moves it a coarse step up at once and re-checks soon.
                 st.failed_rechecks += 1
-                if st.failed_rechecks >= 2:
-                    st.ok_mhz = min(limits.step(st.ok_mhz, FINE_STEPS), top)
+                far = trial.mean_s > ref.mean_s * (1.0 + 2.0 * self.max_loss)
+                if st.failed_rechecks >= 2 or far:
+                    steps = COARSE_STEPS if far else FINE_STEPS
+                    st.ok_mhz = min(limits.step(st.ok_mhz, steps), top)
                     st.failed_rechecks = 0
-                self._settle(st, now_s, soon=st.failed_rechecks > 0)
+                self._settle(st, now_s, soon=st.failed_rechecks > 0 or far)
                 return
             st.rejected_mhz = max(st.rejected_mhz or 0, st.candidate_mhz)
         lo = st.rejected_mhz

@@ -10,8 +10,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
-from triserve.api.models import AISource, EnergyPolicySpec, PolicyMode
+from triserve.api.models import AISource, EnergyPolicySpec, PolicyMode, SloMode, SloSpec
 from triserve.api.models import Strategy as PolicyStrategy
+from triserve.control.slotargets import SloTargetSetting
 
 
 class StrategyKind(enum.StrEnum):
@@ -62,7 +63,11 @@ class ControlSettings:
     that starts between ticks runs at the lock until the next tick, so a very deep lock makes
     every phase change costly in latency); `slo_guard` enables the latency guard that backs
     clocks off toward default; `ridge_profile` lists (stage, phase, ridge MHz) measured by
-    `triserve profile` (`spec.triServe.arithmeticIntensity.profile`).
+    `triserve profile` (`spec.triServe.arithmeticIntensity.profile`); `slo_targets` non-empty
+    is SLO-target mode (`spec.slo.mode: Targets`, `triserve.control.slotargets`): the
+    absolute targets replace the relative latency guard, keeping `slo_target_margin_pct` of
+    each target free. `first_token_floor` bounds A's lock on a GPU that hosts an entry
+    stage so that p99 TTFT stays in bound (`triserve.control.firsttoken`; mode Relative).
     """
 
     strategy: StrategyKind = StrategyKind.TRI_SERVE
@@ -90,6 +95,9 @@ class ControlSettings:
     pipeline_min_fraction: float = 0.6
     pipeline_step_fraction: float = 0.05
     pipeline_step_s: float = 1.0
+    first_token_floor: bool = True
+    slo_targets: tuple[SloTargetSetting, ...] = ()
+    slo_target_margin_pct: float = 10.0
 
     def __post_init__(self) -> None:
         if self.strategy is StrategyKind.STATIC_CLOCK and not self.static_clock_mhz:
@@ -140,6 +148,8 @@ class ControlSettings:
             pipeline_queued_requests=ts.pipeline.queued_requests,
             pipeline_sustain_s=ts.pipeline.sustain_s,
             pipeline_min_fraction=ts.pipeline.min_clock_fraction,
+            slo_targets=targets_of(spec.slo),
+            slo_target_margin_pct=spec.slo.target_margin_percent,
         )
 
     def only(self, component: str) -> ControlSettings:
@@ -154,3 +164,19 @@ class ControlSettings:
             thermal_enabled=component == "T",
             pipeline_enabled=component == "P",
         )
+
+
+def targets_of(slo: SloSpec) -> tuple[SloTargetSetting, ...]:
+    """The policy's absolute targets, one per metric named (empty unless mode Targets)."""
+    if slo.mode is not SloMode.TARGETS:
+        return ()
+    out: list[SloTargetSetting] = []
+    for t in slo.targets:
+        for metric, seconds in (
+            ("ttft", t.ttft_s),
+            ("inter_token", t.inter_token_s),
+            ("e2e", t.e2e_s),
+        ):
+            if seconds is not None:
+                out.append(SloTargetSetting(metric, seconds, t.quantile, t.pipeline, t.stage))
+    return tuple(out)

@@ -29,6 +29,10 @@ Two things follow from the observation rates of real serving engines:
   The message names the quantile tested.
 
 While tripped (`hold_s`) the strategy hands the clock back to the PMU; each trip is counted.
+A guard that trips `give_up_trips` times within `give_up_window_s` cannot hold the bound
+under control on this GPU: it holds the PMU default for `give_up_s` and says so (`unheld`:
+the decision's `bound_unheld`, the exporter's `triserve_slo_bound_unheld`, the report's
+condition `LatencyBoundHeld`).
 A remaining limit, stated in docs/controller.md: an inflation of a few percent in a metric
 that arrives a few times a minute is inside the sampling noise of any online test; the bench,
 which compares the same arrivals at default clocks, shows it where no guard can.
@@ -76,7 +80,7 @@ def merge(a: Histogram | None, b: Histogram) -> Histogram:
     return Histogram(a.upper_bounds_s, counts, a.sum_s + b.sum_s, a.count + b.count)
 
 
-class _Series:
+class Series:
     """Timestamped histogram deltas of one (stage, metric), trimmed to an age.
 
     Their sum is kept on insert and eviction: the guard reads it on every scrape.
@@ -88,6 +92,7 @@ class _Series:
         self._total: Histogram | None = None
 
     def add(self, now_s: float, hist: Histogram) -> None:
+        """Append the observations of one scrape made at `now_s`; evict those too old."""
         if self._total is not None and self._total.upper_bounds_s != hist.upper_bounds_s:
             self.items.clear()  # the engine changed its buckets: start over
             self._total = None
@@ -98,6 +103,7 @@ class _Series:
         self._total = total
 
     def total(self) -> Histogram | None:
+        """Every observation held (None before the first)."""
         return self._total
 
 
@@ -114,6 +120,9 @@ class SloGuard:
         long_window_s: float = 600.0,
         min_sparse_count: float = 10.0,
         tail_count: float = 5.0,
+        give_up_trips: int = 3,
+        give_up_window_s: float = 600.0,
+        give_up_s: float = 600.0,
     ) -> None:
         self.bound = max_increase_pct / 100.0
         self.window_s = window_s
@@ -125,16 +134,25 @@ class SloGuard:
         self.tail_count = tail_count
         self.trips = 0
         self.until_s: float | None = None
+        self.give_up_trips = give_up_trips
+        self.give_up_window_s = give_up_window_s
+        self.give_up_s = give_up_s
+        self.unheld_until_s: float | None = None
+        self._trip_times: deque[float] = deque()
         self.message = ""
         self._last: dict[str, ServingSnapshot] = {}
         self._default_since_scrape: dict[str, bool] = {}
-        self._ref: dict[tuple[str, str], _Series] = {}
+        self._ref: dict[tuple[str, str], Series] = {}
         # Controlled observations, over the short window and over the long one.
-        self._ctl: dict[tuple[str, str], tuple[_Series, _Series]] = {}
+        self._ctl: dict[tuple[str, str], tuple[Series, Series]] = {}
 
     def active(self, now_s: float) -> bool:
         """True while the guard holds clocks at the PMU default."""
         return self.until_s is not None and now_s < self.until_s
+
+    def unheld(self, now_s: float) -> bool:
+        """True while the guard gave up: it tripped `give_up_trips` times in a short while."""
+        return self.unheld_until_s is not None and now_s < self.unheld_until_s
 
     def update(self, now_s: float, stages: Sequence[StageObservation], at_default: bool) -> bool:
         """Feed one tick; return True when the guard trips on this tick.
@@ -157,16 +175,16 @@ class SloGuard:
             if last is None:
                 continue
             for metric in METRICS:
-                delta = _delta(last, snap, metric)
+                delta = delta_of(last, snap, metric)
                 if delta is None:
                     continue
                 key = (stage, metric)
                 if default:
-                    self._ref.setdefault(key, _Series(self.reference_s)).add(now_s, delta)
+                    self._ref.setdefault(key, Series(self.reference_s)).add(now_s, delta)
                 else:
                     pair = self._ctl.get(key)
                     if pair is None:
-                        pair = (_Series(self.window_s), _Series(self.long_window_s))
+                        pair = (Series(self.window_s), Series(self.long_window_s))
                         self._ctl[key] = pair
                     pair[0].add(now_s, delta)
                     pair[1].add(now_s, delta)
@@ -178,6 +196,19 @@ class SloGuard:
                 if self._violated(now_s, (stage, metric)):
                     self.trips += 1
                     self.until_s = now_s + self.hold_s
+                    self._trip_times.append(now_s)
+                    while now_s - self._trip_times[0] > self.give_up_window_s:
+                        self._trip_times.popleft()
+                    if len(self._trip_times) >= self.give_up_trips:
+                        # Control keeps breaking the bound here: stop trying for a while.
+                        self.until_s = now_s + self.give_up_s
+                        self.unheld_until_s = self.until_s
+                        self._trip_times.clear()
+                        self.message += (
+                            f"; {self.give_up_trips} trips within {self.give_up_window_s:.0f} s:"
+                            f" the bound cannot be held under control here, PMU default for "
+                            f"{self.give_up_s:.0f} s"
+                        )
                     # Observations made while controlled are judged: start a fresh window.
                     self._ctl.clear()
                     return True
@@ -223,7 +254,8 @@ class SloGuard:
         return True
 
 
-def _delta(last: ServingSnapshot, snap: ServingSnapshot, metric: str) -> Histogram | None:
+def delta_of(last: ServingSnapshot, snap: ServingSnapshot, metric: str) -> Histogram | None:
+    """The observations of `metric` between two scrapes (None: none new, or a reset)."""
     now_h: Histogram | None = getattr(snap, metric)
     then_h: Histogram | None = getattr(last, metric)
     if now_h is None or then_h is None or now_h.upper_bounds_s != then_h.upper_bounds_s:

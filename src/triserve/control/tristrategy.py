@@ -28,12 +28,16 @@ Each component is switched separately by `ControlSettings` (the bench's ablation
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from triserve.control.decisions import Decision, Reason, TickContext
+from triserve.control.firsttoken import FirstTokenFloor
 from triserve.control.intensity import IntensityEstimator
 from triserve.control.phases import PhaseTracker
 from triserve.control.pipeline import PipelineGovernor, protect
 from triserve.control.settings import ControlSettings
 from triserve.control.sloguard import SloGuard
+from triserve.control.slotargets import SloTargetController
 from triserve.control.thermal import ThermalGovernor
 
 
@@ -51,9 +55,25 @@ class TriServeStrategy:
             settings.ridge_floor_fraction,
             settings.max_throughput_loss_pct,
             {(stage, phase): mhz for stage, phase, mhz in settings.ridge_profile},
+            # Absolute targets bound TTFT themselves (their ceilings follow it).
+            FirstTokenFloor(settings.max_latency_increase_pct)
+            if settings.first_token_floor and not settings.slo_targets
+            else None,
+            settings.control_interval_s,
+            None if settings.slo_targets else settings.max_latency_increase_pct,
         )
         self.thermal = ThermalGovernor(settings.thermal_headroom_c)
-        self.guard = SloGuard(settings.max_latency_increase_pct) if settings.slo_guard else None
+        # Absolute targets replace the relative guard: it would refuse any trade of latency.
+        self.targets = (
+            SloTargetController(settings.slo_targets, settings.slo_target_margin_pct)
+            if settings.slo_targets
+            else None
+        )
+        self.guard = (
+            SloGuard(settings.max_latency_increase_pct)
+            if settings.slo_guard and self.targets is None
+            else None
+        )
         self.pipeline = PipelineGovernor(settings) if settings.pipeline_enabled else None
         # Parking released the lock on the last tick; the driver was seen to boost an idle,
         # unlocked GPU (learned once, from the clock climbing back during a stall).
@@ -62,6 +82,15 @@ class TriServeStrategy:
 
     def decide(self, ctx: TickContext) -> Decision:
         """Choose this tick's clock ceiling and say why."""
+        decision = self._decide(ctx)
+        if self.targets is not None:
+            unmet = self.targets.readout.unmet
+            return replace(decision, slo=self.targets.readout, bound_unheld=unmet)
+        if self.guard is not None and self.guard.unheld(ctx.now_s):
+            return replace(decision, bound_unheld=True)
+        return decision
+
+    def _decide(self, ctx: TickContext) -> Decision:
         s = self.settings
         guard = self.guard
         tripped = guard is not None and guard.update(ctx.now_s, ctx.stages, ctx.at_default)
@@ -84,6 +113,8 @@ class TriServeStrategy:
                 )
             return Decision(None, Reason.SLO_GUARD, guard.message, guard_tripped=tripped)
         decision = self._base(ctx)
+        if self.targets is not None:
+            decision = self._under_targets(ctx, decision)
         view = self.pipeline.view if self.pipeline is not None else None
         if view is not None and decision.reason is Reason.RIDGE:
             why = protect(view)  # the queues P read this tick, not read again
@@ -99,10 +130,36 @@ class TriServeStrategy:
             decision = Decision(cap, Reason.THERMAL, self.thermal.message)
         return decision
 
+    def _under_targets(self, ctx: TickContext, decision: Decision) -> Decision:
+        """`decision` under the SLO-target ceilings (mode Targets; see `slotargets`)."""
+        targets = self.targets
+        assert targets is not None
+        tripped = targets.update(ctx.now_s, ctx.stages, ctx.limits)
+        if targets.active(ctx.now_s):
+            self.intensity.search.interrupt(ctx.now_s)
+            return Decision(None, Reason.SLO_GUARD, targets.message, guard_tripped=tripped)
+        if targets.readout.unmet and decision.reason is not Reason.STALL:
+            return Decision(
+                None,
+                Reason.SLO_GUARD,
+                f"{targets.message}: a target is missed at boost, clocks cannot help: PMU default",
+            )
+        if decision.reason not in (Reason.RIDGE, Reason.COMPUTE):
+            return decision
+        ceiling = targets.ceiling(compute=decision.reason is Reason.COMPUTE)
+        target = decision.target_sm_clock_mhz
+        if ceiling is None or (target is not None and target <= ceiling):
+            return decision
+        if decision.source == "search":
+            self.intensity.search.interrupt(ctx.now_s)  # its window would not run its clock
+        return Decision(ceiling, decision.reason, targets.message, source="slo-targets")
+
     def _base(self, ctx: TickContext) -> Decision:
         s = self.settings
         sig = ctx.signals
         phases = self.phases.update(ctx.sample, ctx.stages, ctx.now_s)
+        queued = any(o.serving is not None and o.serving.waiting > 0 for o in ctx.stages)
+        self.intensity.observe_load(queued, ctx.dt_s)
         parked, self._parked = self._parked, False
         if s.stalls_enabled and sig.stalled:
             if sig.work_imminent:
@@ -119,7 +176,10 @@ class TriServeStrategy:
                     f"all stages idle ({why}): clock down at {low} MHz, lock released so the "
                     "GPU boosts the moment work arrives (parked)",
                 )
-            if self._idle_boosts and not sig.upstream_active:
+            # Work reaches a GPU whose every stage has a visible upstream only through that
+            # upstream, which shows it seconds before the hand-off: it may keep the lock.
+            announced = all(o.upstream and o.upstream_serving for o in ctx.stages)
+            if self._idle_boosts and not sig.upstream_active and not announced:
                 return Decision(
                     None,
                     Reason.STALL,

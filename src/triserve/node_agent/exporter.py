@@ -146,6 +146,12 @@ class AgentCollector(Collector):
                 "1 while the SLO guard holds clocks back toward default",
                 labels=GPU_LABELS,
             ),
+            "unheld": GaugeMetricFamily(
+                "triserve_slo_bound_unheld",
+                "1 while control cannot hold the latency bound or SLO targets on the GPU "
+                "(it runs at the PMU default)",
+                labels=GPU_LABELS,
+            ),
             "trips": CounterMetricFamily(
                 "triserve_slo_guard_trips", "Times the SLO guard engaged", labels=GPU_LABELS
             ),
@@ -176,6 +182,21 @@ class AgentCollector(Collector):
             "1 while a stage on the GPU has running requests",
             labels=GPU_LABELS,
         )
+        slo_used = GaugeMetricFamily(
+            "triserve_slo_target_headroom_used_ratio",
+            "Measured latency quantile over its SLO target (mode Targets; 1 = at the target)",
+            labels=(*GPU_LABELS, "scope", "metric"),
+        )
+        slo_over = GaugeMetricFamily(
+            "triserve_slo_target_over_ratio",
+            "Share of observations above their SLO target over the controller's window",
+            labels=(*GPU_LABELS, "scope", "metric"),
+        )
+        slo_unmet = GaugeMetricFamily(
+            "triserve_slo_targets_unmet",
+            "1 while an SLO target is missed with the GPU at boost (clocks cannot help)",
+            labels=GPU_LABELS,
+        )
         for gpu in agent.gpus.values():
             sample = gpu.last_sample
             decision = gpu.last_decision
@@ -194,6 +215,7 @@ class AgentCollector(Collector):
                 "degraded": 1.0 if gpu.state is GpuState.DEGRADED else 0.0,
                 "restore_failed": 1.0 if gpu.state is GpuState.RESTORE_FAILED else 0.0,
                 "guard": 1.0 if gpu.slo_guard_active else 0.0,
+                "unheld": 1.0 if gpu.bound_unheld else 0.0,
                 "trips": gpu.totals.slo_guard_trips,
                 "pipeline": gpu.totals.pipeline_capped_s,
                 "cap": (gpu.loop.power_ceiling_mw or 0) / 1000.0 if gpu.loop else 0.0,
@@ -207,9 +229,18 @@ class AgentCollector(Collector):
                     decisions.add_metric([*labels, reason], float(count))
                 if labels[3]:
                     active.add_metric(labels, 1.0 if running.get(labels[3], 0) > 0 else 0.0)
+                if gpu.slo is not None:
+                    slo_unmet.add_metric(labels, 1.0 if gpu.slo.unmet else 0.0)
+                    for m in gpu.slo.measured:
+                        slo_labels = [*labels, m.target.scope, m.target.metric]
+                        slo_used.add_metric(slo_labels, m.headroom_used)
+                        slo_over.add_metric(slo_labels, m.over_share)
         yield from g.values()
         yield decisions
         yield active
+        yield slo_used
+        yield slo_over
+        yield slo_unmet
         yield from self._agent_families()
 
     def _agent_families(self) -> Iterable[Metric]:

@@ -23,6 +23,7 @@ from triserve.control import (
     ProbeSchedule,
     ProbeSettings,
     Reason,
+    SloReadout,
     TickResult,
 )
 from triserve.gpu.backend import GpuBackend, GpuError, GpuIdentity, GpuSample
@@ -56,6 +57,10 @@ class GpuRuntime:
     last_decision: Decision | None = None
     locked: bool = False
     slo_guard_active: bool = False
+    #: The SLO-target controller's latest readout (policy mode Targets only).
+    slo: SloReadout | None = None
+    #: True while control cannot hold the latency bound or targets here (PMU default).
+    bound_unheld: bool = False
     #: Monotone counts since the agent started (exported as *_total).
     totals: Totals = field(default_factory=Totals)
     # Last report window's results (exported as gauges).
@@ -112,6 +117,8 @@ class GpuRuntime:
         self.message = message
         self.locked = False
         self.slo_guard_active = False
+        self.bound_unheld = False
+        self.slo = None
         self.last_decision = None
         # The caller has just reset the clocks: they settle from here.
         self._at_default = True
@@ -178,6 +185,8 @@ class GpuRuntime:
         self.last_decision = result.decision
         self.locked = self.loop is not None and self.loop.applied_lock_mhz is not None
         self.slo_guard_active = result.decision.reason is Reason.SLO_GUARD
+        self.slo = result.decision.slo
+        self.bound_unheld = result.decision.bound_unheld
         period_at_default = result.at_default_before
         self.default_ticks = self.default_ticks + 1 if period_at_default else 0
         bin_ = baseline_bin(sample, self._running(self.stages))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from triserve.api.annotations import GROUP, VERSION
@@ -30,7 +31,10 @@ from triserve.api.status import (
     GpuState,
     NodeEnergyReportStatus,
     ReportPhase,
+    SloMeasurement,
+    SloStatus,
 )
+from triserve.control import SloMeasured, SloReadout
 from triserve.node_agent.accounting import BASELINE_METHOD, ENFORCE_ESTIMATE_METHOD
 from triserve.node_agent.agent import NodeAgent
 from triserve.node_agent.gpus import GpuRuntime
@@ -96,7 +100,11 @@ def _condition(
 
 
 def conditions(agent: NodeAgent, now: str, since_of: ConditionSince) -> list[Condition]:
-    """RestoreFailed, StateFileWritable, GuardRailClamped and GpusFound, from the agent's state."""
+    """The node's conditions, from the agent's state.
+
+    RestoreFailed, StateFileWritable, GuardRailClamped, GpusFound, LatencyBoundHeld and, in
+    mode Targets, SloTargetsMet.
+    """
     failed: dict[int | str, str] = {
         g.index: g.message for g in agent.gpus.values() if g.state is GpuState.RESTORE_FAILED
     }
@@ -178,7 +186,77 @@ def conditions(agent: NodeAgent, now: str, since_of: ConditionSince) -> list[Con
             now,
         )
     )
-    return [restore, writable, rails, found]
+    out = [restore, writable, rails, found]
+    unheld = [g.index for g in agent.gpus.values() if g.bound_unheld]
+    out.append(
+        _condition(
+            since_of,
+            "LatencyBoundHeld",
+            ConditionStatus.FALSE if unheld else ConditionStatus.TRUE,
+            "GuardGaveUp" if unheld else "Held",
+            f"GPUs {', '.join(map(str, unheld))}: control kept breaking the latency bound "
+            "or SLO targets; they run at the PMU default (triserve_slo_bound_unheld)"
+            if unheld
+            else "no GPU is held at the PMU default for breaking the latency bound",
+            now,
+        )
+    )
+    readouts = [g.slo for g in agent.gpus.values() if g.slo is not None]
+    if readouts:
+        unmet = [g.index for g in agent.gpus.values() if g.slo is not None and g.slo.unmet]
+        over = [m for r in readouts for m in r.measured if m.over_share > 1.0 - m.target.quantile]
+        if unmet:
+            status, reason = ConditionStatus.FALSE, "MissedAtDefault"
+            message = (
+                f"GPUs {', '.join(map(str, unmet))}: an SLO target is missed at boost clocks; "
+                "those GPUs run at the PMU default (clocks cannot meet it: add capacity or "
+                "relax the target)"
+            )
+        elif over:
+            status, reason = ConditionStatus.FALSE, "OverTarget"
+            message = "; ".join(
+                f"{m.target.scope} {m.target.metric}: {100 * m.over_share:.1f}% over target"
+                for m in over
+            )
+        else:
+            status, reason = ConditionStatus.TRUE, "WithinTargets"
+            message = "every SLO target measured is met"
+        out.append(_condition(since_of, "SloTargetsMet", status, reason, message, now))
+    return out
+
+
+def slo_status(readouts: Sequence[SloReadout]) -> SloStatus | None:
+    """The node's SLO targets: per target the worst GPU's reading (None: mode Relative)."""
+    if not readouts:
+        return None
+    worst: dict[tuple[str, str, float], SloMeasured] = {}
+    for r in readouts:
+        for m in r.measured:
+            key = (m.target.scope, m.target.metric, m.target.quantile)
+            if key not in worst or m.headroom_used > worst[key].headroom_used:
+                worst[key] = m
+    targets = [
+        SloMeasurement(
+            scope=m.target.scope,
+            metric=_METRIC_NAMES[m.target.metric],
+            quantile=m.target.quantile,
+            target_seconds=round(m.target.target_s, 4),
+            measured_seconds=round(m.measured_s, 4),
+            headroom_used_percent=round(100.0 * m.headroom_used, 1),
+            over_target_percent=round(100.0 * m.over_share, 2),
+            observations=m.observations,
+        )
+        for _, m in sorted(worst.items())
+    ]
+    return SloStatus(
+        headroom_used_percent=max((t.headroom_used_percent for t in targets), default=0.0),
+        over_target_percent=max((t.over_target_percent for t in targets), default=0.0),
+        targets=targets,
+    )
+
+
+#: Status names of the SLO metrics.
+_METRIC_NAMES = {"ttft": "ttft", "inter_token": "interToken", "e2e": "e2e"}
 
 
 class Reporter:
@@ -254,6 +332,7 @@ def _build_status(
         managed = sum(g.state is GpuState.MANAGED for g in agent.gpus.values())
         phase = _phase(agent)
         found = conditions(agent, rfc3339(now), since_of)
+        slo = slo_status([g.slo for g in agent.gpus.values() if g.slo is not None])
     tpj = tokens / energy_j if energy_j > 0 else 0.0
     base_tpj = tokens / baseline_j if baseline_j > 0 else 0.0
     observing = policy is not None and policy.spec.mode is PolicyMode.OBSERVE
@@ -283,6 +362,7 @@ def _build_status(
             enforce_estimate_percent=round(enforce_pct, 2),
             enforce_estimate_method=ENFORCE_ESTIMATE_METHOD if observing else "",
         ),
+        slo=slo,
     )
 
 

@@ -12,14 +12,16 @@ policy and its `lastReportTime` is younger than a few report intervals):
   `energy.windowSeconds` the longest window;
 * `efficiency.tokensPerJoule` is total tokens over total joules; the baseline is the
   tokens-weighted (harmonic) mean of the nodes' baselines, i.e. total tokens over the energy
-  the PMU default would have spent on the same tokens; `improvementPercent` compares them.
+  the PMU default would have spent on the same tokens; `improvementPercent` compares them;
+* `slo` (mode Targets): per target, the node that used most of it; the headline figures
+  are the largest over targets.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -31,6 +33,8 @@ from triserve.api.status import (
     GpuState,
     NodeEnergyReportStatus,
     ReportPhase,
+    SloMeasurement,
+    SloStatus,
 )
 from triserve.operator import budget
 
@@ -61,6 +65,7 @@ class ReportView:
     gpu_watts: float = 0.0
     #: The governed GPUs as the power-budget allocation reads them.
     budget_gpus: tuple[budget.GpuInput, ...] = ()
+    slo: SloStatus | None = None
 
 
 def parse_time_s(value: str) -> float:
@@ -111,6 +116,7 @@ def report_view(body: Mapping[str, Any]) -> ReportView | None:
         budget_gpus=tuple(
             _budget_input(node, gpu) for gpu in status.gpus if gpu.power_limit_max_watts
         ),
+        slo=status.slo,
     )
 
 
@@ -165,6 +171,24 @@ class Aggregate:
     pods: dict[str, int] = dataclasses.field(default_factory=dict)
     energy: EnergyWindow = dataclasses.field(default_factory=EnergyWindow)
     efficiency: Efficiency = dataclasses.field(default_factory=Efficiency)
+    slo: SloStatus | None = None
+
+
+def _merge_slo(statuses: Sequence[SloStatus]) -> SloStatus | None:
+    """Per target (scope, metric, quantile) the node reading that used most of it."""
+    if not statuses:
+        return None
+    worst: dict[tuple[str, str, float], SloMeasurement] = {}
+    for status in statuses:
+        for t in status.targets:
+            key = (t.scope, t.metric, t.quantile)
+            if key not in worst or t.headroom_used_percent > worst[key].headroom_used_percent:
+                worst[key] = t
+    return SloStatus(
+        headroom_used_percent=max(s.headroom_used_percent for s in statuses),
+        over_target_percent=max(s.over_target_percent for s in statuses),
+        targets=[worst[k] for k in sorted(worst)],
+    )
 
 
 def _round(value: float) -> float:
@@ -186,6 +210,7 @@ def aggregate(
     joules = watts = window_s = tokens = baseline_j = enforce_j = 0.0
     methods: set[str] = set()
     enforce_methods: set[str] = set()
+    slos: list[SloStatus] = []
     for node in sorted(nodes):
         result.targeted += 1
         report = reports.get(node)
@@ -216,6 +241,8 @@ def aggregate(
         enforce_j += report.joules / (1.0 + report.enforce_estimate_percent / 100.0)
         if report.method:
             methods.add(report.method)
+        if report.slo is not None:
+            slos.append(report.slo)
     # A node released from the policy keeps reporting under it until its restore verified.
     for report in reports.values():
         if report.policy == policy and report.phase is ReportPhase.RESTORE_FAILED:
@@ -240,6 +267,7 @@ def aggregate(
         ),
         enforce_estimate_method=" + ".join(sorted(enforce_methods)),
     )
+    result.slo = _merge_slo(slos)
     return result
 
 

@@ -271,6 +271,7 @@ def build_status(
         energy=agg.energy,
         efficiency=agg.efficiency,
         power_budget=budget if policy.spec and policy.spec.power_budget else None,
+        slo=agg.slo,
     )
     return status.to_k8s()
 

@@ -45,8 +45,8 @@ def test_energypolicy_crd_is_cluster_scoped_with_status_short_name_and_category(
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
     assert columns == [
-        "Mode", "Strategy", "Nodes", "GPUs", "Saving", "Budget", "Allocated", "Measured",
-        "Ready", "Age",
+        "Mode", "Strategy", "SLO", "Over", "Nodes", "GPUs", "Saving", "Budget", "Allocated",
+        "Measured", "Ready", "Age",
     ]  # fmt: skip
 
 

@@ -161,3 +161,23 @@ def test_share_of_optimum_divides_each_rows_gain_by_the_optimums() -> None:
     assert "share of optimum" in table and "| 44% |" in table
     alone = with_gains([_row("default", 100.0), _row("tri-serve", 90.0)])
     assert alone[1].share_of_optimum_pct is None
+
+
+def test_slo_rows_set_targets_from_the_default_rows_own_p99_and_report_the_share_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    assert "tri-serve-slo-1.25" in capsys.readouterr().out.replace("\n", "").replace(" ", "")
+    out = tmp_path / "out.json"
+    argv = ["bench", *SHORT, "--strategies", "tri-serve-slo-2", "--json", str(out)]
+    assert cli.main(argv) == 0
+    table = capsys.readouterr().out
+    rows = {r["strategy"]: r for r in json.loads(out.read_text())["results"]}
+    base, slo = rows["default"], rows["tri-serve-slo-2"]
+    assert f"TTFT {2 * base['p99_ttft_s']:.2f} s" in slo["setting"]
+    assert f"e2e {2 * base['p99_e2e_s']:.1f} s" in slo["setting"]
+    assert slo["over_target_pct"] is not None and slo["over_target_pct"] <= 1.0
+    assert base["over_target_pct"] is None
+    assert "tri-serve-slo-2: targets 2x default p99" in table
+    assert "(default on the same targets 0.00%)" in table

@@ -63,9 +63,11 @@ def drive(
     until_s: float | None = None,
     strategy: Callable[[int], Strategy | None] | None = None,
     actuate: bool | None = None,
+    after_tick: Callable[[AgentRun, float], None] | None = None,
 ) -> Run:
     """Run `scenario` through the production agent, with a ControlLoop per GPU from
-    `settings` (and `strategy(gpu)` when given), recording every tick of every GPU."""
+    `settings` (and `strategy(gpu)` when given), recording every tick of every GPU;
+    `after_tick(run, now_s)` sees the agent while it still governs (it releases at the end)."""
     loops: dict[int, ControlLoop] = {}
     ticks: dict[int, list[Tick]] = {}
 
@@ -77,6 +79,8 @@ def drive(
         return loop
 
     def record(run: AgentRun, now_s: float) -> None:
+        if after_tick is not None:
+            after_tick(run, now_s)
         for g, gpu in run.agent.gpus.items():
             result = gpu.loop.last_result if gpu.loop is not None else None
             if result is None or result.now_s != now_s:

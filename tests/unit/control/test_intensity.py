@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from triserve.control import ControlSettings, IntensitySource, Reason
+from triserve.control.intensity import IntensityEstimator
 from triserve.control.profiling import sweep
 from triserve.control.tristrategy import TriServeStrategy
 from triserve.sim import Phase, Simulation
@@ -39,6 +40,7 @@ def test_online_search_settles_near_the_true_ridge_of_decode() -> None:
         intensity_source=IntensitySource.SEARCH,
         ridge_floor_fraction=0.0,
         slo_guard=False,
+        first_token_floor=False,
     )
     run = drive(short("reference", 150.0), settings)
     strategy = run.loops[0].strategy
@@ -84,6 +86,7 @@ def test_a_profile_locks_its_clock_in_decode_and_boosts_prefill() -> None:
         intensity_source=IntensitySource.PROFILE,
         ridge_profile=(("thinker", "decode", 1185), ("talker", "decode", 1290)),
         slo_guard=False,
+        first_token_floor=False,
     )
     run = drive(short("reference", 40.0), settings)
     profiled = [t for t in run.ticks[0] if t.decision.source == "profile"]
@@ -106,3 +109,15 @@ def test_counter_estimate_needs_per_tick_pipe_counters() -> None:
     sources = {t.decision.source for ticks in ampere.ticks.values() for t in ticks}
     assert "counters" not in sources, "A100 has no GPM: the estimate must not be used"
     assert "search" in sources
+
+
+def test_near_saturation_the_search_accepts_less_loss_of_rate() -> None:
+    """A rate loss eps costs a queued request eps / (1 - rho): the bound shrinks with load."""
+    est = IntensityEstimator(IntensitySource.SEARCH, 4.0, 0.35, 0.5, latency_bound_pct=1.0)
+    for _ in range(100):
+        est.observe_load(queued=False, dt_s=1.0)
+    assert abs(est.search.max_loss - 0.005) < 1e-9, "an unqueued GPU keeps the throughput bound"
+    for _ in range(2000):
+        est.observe_load(queued=True, dt_s=0.5)
+    assert est.queued_share > 0.95
+    assert est.search.max_loss < 0.0005, "queued nearly always: almost no loss is accepted"

@@ -301,7 +301,9 @@ def test_the_strategy_runs_a_queued_stage_at_boost_instead_of_its_ridge(
     comes from the engine's hints, as it does between scrapes (a scraped queue already reads
     as prefill to come, which runs at boost anyway)."""
     ridge = (("talker", "decode", 1200),)
-    base = ControlSettings(intensity_source=IntensitySource.PROFILE, ridge_profile=ridge)
+    base = ControlSettings(
+        intensity_source=IntensitySource.PROFILE, ridge_profile=ridge, first_token_floor=False
+    )
     sample = Simulation(load_scenario("reference")).backend.sample(1)
     busy = StageSignals(True, False, False, False, 0.0, 4)
 

@@ -102,6 +102,7 @@ def test_a_clock_sensitive_decode_trips_the_guard_on_an_always_busy_gpu() -> Non
         ControlSettings().only("A"),
         intensity_source=IntensitySource.COUNTERS,
         ridge_floor_fraction=0.0,
+        first_token_floor=False,
     )
     run = drive(scenario, settings)
     busy = [t for t in run.ticks[0] if t.phase != "idle"]
@@ -168,3 +169,19 @@ def test_a_sparse_ttft_at_the_same_latency_never_trips_the_guard() -> None:
     for seed in range(5):
         guard, _ = _run_sparse(seed, controlled_scale=1.0, end_s=4 * 3600.0)
         assert guard.trips <= 2, f"seed {seed}: {guard.trips} trips, last: {guard.message}"
+
+
+def test_a_guard_that_keeps_tripping_gives_up_and_says_so() -> None:
+    guard = SloGuard(max_increase_pct=1.0, window_s=2.0, hold_s=3.0, min_count=50)
+    stage = DecodeStage()
+    _feed(guard, stage, 0.0, 3.0, 0.02, at_default=True)
+    now, trips = 3.0, []
+    while now < 60.0 and not guard.unheld(now):
+        default = guard.active(now)  # held at default: the engine is fast again
+        if guard.update(now, [stage.observe(now, 0.02 if default else 0.045)], default):
+            trips.append(now)
+        now += 0.25
+    assert len(trips) == 3 and guard.unheld(now), trips
+    assert guard.active(now + 500.0), "held at the PMU default for give_up_s"
+    assert not guard.unheld(now + 700.0)
+    assert "cannot be held" in guard.message

@@ -122,3 +122,15 @@ def test_an_idle_first_stage_is_left_at_boost_so_requests_start_as_fast_as_defau
     only_d_mhz = only_d.sim.report().gpus[0].mean_clock_mhz_by_phase["prefill"]
     assert default_mhz is not None and only_d_mhz is not None, "no prefill ran"
     assert only_d_mhz >= 0.99 * default_mhz
+
+
+def test_with_no_work_anywhere_only_the_gpu_that_takes_new_requests_is_left_at_boost() -> None:
+    """The thinker GPU sees new requests first; the talker GPU only after the thinker works."""
+    from .conftest import short
+
+    run = drive(short("reference", 240.0), ControlSettings().only("D"))
+    no_work = "no upstream work"
+    talker = [t for t in run.ticks[1] if no_work in t.decision.message and t.now_s > 30.0]
+    assert talker and all(t.decision.target_sm_clock_mhz is not None for t in talker)
+    thinker = [t for t in run.ticks[0] if no_work in t.decision.message and t.now_s > 30.0]
+    assert thinker and all(t.decision.target_sm_clock_mhz is None for t in thinker)

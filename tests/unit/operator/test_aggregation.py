@@ -73,3 +73,32 @@ def test_pending_release_waits_for_labelled_nodes_whose_agent_has_not_answered()
     assert pending_release("p", views, labelled=["b", "d"]) == ["a", "d"]
     # "c" now reports another policy: its agent let go of "p".
     assert pending_release("p", [*views, other], labelled=["c"]) == ["a"]
+
+
+def _slo(used: float, over: float, measured_s: float) -> dict[str, Any]:
+    target = {
+        "scope": "qwen3-omni/*",
+        "metric": "e2e",
+        "quantile": 0.99,
+        "targetSeconds": 50.0,
+        "measuredSeconds": measured_s,
+        "headroomUsedPercent": used,
+        "overTargetPercent": over,
+        "observations": 40,
+    }
+    return {"headroomUsedPercent": used, "overTargetPercent": over, "targets": [target]}
+
+
+def test_slo_targets_show_the_node_that_used_most_of_each() -> None:
+    reports = {
+        "a": report("a", slo=_slo(60.0, 0.0, 30.0)),
+        "b": report("b", slo=_slo(96.0, 2.5, 48.0)),
+        "c": report("c"),
+    }
+    agg = aggregate("p", 1, ["a", "b", "c"], reports, now_s=parse_time_s(NOW), stale_after_s=30)
+    assert agg.slo is not None
+    assert agg.slo.headroom_used_percent == 96.0 and agg.slo.over_target_percent == 2.5
+    (target,) = agg.slo.targets
+    assert target.measured_seconds == 48.0
+    relative = aggregate("p", 1, ["c"], reports, now_s=parse_time_s(NOW), stale_after_s=30)
+    assert relative.slo is None, "a Relative policy's status has no slo section"
