@@ -59,7 +59,7 @@ test: $(STAMP) k8s actionlint
 # them all. Each bundled scenario over 5 seeds (600 s runs, 540 s measured) against the PMU
 # default and what users run instead (perf-boost-off, pstated, static-best, power-cap-best);
 # the two unpublished assumptions swept (the parked share, the decode clock-sensitive share);
-# the hindsight optimum. About 1.5 hours on 2 free cores (--jobs uses more).
+# SLO-target mode at 1.25x, 1.5x and 2x the default's own p99; the hindsight optimum. About 1.5 hours on 2 free cores (--jobs uses more).
 BENCH = $(BIN)/triserve bench --jobs $(or $(JOBS),2)
 ROWS = default,perf-boost-off,pstated,static-best,power-cap-best,tri-serve,tri-serve+perf-boost-off
 bench: $(STAMP)
@@ -72,6 +72,9 @@ bench: $(STAMP)
 	$(BENCH) --scenario reference --seeds 5 --duration-s 600 --decode-share 0.015,0.05 \
 		--strategies default,perf-boost-off,tri-serve,tri-serve+perf-boost-off \
 		--json out/bench/decode-sweep.json
+	$(BENCH) --scenario reference --seeds 5 --duration-s 600 \
+		--strategies default,tri-serve,tri-serve-slo-1.25,tri-serve-slo-1.5,tri-serve-slo-2 \
+		--json out/bench/slo-reference.json
 	$(BENCH) --scenario reference --duration-s 480 \
 		--strategies default,perf-boost-off,pstated,static-best,power-cap-best,tri-serve,\
 tri-serve+perf-boost-off,optimum \
