@@ -48,6 +48,10 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "demo speed -1": (["demo", "--speed", "-1"], ("--speed", "above 0")),
     "demo duration inside warm-up": (["demo", "--duration", "30"], ("--duration-s", "warm-up")),
     "demo negative duration": (["demo", "--duration", "-5"], ("--duration", "above 0")),
+    "demo endless duration": (
+        ["demo", "--duration-s", "1e308"],
+        ("--duration-s", "one simulated day"),
+    ),
     "demo log level": (["demo", "--log-level", "FOO"], ("--log-level", "DEBUG")),
     "bench json folder missing": (
         ["bench", "--json", "/nonexistent/dir/out.json"],

@@ -168,11 +168,16 @@ class ScenarioRun:
         for name, s in self.searches.items():
             bound = ", ".join(f"{k} ({v} cheaper plans broke it)" for k, v in s.binding.items())
             strict = s.strict.result
-            gain = 100.0 * (strict.tokens_per_j / base.tokens_per_j - 1.0)
+            # A window without tokens (bursty arrivals, a short run) has no efficiency.
+            gain = (
+                f"{100.0 * (strict.tokens_per_j / base.tokens_per_j - 1.0):+.1f}%"
+                if base.tokens_per_j > 0
+                else "n/a (no tokens in the window)"
+            )
             out.append(
                 f"{name} search: {s.evaluations} simulations, {s.wall_s:.0f} s wall; "
                 f"bound by: {bound or 'nothing (grid exhausted)'}; best plan that also keeps "
-                f"p99 TTFT within +1%: {gain:+.1f}% ({strict.setting or 'default'})."
+                f"p99 TTFT within +1%: {gain} ({strict.setting or 'default'})."
             )
         return out
 

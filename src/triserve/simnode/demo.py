@@ -101,6 +101,10 @@ def _reason(policy: PolicyRef | None, decision: Decision) -> str:
     return f"{decision.reason.value}{source}"
 
 
+#: The longest demo run: one simulated day (the demo then replays it under the default too).
+MAX_DURATION_S = 86_400.0
+
+
 def gpu_table(agent: NodeAgent, now_s: float, duration_s: float) -> Table:
     """The live view: one row per GPU, and the legend of the reasons."""
     policy = agent.policy
@@ -260,6 +264,11 @@ def _prepare(args: argparse.Namespace) -> tuple[PolicyRef, Simulation, float]:
             f"--duration-s: {duration_s:g} s ends inside the scenario's "
             f"{sim.scenario.warmup_s:g} s warm-up, where nothing is measured; give more than "
             f"{sim.scenario.warmup_s:g}"
+        )
+    if duration_s > MAX_DURATION_S:
+        raise cliargs.UserError(
+            f"--duration-s: {duration_s:g} s is more than the demo replays "
+            f"({MAX_DURATION_S:g} s, one simulated day); give a shorter run"
         )
     return policy, sim, duration_s
 
