@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,30 +229,28 @@ def run_scenario(
     return ScenarioRun(with_gains(ordered), outputs, searches, default_over)
 
 
-def _holds(raw: str | None) -> list[float | None]:
+def _floats(
+    raw: str | None, flag: str, what: str, example: str, valid: Callable[[float], bool]
+) -> list[float | None]:
+    """A sweep flag's comma-separated values ([None]: the scenario's own); ValueError names it."""
     if raw is None:
         return [None]
     try:
-        holds = [float(x) for x in raw.split(",") if x.strip()]
+        values = [float(x) for x in raw.split(",") if x.strip()]
     except ValueError:
-        msg = f"--idle-hold-s: {raw!r} is not a comma-separated list of seconds, e.g. 0.25,1.5,10"
+        msg = f"{flag}: {raw!r} is not a comma-separated list of {what}, e.g. {example}"
         raise ValueError(msg) from None
-    if not holds or any(h < 0 for h in holds):
-        raise ValueError("--idle-hold-s needs one or more holds of 0 s or more, e.g. 0.25,1.5,10")
-    return list(holds)
+    if not values or not all(valid(v) for v in values):
+        raise ValueError(f"{flag} needs one or more {what}, e.g. {example}")
+    return list(values)
+
+
+def _holds(raw: str | None) -> list[float | None]:
+    return _floats(raw, "--idle-hold-s", "holds of 0 s or more", "0.25,1.5,10", lambda h: h >= 0)
 
 
 def _shares(raw: str | None, flag: str, example: str) -> list[float | None]:
-    if raw is None:
-        return [None]
-    try:
-        shares = [float(x) for x in raw.split(",") if x.strip()]
-    except ValueError:
-        msg = f"{flag}: {raw!r} is not a comma-separated list of shares, e.g. {example}"
-        raise ValueError(msg) from None
-    if not shares or any(not 0 <= x < 1 for x in shares):
-        raise ValueError(f"{flag} needs one or more shares from 0 to below 1, e.g. {example}")
-    return list(shares)
+    return _floats(raw, flag, "shares from 0 to below 1", example, lambda x: 0 <= x < 1)
 
 
 def with_pmu(
