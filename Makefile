@@ -60,7 +60,8 @@ test: $(STAMP) k8s actionlint
 # default and what users run instead (perf-boost-off, pstated, static-best, power-cap-best;
 # bursty over its own 3,060 s without the two searches);
 # the two unpublished assumptions swept (the parked share, the decode clock-sensitive share);
-# SLO-target mode at 1.25x, 1.5x and 2x the default's own p99; the hindsight optimum. About 1.5 hours on 2 free cores (--jobs uses more).
+# SLO-target mode at 1.25x, 1.5x and 2x the default's own p99; the hindsight optimum.
+# About 1.5 hours on 2 cores shared with other work (--jobs uses more).
 BENCH = $(BIN)/triserve bench --jobs $(or $(JOBS),2)
 ROWS = default,perf-boost-off,pstated,static-best,power-cap-best,tri-serve,tri-serve+perf-boost-off
 bench: $(STAMP)
