@@ -50,6 +50,9 @@ POD_RESOURCES_DIR = "/var/lib/kubelet/pod-resources"
 NODE_RESOURCES = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"}
 _VAR_RE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
+#: The repository checkout: the pods run its virtualenv's interpreter.
+CHECKOUT = Path(__file__).resolve().parents[2]
+
 
 class PodSetupError(Exception):
     """The pod cannot start (yet): the message goes to its status, and the kubelet retries."""
@@ -474,7 +477,10 @@ class Kubelet:
         """The shell prelude that bind-mounts the volumes, then execs the container command.
 
         A mount point above a mount source (a `/tmp` emptyDir over a test's temporary
-        directory) is mounted last, or it would hide the sources mounted after it.
+        directory) is mounted last, or it would hide the sources mounted after it. A mount
+        point above the checkout (a clone under `/tmp`) would hide the interpreter the pod
+        runs: the checkout is bound into that volume's directory first, and the volume is
+        mounted recursively, so it stays where it was.
         """
 
         def hides_a_source(mount: tuple[Path, str, bool]) -> bool:
@@ -483,7 +489,13 @@ class Kubelet:
         lines = ["set -e"]
         for source, target, read_only in sorted(mounts, key=hides_a_source):
             quoted = shlex.quote(target)
-            lines += [f"mkdir -p {quoted}", f"mount --bind {shlex.quote(str(source))} {quoted}"]
+            lines.append(f"mkdir -p {quoted}")
+            bind = "--bind"
+            if CHECKOUT.is_relative_to(target) and Path(target) != CHECKOUT:
+                inner = shlex.quote(str(source / CHECKOUT.relative_to(target)))
+                lines += [f"mkdir -p {inner}", f"mount --bind {shlex.quote(str(CHECKOUT))} {inner}"]
+                bind = "--rbind"
+            lines.append(f"mount {bind} {shlex.quote(str(source))} {quoted}")
             if read_only:
                 lines.append(f"mount -o remount,bind,ro {quoted}")
         lines.append('exec "$@"')
