@@ -9,6 +9,7 @@ measure are absent, so nothing is estimated for them from a guess.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 __all__ = ["PUBLISHED", "IdlePowers", "published_idle_powers"]
 
@@ -35,6 +36,7 @@ PUBLISHED: tuple[tuple[str, IdlePowers], ...] = (
 )
 
 
+@cache  # read on every Observe-mode tick; a node has a handful of device names
 def published_idle_powers(device_name: str) -> IdlePowers | None:
     """The published idle powers of the GPU model NVML names `device_name`, if measured."""
     for key, powers in PUBLISHED:

@@ -153,3 +153,9 @@ def test_the_optimum_can_idle_in_the_lowest_pstate_and_beats_parking_at_a_low_cl
     in_pstate = run_strategy(scenario, optimum_spec(low), 0).result
     assert in_pstate.energy_j < at_clock.energy_j
     assert in_pstate.p99_e2e_s <= at_clock.p99_e2e_s * 1.01
+
+
+def test_every_alternative_row_counts_as_a_best_alternative_and_is_a_strategy() -> None:
+    from triserve.bench.results import BEST_ALTERNATIVE_ROWS
+
+    assert set(catalog.ALTERNATIVES) <= set(BEST_ALTERNATIVE_ROWS) <= set(catalog.STRATEGIES)
