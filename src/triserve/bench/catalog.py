@@ -1,14 +1,14 @@
 """The bench's strategy catalogue and the offline searches behind its "-best" rows.
 
 Called by `triserve.bench.cli`. Every row is a `StrategySpec`. Three rows are found offline
-on the very seed they are reported on, by `triserve.bench.search`'s coordinate search under
-one rule (p99 end-to-end latency and p99 TTFT within +1% of default's, throughput within
--0.5%, then the least energy per token; the optimum bounds only p99 end-to-end latency):
-``static-best`` (one locked clock per GPU, as a fraction of its boost clock),
-``power-cap-best`` (one power limit per GPU, as a fraction of its default limit) and
-``optimum`` (`triserve.bench.optimum`, per GPU and phase kind, with
-hindsight). The ``tri-serve-slo-*`` rows run Tri-serve in SLO-target mode with targets at a
-multiple of the default row's own p99 on the same seed (`slo_spec`).
+by `triserve.bench.search`'s coordinate search, on a seed they are not scored on
+(`triserve.bench.cli`), under one rule (p99 end-to-end latency and p99 TTFT within +1% of
+default's, throughput within -0.5%, then the least energy per token): ``static-best`` (one
+locked clock per GPU, as a fraction of its boost clock), ``power-cap-best`` (one power limit
+per GPU, as a fraction of its default limit) and ``optimum`` (`triserve.bench.optimum`, per
+GPU and phase kind, with hindsight; ``optimum-slo-*`` under an SLO row's targets instead).
+The ``tri-serve-slo-*`` rows run Tri-serve in SLO-target mode with targets at a multiple of
+the default row's own p99 on the same seed (`slo_spec`).
 """
 
 from __future__ import annotations
@@ -61,9 +61,10 @@ STRATEGIES: tuple[str, ...] = (
     "tri-serve-slo-2",
     "lookahead",
     "optimum",
+    "optimum-slo-1.25",
+    "optimum-slo-1.5",
+    "optimum-slo-2",
 )
-#: Rows found by an offline search relative to the default row of the same seed.
-SEARCHED: tuple[str, ...] = ("static-best", "power-cap-best", "optimum")
 #: Tri-serve in SLO-target mode, its pipeline targets (p99 TTFT and p99 e2e) at these
 #: multiples of the default row's own p99 on the same seed (`slo_spec`).
 SLO_ROWS: dict[str, float] = {
@@ -71,6 +72,23 @@ SLO_ROWS: dict[str, float] = {
     "tri-serve-slo-1.5": 1.5,
     "tri-serve-slo-2": 2.0,
 }
+#: The hindsight optimum under each SLO row's targets (`optimum_bounds`).
+SLO_OPTIMA: dict[str, float] = {
+    "optimum-slo-" + name.removeprefix("tri-serve-slo-"): factor
+    for name, factor in SLO_ROWS.items()
+}
+#: Rows found by an offline search relative to the default row of a seed they are not
+#: scored on (`triserve.bench.cli`: one search per block, replayed on every scored seed).
+SEARCHED: tuple[str, ...] = ("static-best", "power-cap-best", "optimum", *SLO_OPTIMA)
+#: Names that stand for several rows on the command line.
+ROW_GROUPS: dict[str, tuple[str, ...]] = {
+    "tri-serve-slo": tuple(SLO_ROWS),
+    "optimum-slo": tuple(SLO_OPTIMA),
+}
+#: The rule every ``optimum`` row is searched and judged under: the policy's default
+#: bounds, the same the Tri-serve rows are held to (p99 e2e and p99 TTFT within +1%,
+#: throughput within -0.5%).
+OPTIMUM_RULE = Bounds(p99_ttft_pct=1.0)
 #: What users run instead of a controller, each from its own documentation: the node
 #: overrides that model it (`StrategySpec.node`), under the driver's default control.
 ALTERNATIVES: dict[str, tuple[tuple[str, object], ...]] = {
@@ -167,8 +185,8 @@ def search_row(
     name: str, scenario: Scenario, seed: int, pool: Executor, default: RunOutput
 ) -> SearchOutcome:
     """Run the offline search behind row `name` (one of `SEARCHED`) on `seed`."""
-    if name == "optimum":
-        return search_optimum(scenario, seed, pool, default)
+    if name == "optimum" or name in SLO_OPTIMA:
+        return search_optimum(scenario, seed, pool, default, bounds=optimum_bounds(name))
     if name not in ("static-best", "power-cap-best"):
         raise ValueError(f"{name!r} is not a searched strategy; choose from {SEARCHED}")
     fractions = STATIC_FRACTIONS if name == "static-best" else POWER_FRACTIONS
@@ -190,6 +208,20 @@ def search_row(
         max_evals=SWEEP_MAX_EVALS,
         bounds=SWEEP_RULE,
     )
+
+
+def optimum_bounds(name: str) -> Bounds:
+    """The rule of optimum row `name`: the default bounds, or its SLO row's targets.
+
+    An SLO row's targets are a multiple of the default row's own p99 TTFT and p99 e2e on
+    the same seed (`slo_spec`), so "within the targets" is "within +(multiple - 1) x 100%
+    of default" on whichever seed the plan is searched or judged.
+    """
+    factor = SLO_OPTIMA.get(name)
+    if factor is None:
+        return OPTIMUM_RULE
+    pct = 100.0 * (factor - 1.0)
+    return Bounds(p99_e2e_pct=pct, p99_ttft_pct=pct)
 
 
 def slo_spec(name: str, scenario: Scenario, default: RunOutput) -> StrategySpec:

@@ -16,20 +16,23 @@ the lowest performance state (idle level ``low-pstate``, as CUDA_DISABLE_PERF_BO
 nvidia-pstated reach it, but lifted exactly in time for the next work), and a static power
 limit per GPU (``cap``, a fraction of the default limit, as the ``power-cap-best`` row).
 
-`search_optimum` finds the plan offline, by coordinate descent (`triserve.bench.search`) on
-the very seed it is reported on: the least energy per token with p99 end-to-end latency
-within +1% of the ``default`` row and throughput within -0.5% (p99 TTFT is reported, and the
-best plan that also keeps it within +1% is printed beside it). Unlike the `lookahead` row
-it is not bound to Tri-serve's per-phase no-loss rule: it may trade latency for energy in
-any phase kind wherever the end-to-end tail allows. It acts on the
-bench's control tick like every row, so a phase that starts between ticks runs one tick at
-the previous lock: the optimum over tick-granular per-phase-kind clocks, not over all
-conceivable controllers. The search starts from default, from the lookahead-like plan
-(every busy kind ``no-loss``, idle at the lowest clock, and the same idling in the lowest
-performance state), from uniform plans (one fraction of boost for every kind of every GPU,
-as a static lock; one power limit for every GPU, as a static cap) and from default with idle
-GPUs in the lowest performance state, so it is never worse than any of them, nor than the
-rows they stand for, when they meet the rule.
+`search_optimum` finds the plan offline, by coordinate descent (`triserve.bench.search`):
+the least energy per generated token under the same rule as the rows it judges (by default
+p99 end-to-end latency and p99 TTFT within +1% of the ``default`` row and throughput within
+-0.5%; an SLO row's optimum, ``optimum-slo-*``, within that row's targets). The bench runs
+the search on a seed it does not score (`triserve.bench.cli`), replays the plan on every
+scored seed, and there reports the best of the replay and every other row that keeps the
+same rule on that seed, so that the optimum is never below a row it judges. Unlike the
+`lookahead` row it is not bound to Tri-serve's per-phase no-loss rule: it may trade latency
+for energy in any phase kind wherever the tails allow. It acts on the bench's control tick
+like every row, so a phase that starts between ticks runs one tick at the previous lock: the
+optimum over tick-granular per-phase-kind clocks, not over all conceivable controllers. The
+search starts from default, from the lookahead-like plan (every busy kind ``no-loss``, idle
+at the lowest clock, and the same idling in the lowest performance state), from uniform
+plans (one fraction of boost for every kind of every GPU, as a static lock; one power limit
+for every GPU, as a static cap) and from default with idle GPUs in the lowest performance
+state, so it is never worse than any of them, nor than the rows they stand for, when they
+meet the rule.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Produced by `triserve.bench.runner` (one simulated run each) and rendered by
 `triserve.bench.cli`. Efficiency is useful work per joule; the change versus the ``default``
 row is computed on tokens per joule (every strategy of a scenario replays the same arrivals).
-"Share of optimum" is a row's efficiency gain over default divided by the ``optimum`` row's
-(the hindsight optimum of `triserve.bench.optimum`), in percent.
+"Share of optimum" is the energy per token a row saves over default as a share of what its
+optimum row saves (the hindsight optimum of `triserve.bench.optimum` under the same bounds
+or SLO targets as the row), in percent.
 """
 
 from __future__ import annotations
@@ -68,12 +69,26 @@ class StrategyResult:
         return d
 
 
-def with_gains(results: Sequence[StrategyResult]) -> list[StrategyResult]:
-    """Fill each row's gain over ``default`` and its share of the ``optimum`` row's gain.
+def optimum_for(strategy: str) -> str:
+    """The optimum row that judges `strategy`: ``optimum``, or an SLO row's own optimum.
 
-    `efficiency_gain_pct` is relative to the ``default`` row (0 when it is absent) and
-    `share_of_optimum_pct` relative to the ``optimum`` row (None when it is absent or
-    gained nothing).
+    An SLO-target row (``tri-serve-slo-2``) is judged by the optimum under the same targets
+    (``optimum-slo-2``); every other row by the optimum under the policy's default bounds.
+    """
+    if strategy.startswith("tri-serve-slo-"):
+        return "optimum-slo-" + strategy.removeprefix("tri-serve-slo-")
+    if strategy.startswith("optimum-slo-"):
+        return strategy
+    return "optimum"
+
+
+def with_gains(results: Sequence[StrategyResult]) -> list[StrategyResult]:
+    """Fill each row's gain over ``default`` and its share of its optimum's saving.
+
+    `efficiency_gain_pct` is relative to the ``default`` row (0 when it is absent).
+    `share_of_optimum_pct` is the energy per token the row saves over default as a share of
+    what its optimum row (`optimum_for`) saves: ``(e_default - e_row) / (e_default -
+    e_optimum)``, percent (None when that optimum is absent or saves nothing).
     """
     base = next((r for r in results if r.strategy == "default"), None)
     if base is None or base.tokens_per_j <= 0:
@@ -82,13 +97,18 @@ def with_gains(results: Sequence[StrategyResult]) -> list[StrategyResult]:
         replace(r, efficiency_gain_pct=100.0 * (r.tokens_per_j / base.tokens_per_j - 1.0))
         for r in results
     ]
-    best = next((r for r in gained if r.strategy == "optimum"), None)
-    if best is None or best.efficiency_gain_pct <= 0:
-        return gained
-    return [
-        replace(r, share_of_optimum_pct=100.0 * r.efficiency_gain_pct / best.efficiency_gain_pct)
-        for r in gained
-    ]
+    by_name = {r.strategy: r for r in gained}
+    e_base = 1.0 / base.tokens_per_j
+    out = []
+    for r in gained:
+        best = by_name.get(optimum_for(r.strategy))
+        share = None
+        if best is not None and best.tokens_per_j > 0 and r.tokens_per_j > 0:
+            saved_best = e_base - 1.0 / best.tokens_per_j
+            if saved_best > 0:
+                share = 100.0 * (e_base - 1.0 / r.tokens_per_j) / saved_best
+        out.append(replace(r, share_of_optimum_pct=share))
+    return out
 
 
 def delta_pct(value: float, base: float) -> float:

@@ -93,7 +93,11 @@ class IntensityEstimator:
             self.queued_share += alpha * ((1.0 if queued else 0.0) - self.queued_share)
         allowed = self.max_loss_pct
         if self.latency_bound_pct is not None:
-            allowed = min(allowed, self.latency_bound_pct * (1.0 - self.queued_share))
+            rho = self.queued_share
+            allowed = min(
+                self.latency_bound_pct * (1.0 - rho),
+                self.max_loss_pct / max(rho, 1e-6),
+            )
         self.search.max_loss = max(allowed, 0.0) / 100.0
 
     def decide(self, ctx: TickContext, phases: PhaseView) -> AChoice:
@@ -142,17 +146,21 @@ class IntensityEstimator:
         key = tuple(pair for pair in phases.key if pair[1] == DECODE)
         if not key:
             return Reason.COMPUTE, None, f"{phases.label}: no token rate to search on: boost", ""
+        floor = ctx.limits.snap_up(self.floor_fraction * ctx.limits.default_max_mhz)
+        if floor >= ctx.limits.default_max_mhz:
+            # No lock below boost is allowed yet (too few first tokens to price one): the
+            # search waits rather than settle at boost for a whole re-check period.
+            self.search.interrupt(ctx.now_s)
+            return Reason.COMPUTE, None, self._entry_note(), "search"
         start = ctx.limits.snap_up(estimate * self.margin) if estimate is not None else None
         clock = self.search.clock(ctx.now_s, key, ctx.stages, ctx.limits, start)
         message = self.search.message + (f" ({why})" if why else "")
         if clock is None:
             return Reason.COMPUTE, None, message, "search"
-        floor = ctx.limits.snap_up(self.floor_fraction * ctx.limits.default_max_mhz)
-        if clock < floor and self.floor_fraction > self.base_floor_fraction:
-            # The window would run the floor, not its candidate: search from the floor up.
+        if clock < floor:
+            # The window would run the floor, not its candidate (and the fit would take the
+            # floor's loss for the candidate's): try the floor instead.
             self.search.respect_floor(ctx.now_s, floor)
-        if floor >= ctx.limits.default_max_mhz:
-            return Reason.COMPUTE, None, f"{message}; {self._entry_note()}", "search"
         return Reason.RIDGE, max(clock, floor), message, "search"
 
     def _counter_estimate(self, ctx: TickContext) -> float | None:

@@ -160,8 +160,14 @@ class PhaseTracker:
         # The counters cover the period since the last tick; hints from every stage on the
         # GPU say what runs now (a prefill that just ended must not keep the boost).
         all_hinted = bool(stages) and hinted == len(stages)
-        compute_now = not all_hinted and classify_activity(sample) is ActivityClass.COMPUTE_BOUND
-        return PhaseView(tuple(sorted(pairs)), compute_now, tuple(unknown))
+        activity = ActivityClass.OTHER if all_hinted else classify_activity(sample)
+        if activity is ActivityClass.MEMORY_BOUND:
+            # A scrape's prefill covers the whole scrape window; per-tick pipe counters that
+            # read memory-bound say it is over: the stage decodes now (a new prefill shows up
+            # in the tensor pipe at the next tick, the delay the first-token floor prices).
+            pairs = [(stage, DECODE if p == PREFILL else p) for stage, p in pairs]
+        compute_now = activity is ActivityClass.COMPUTE_BOUND
+        return PhaseView(tuple(sorted(set(pairs))), compute_now, tuple(unknown))
 
     def _stage_phase(self, obs: StageObservation) -> str | None:
         snap = obs.serving

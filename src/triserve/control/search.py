@@ -3,16 +3,25 @@
 Used by component A when no offline profile names a phase's ridge clock. For each phase
 key (`triserve.control.phases.PhaseView.key`) the search alternates short *reference*
 windows at the boost clock with *trial* windows at a candidate clock (R T R T R …, each trial
-judged against the mean of the references on either side) and compares the work
-rate the serving engines report in each: generation tokens per second per running sequence,
-i.e. the inverse of the mean inter-token latency over the window (from the engines'
+judged against the mean of the references on either side) and compares the work rate the
+serving engines report in each: generation tokens per second per running sequence, i.e. the
+inverse of the mean inter-token latency over the window (from the engines'
 `inter_token_latency` histograms, scraped by the agent). Paired, adjacent windows cancel
-slow changes of load. A candidate is accepted when its rate is within the policy's
-`maxThroughputLossPercent` of the reference. The
-search steps down from boost (or from a counter estimate) and, after the first loss, bisects
-between the highest rejected and the lowest accepted clock, then settles on the latter. A settled
-key is re-checked every `recheck_s` with one more paired comparison, so a change of model,
-batch size or device is followed. Reference windows are at the PMU's own clock, so the
+slow changes of load.
+
+One pair is noisy (the batch changes between windows), so no single pair decides. Each pair
+is a point of a one-parameter model of a memory-bound step: the time that scales with the
+clock is a fixed share ``s`` of the step at boost (docs/calibration.md), so at clock ``f``
+the step is longer by ``s · (f_boost / f - 1)``. The search fits ``s`` through every pair
+of the key (least squares through the origin, older pairs fading), takes its upper
+confidence bound ``s + Z · SE`` and locks the lowest supported clock whose predicted loss
+stays within the allowed one (the policy's `maxThroughputLossPercent`, or the latency
+bound's share where the caller sets one). The first pairs explore coarse steps down from
+boost (or from a counter estimate) and stop at the first that loses more than twice the
+bound; later ones confirm the model's clock. After `SETTLE_PAIRS` pairs the key settles;
+it is re-checked every `recheck_s` with one more pair at its clock, so a change of model,
+batch size or device moves the fit. Noise widens the confidence bound and so raises the
+clock: it never walks the clock down. Reference windows are at the PMU's own clock, so the
 latency guard takes them as its default-clock reference too.
 """
 
@@ -28,10 +37,18 @@ from triserve.telemetry import Histogram, ServingSnapshot, StageObservation
 
 #: Seconds of each reference or trial window.
 WINDOW_S = 3.0
-#: Supported-clock steps per move down while nothing was rejected yet.
+#: Supported-clock steps per exploring move down.
 COARSE_STEPS = 8
-#: The bisection stops when the rejected and accepted clocks are this many steps apart.
-FINE_STEPS = 2
+#: Pairs that explore coarse steps down before the fitted model picks the clock.
+EXPLORE_PAIRS = 3
+#: Pairs after which a key settles (and then one more at each re-check).
+SETTLE_PAIRS = 6
+#: Standard errors added to the fitted clock-sensitive share (one-sided, about 84%).
+Z = 1.0
+#: Weight each older pair keeps when a new one arrives (about 20 pairs remembered).
+FORGET = 0.95
+#: Smallest clock-sensitive share the fit may claim (a phase is never taken as clock-free).
+MIN_SHARE = 0.002
 #: Seconds a settled key holds its clock before it is checked again.
 RECHECK_S = 120.0
 #: Inter-token observations a window needs to count.
@@ -68,6 +85,31 @@ class _Window:
 
 
 @dataclass(slots=True)
+class SensitivityFit:
+    """Least squares through the origin of step-time loss on ``f_boost / f - 1``, fading."""
+
+    sxx: float = 0.0
+    sxy: float = 0.0
+    syy: float = 0.0
+    n: float = 0.0
+
+    def add(self, x: float, y: float) -> None:
+        self.sxx = FORGET * self.sxx + x * x
+        self.sxy = FORGET * self.sxy + x * y
+        self.syy = FORGET * self.syy + y * y
+        self.n = FORGET * self.n + 1.0
+
+    def upper_share(self) -> float | None:
+        """The share's upper confidence bound (None before two pairs)."""
+        if self.n < 1.5 or self.sxx <= 0:
+            return None
+        share = self.sxy / self.sxx
+        residual = max(self.syy - self.sxy * self.sxy / self.sxx, 0.0)
+        se = math.sqrt(residual / (self.n - 1.0) / self.sxx)
+        return max(share + Z * se, MIN_SHARE)
+
+
+@dataclass(slots=True)
 class KeyState:
     """The search's state for one phase key."""
 
@@ -82,10 +124,10 @@ class KeyState:
     rejects: int = 0
     #: The first scrape of a window straddles the switch of clocks: it is not counted.
     fresh: bool = True
-    #: Re-checks of the settled clock that failed in a row (two move it up: noise guard).
-    failed_rechecks: int = 0
-    #: The highest clock rejected since the search (re)started: the bisection's lower end.
-    rejected_mhz: int | None = None
+    #: The pairs judged so far, as a fitted clock-sensitive share.
+    fit: SensitivityFit = field(default_factory=SensitivityFit)
+    #: Still exploring coarse steps down (no pair has lost twice the bound yet).
+    exploring: bool = True
     #: The reference window before the pending trial, and the trial awaiting judgement.
     previous: _Window | None = None
     pending: _Window | None = None
@@ -100,6 +142,8 @@ class RidgeSearch:
         self.keys: dict[tuple[tuple[str, str], ...], KeyState] = {}
         self._last_snaps: dict[str, ServingSnapshot] = {}
         self._key: tuple[tuple[str, str], ...] | None = None
+        #: Grows each time the latency guard trips (`widen`): the fitted share is scaled by it.
+        self.caution = 1.0
         self.message = ""
 
     def clock(
@@ -133,9 +177,16 @@ class RidgeSearch:
         if st.mode is Mode.SETTLED:
             if now_s >= st.recheck_s:
                 st.candidate_mhz = st.ok_mhz
+                if st.ok_mhz >= top:
+                    # Settled at boost has nothing to re-check: explore down again.
+                    st.candidate_mhz = limits.step(top, -COARSE_STEPS)
+                    st.exploring = True
                 st.mode = Mode.REFERENCE
                 self._restart(st, now_s)
             else:
+                # The allowed loss follows the load: the fitted model re-reads it each tick.
+                if not st.exploring:
+                    st.ok_mhz = self._model_clock(st, limits)
                 self.message = f"searched ridge {st.ok_mhz} MHz for {_label(key)}"
                 return st.ok_mhz if st.ok_mhz < top else None
         window = st.reference if st.mode is Mode.REFERENCE else st.trial
@@ -220,63 +271,49 @@ class RidgeSearch:
     def _judge(
         self, st: KeyState, now_s: float, limits: DeviceLimits, ref: _Window, trial: _Window
     ) -> None:
-        """Accept or reject the candidate, then pick the next one or settle.
-
-        After the first loss the search bisects between the highest rejected clock and the
-        lowest accepted one until they are `FINE_STEPS` apart, and settles on the latter.
-        """
+        """Fold one pair into the key's fit, then pick the next candidate or settle."""
         st.trials += 1
-        # No allowance for noise: the windows differ by more than their standard errors
-        # (batch composition changes between them), so a loss measured inside the bound is
-        # the test, and noise can only make the search settle higher (safer) than needed.
-        ok = trial.mean_s <= ref.mean_s * (1.0 + self.max_loss)
         top = limits.default_max_mhz
-        rechecking = st.candidate_mhz >= st.ok_mhz
-        if ok:
-            st.failed_rechecks = 0
-            st.ok_mhz = min(st.ok_mhz, st.candidate_mhz)
-        else:
+        candidate = st.candidate_mhz
+        loss = trial.mean_s / ref.mean_s - 1.0
+        if loss > self.max_loss:
             st.rejects += 1
-            if rechecking:
-                # A re-check failed at the settled clock. One failure may be a change of load
-                # between the windows; two in a row move the clock up. One that lost twice
-                # the bound (it narrows as the load rises: `IntensityEstimator.observe_load`)
-                # moves it a coarse step up at once and re-checks soon.
-                st.failed_rechecks += 1
-                far = trial.mean_s > ref.mean_s * (1.0 + 2.0 * self.max_loss)
-                if st.failed_rechecks >= 2 or far:
-                    steps = COARSE_STEPS if far else FINE_STEPS
-                    st.ok_mhz = min(limits.step(st.ok_mhz, steps), top)
-                    st.failed_rechecks = 0
-                self._settle(st, now_s, soon=st.failed_rechecks > 0 or far)
+        if candidate < top:
+            st.fit.add(top / candidate - 1.0, loss)
+        if st.exploring:
+            lower = limits.step(candidate, -COARSE_STEPS)
+            if st.fit.n < EXPLORE_PAIRS and loss <= 2.0 * self.max_loss and lower < candidate:
+                st.candidate_mhz = lower
                 return
-            st.rejected_mhz = max(st.rejected_mhz or 0, st.candidate_mhz)
-        lo = st.rejected_mhz
-        if lo is None:
-            nxt = limits.step(st.ok_mhz, -COARSE_STEPS)
-            if nxt >= st.ok_mhz:
-                self._settle(st, now_s)
-                return
-        else:
-            if limits.step(lo, FINE_STEPS) >= st.ok_mhz:
-                self._settle(st, now_s)
-                return
-            nxt = limits.snap_up((lo + st.ok_mhz) / 2.0)
-            if nxt <= lo:
-                nxt = limits.step(lo, 1)
-        st.candidate_mhz = nxt
+            st.exploring = False
+        st.ok_mhz = self._model_clock(st, limits)
+        if st.trials >= SETTLE_PAIRS:
+            self._settle(st, now_s)
+            return
+        st.candidate_mhz = st.ok_mhz if st.ok_mhz < top else limits.step(top, -COARSE_STEPS)
+
+    def _model_clock(self, st: KeyState, limits: DeviceLimits) -> int:
+        """The lowest supported clock whose predicted loss is within the allowed one."""
+        top = limits.default_max_mhz
+        share = st.fit.upper_share()
+        if share is None or self.max_loss <= 0:
+            return top
+        wanted = top / (1.0 + self.max_loss / (share * self.caution))
+        return min(limits.snap_up(wanted), top)
 
     def _settle(self, st: KeyState, now_s: float, soon: bool = False) -> None:
         st.mode = Mode.SETTLED
         st.pending = st.previous = None
-        st.rejected_mhz = None
         st.recheck_s = now_s + (WINDOW_S * 4 if soon else self.recheck_s)
 
     def widen(self, limits: DeviceLimits) -> None:
-        """The latency guard tripped: move every key's clock up and search again later."""
+        """The latency guard tripped: take every key's clock share as larger, re-check soon."""
+        self.caution = min(self.caution * 1.5, 8.0)
         for st in self.keys.values():
-            st.ok_mhz = min(limits.step(st.ok_mhz, 2 * FINE_STEPS), limits.default_max_mhz)
-            st.candidate_mhz = st.ok_mhz
+            if st.mode is Mode.SETTLED:
+                st.ok_mhz = self._model_clock(st, limits) if not st.exploring else st.ok_mhz
+                st.recheck_s = min(st.recheck_s, 0.0)
+            st.candidate_mhz = max(st.candidate_mhz, st.ok_mhz)
 
     def _itl_delta(self, stages: Sequence[StageObservation]) -> Histogram | None:
         """Inter-token latency observed since the previous scrape, summed over stages."""

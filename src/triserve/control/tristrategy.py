@@ -40,6 +40,12 @@ from triserve.control.sloguard import SloGuard
 from triserve.control.slotargets import SloTargetController
 from triserve.control.thermal import ThermalGovernor
 
+#: Share of the policy's latency bound that A's clocks plan to use (the ridge search's loss
+#: allowance, the first-token floor); the rest is left to what they cannot see: the
+#: search's window-to-window noise, queueing that one stage's slower service adds
+#: downstream, and requests that meet several locks on their way.
+PLANNED_SHARE = 0.7
+
 
 class TriServeStrategy:
     """Per-GPU Tri-serve controller state; `decide` is called once per control tick."""
@@ -56,11 +62,11 @@ class TriServeStrategy:
             settings.max_throughput_loss_pct,
             {(stage, phase): mhz for stage, phase, mhz in settings.ridge_profile},
             # Absolute targets bound TTFT themselves (their ceilings follow it).
-            FirstTokenFloor(settings.max_latency_increase_pct)
+            FirstTokenFloor(PLANNED_SHARE * settings.max_latency_increase_pct)
             if settings.first_token_floor and not settings.slo_targets
             else None,
             settings.control_interval_s,
-            None if settings.slo_targets else settings.max_latency_increase_pct,
+            None if settings.slo_targets else PLANNED_SHARE * settings.max_latency_increase_pct,
         )
         self.thermal = ThermalGovernor(settings.thermal_headroom_c)
         # Absolute targets replace the relative guard: it would refuse any trade of latency.
@@ -118,6 +124,10 @@ class TriServeStrategy:
         view = self.pipeline.view if self.pipeline is not None else None
         if view is not None and decision.reason is Reason.RIDGE:
             why = protect(view)  # the queues P read this tick, not read again
+            if why is not None:
+                decision = Decision(None, Reason.PIPELINE, why, source=decision.source)
+        elif decision.reason is Reason.RIDGE and self.targets is None:
+            why = _queued_here(ctx)
             if why is not None:
                 decision = Decision(None, Reason.PIPELINE, why, source=decision.source)
         if ceiling is not None and self.pipeline is not None:
@@ -180,6 +190,15 @@ class TriServeStrategy:
             # upstream, which shows it seconds before the hand-off: it may keep the lock.
             announced = all(o.upstream and o.upstream_serving for o in ctx.stages)
             if self._idle_boosts and not sig.upstream_active and not announced:
+                entry = self._entry_idle_clock(ctx)
+                if entry is not None:
+                    return Decision(
+                        entry,
+                        Reason.STALL,
+                        f"all stages idle, no upstream work either: holding {entry} MHz, the "
+                        "first-token floor (a new request's prefill runs there until it is "
+                        "seen, within the TTFT bound)",
+                    )
                 return Decision(
                     None,
                     Reason.STALL,
@@ -199,11 +218,37 @@ class TriServeStrategy:
             return Decision(clock, reason, message, source=source)
         return Decision(None, Reason.DEFAULT, "PMU default")
 
+    def _entry_idle_clock(self, ctx: TickContext) -> int | None:
+        """The lock an idle GPU that takes new requests may hold: its first-token floor.
+
+        None where no floor prices one (SLO-target mode, too few first tokens yet).
+        """
+        first_token = self.intensity.first_token
+        if first_token is None or not 0.0 < first_token.fraction < 1.0:
+            return None
+        limits = ctx.limits
+        clock = limits.snap_up(self.intensity.floor_fraction * limits.default_max_mhz)
+        return clock if clock < limits.default_max_mhz else None
+
     def _stall_clock(self, ctx: TickContext) -> int:
         wanted = self.settings.stall_clock_mhz
         if wanted <= 0:
             return ctx.limits.min_mhz
         return ctx.limits.snap_down(wanted)
+
+
+def _queued_here(ctx: TickContext) -> str | None:
+    """Why a ridge lock must lift now: requests wait for a stage on this GPU (None: none do).
+
+    A queued request waits for the whole batch ahead of it, so a slower step stretches its
+    wait many times over (the tail the latency bound is about); a decode worker's queue
+    waits for KV transfers instead and does not count.
+    """
+    for o in ctx.stages:
+        waiting = o.waiting(ctx.now_s)
+        if waiting and not o.disaggregated_decode:
+            return f"{o.stage}: {waiting} requests queued on this GPU: ridge lifted, full boost"
+    return None
 
 
 def _pipeline_capped(decision: Decision, ceiling_mhz: int, message: str) -> Decision:

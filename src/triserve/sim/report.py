@@ -49,6 +49,9 @@ class GpuAccount:
     phase_clock_int: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(PHASE_KINDS, 0.0)
     )
+    phase_energy_j: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(PHASE_KINDS, 0.0)
+    )
 
     def add(
         self,
@@ -77,6 +80,7 @@ class GpuAccount:
             self.power_capped_s += dt_s
         self.phase_s[kind] += dt_s
         self.phase_clock_int[kind] += clock_mhz * dt_s
+        self.phase_energy_j[kind] += power_w * dt_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,7 @@ class GpuReport:
     time_by_phase_s: dict[str, float]
     mean_clock_mhz_by_phase: dict[str, float | None]
     max_temperature_c: float
+    energy_by_phase_j: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_account(
@@ -125,6 +130,7 @@ class GpuReport:
             time_by_phase_s=dict(acc.phase_s),
             mean_clock_mhz_by_phase=means,
             max_temperature_c=max_temp_c,
+            energy_by_phase_j=dict(acc.phase_energy_j),
         )
 
 
