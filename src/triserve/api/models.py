@@ -381,7 +381,7 @@ class SloSpec(ApiModel):
         description="Absolute latency targets (mode Targets only).",
     )
     target_margin_percent: float = Field(
-        default=10.0,
+        default=20.0,
         ge=0.0,
         le=50.0,
         description="Share of each target kept free: clocks go down only while the measured "

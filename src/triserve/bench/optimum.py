@@ -83,7 +83,7 @@ SLACK = "slack"
 SLACK_LEVELS: tuple[float | str, ...] = (0.45, 0.55, 0.65, 0.8, 0.9, 1.0)
 #: Passes of coordinate descent, and the most simulations one search may run.
 PASSES = 3
-MAX_EVALS = 100
+MAX_EVALS = 80
 
 
 class OptimumStrategy:

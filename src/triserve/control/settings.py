@@ -97,7 +97,7 @@ class ControlSettings:
     pipeline_step_s: float = 1.0
     first_token_floor: bool = True
     slo_targets: tuple[SloTargetSetting, ...] = ()
-    slo_target_margin_pct: float = 10.0
+    slo_target_margin_pct: float = 20.0
 
     def __post_init__(self) -> None:
         if self.strategy is StrategyKind.STATIC_CLOCK and not self.static_clock_mhz:

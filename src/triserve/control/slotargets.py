@@ -11,8 +11,9 @@ one for memory-bound decode, that move on the quantiles the serving engines' own
 show over a window (the last `window_s`, or the last `long_window_s` for metrics that arrive
 once per request). Every `move_every_s` each target relevant to a ceiling is read as a
 *headroom used*, measured quantile / target: while every one is below ``1 - margin``
-(and `FRESH_OBSERVATIONS` of each arrived since the last move down) the ceiling steps
-`DOWN_FRACTION` of the boost clock down (never below `FLOOR_FRACTION` of it); once any is
+(and `FRESH_OBSERVATIONS` of each arrived since the last move down) the ceiling steps down
+by half the spare headroom as a fraction of the boost clock (at least `DOWN_FRACTION`, at
+most `MAX_DOWN_FRACTION`; never below `FLOOR_FRACTION` of boost); once any is
 above ``1 - margin / 2`` it steps `UP_FRACTION` up. Inter-token latency moves the decode
 ceiling only; TTFT and end-to-end latency move both (a prefill waits for the decode step
 in flight).
@@ -50,6 +51,8 @@ METRICS = ("ttft", "inter_token", "e2e")
 #: A ceiling's move down, as a fraction of the boost clock (up: `UP_FRACTION`, faster).
 DOWN_FRACTION = 0.03
 UP_FRACTION = 0.09
+#: The largest move down, as a fraction of the boost clock (far from every target).
+MAX_DOWN_FRACTION = 0.12
 #: Lowest ceiling, as a fraction of the boost clock (component A's ridge floor).
 FLOOR_FRACTION = 0.35
 #: Observations a window needs before its quantile moves a ceiling.
@@ -129,7 +132,7 @@ class SloTargetController:
     def __init__(
         self,
         targets: Sequence[SloTargetSetting],
-        margin_pct: float = 10.0,
+        margin_pct: float = 20.0,
         move_every_s: float = 10.0,
         window_s: float = 20.0,
         long_window_s: float = 300.0,
@@ -217,7 +220,7 @@ class SloTargetController:
             if used > 1.0 - self.margin / 2.0:
                 moved = _up(current, limits)
             elif used < 1.0 - self.margin and self._fresh_since_move(compute, relevant):
-                moved = _down(current, limits)
+                moved = _down(current, limits, 1.0 - self.margin - used)
                 self._seen_at_move[compute] = dict(self._seen)
             else:
                 continue
@@ -373,10 +376,17 @@ def _up(current: int | None, limits: DeviceLimits) -> int | None:
     return None if moved >= limits.default_max_mhz else moved
 
 
-def _down(current: int | None, limits: DeviceLimits) -> int | None:
+def _down(current: int | None, limits: DeviceLimits, spare: float = 0.0) -> int | None:
+    """One move down: `DOWN_FRACTION` of boost, more while much headroom is left.
+
+    `spare` is the headroom below the margin (``1 - margin - used``); half of it, as a
+    fraction of boost, is taken in one move (at most `MAX_DOWN_FRACTION`), so loose targets
+    are reached in a few moves while a target near its margin is approached in small steps.
+    """
     top = limits.default_max_mhz
     floor = limits.snap_up(FLOOR_FRACTION * top)
-    moved = limits.snap_down((current if current is not None else top) - DOWN_FRACTION * top)
+    step = min(max(DOWN_FRACTION, 0.5 * spare), MAX_DOWN_FRACTION)
+    moved = limits.snap_down((current if current is not None else top) - step * top)
     return None if moved >= top else max(moved, floor)
 
 

@@ -61,12 +61,13 @@ class TriServeStrategy:
             settings.ridge_floor_fraction,
             settings.max_throughput_loss_pct,
             {(stage, phase): mhz for stage, phase, mhz in settings.ridge_profile},
-            # Absolute targets bound TTFT themselves (their ceilings follow it).
+            # Under absolute targets too: A's own clocks keep within the relative bound, and
+            # the targets' ceilings go lower where they leave room.
             FirstTokenFloor(PLANNED_SHARE * settings.max_latency_increase_pct)
-            if settings.first_token_floor and not settings.slo_targets
+            if settings.first_token_floor
             else None,
             settings.control_interval_s,
-            None if settings.slo_targets else PLANNED_SHARE * settings.max_latency_increase_pct,
+            PLANNED_SHARE * settings.max_latency_increase_pct,
         )
         self.thermal = ThermalGovernor(settings.thermal_headroom_c)
         # Absolute targets replace the relative guard: it would refuse any trade of latency.
@@ -85,6 +86,8 @@ class TriServeStrategy:
         # unlocked GPU (learned once, from the clock climbing back during a stall).
         self._parked = False
         self._idle_boosts = False
+        # This tick's stall lock is the first-token floor of an idle entry GPU (it costs TTFT).
+        self._entry_idle = False
 
     def decide(self, ctx: TickContext) -> Decision:
         """Choose this tick's clock ceiling and say why."""
@@ -126,7 +129,7 @@ class TriServeStrategy:
             why = protect(view)  # the queues P read this tick, not read again
             if why is not None:
                 decision = Decision(None, Reason.PIPELINE, why, source=decision.source)
-        elif decision.reason is Reason.RIDGE and self.targets is None:
+        elif decision.reason is Reason.RIDGE:
             why = _queued_here(ctx)
             if why is not None:
                 decision = Decision(None, Reason.PIPELINE, why, source=decision.source)
@@ -148,7 +151,7 @@ class TriServeStrategy:
         if targets.active(ctx.now_s):
             self.intensity.search.interrupt(ctx.now_s)
             return Decision(None, Reason.SLO_GUARD, targets.message, guard_tripped=tripped)
-        if targets.readout.unmet and decision.reason is not Reason.STALL:
+        if targets.readout.unmet and (decision.reason is not Reason.STALL or self._entry_idle):
             return Decision(
                 None,
                 Reason.SLO_GUARD,
@@ -171,6 +174,7 @@ class TriServeStrategy:
         queued = any(o.serving is not None and o.serving.waiting > 0 for o in ctx.stages)
         self.intensity.observe_load(queued, ctx.dt_s)
         parked, self._parked = self._parked, False
+        self._entry_idle = False
         if s.stalls_enabled and sig.stalled:
             if sig.work_imminent:
                 return Decision(None, Reason.DEFAULT, "upstream just handed off: pre-warming")
@@ -192,6 +196,7 @@ class TriServeStrategy:
             if self._idle_boosts and not sig.upstream_active and not announced:
                 entry = self._entry_idle_clock(ctx)
                 if entry is not None:
+                    self._entry_idle = True
                     return Decision(
                         entry,
                         Reason.STALL,
@@ -246,7 +251,8 @@ def _queued_here(ctx: TickContext) -> str | None:
     """
     for o in ctx.stages:
         waiting = o.waiting(ctx.now_s)
-        if waiting and not o.disaggregated_decode:
+        transferred = o.serving is not None and (o.serving.kv_transfer_tokens_total or 0) > 0
+        if waiting and not (o.disaggregated_decode or transferred):
             return f"{o.stage}: {waiting} requests queued on this GPU: ridge lifted, full boost"
     return None
 
