@@ -94,6 +94,7 @@ class SensitivityFit:
     n: float = 0.0
 
     def add(self, x: float, y: float) -> None:
+        """Fold in one pair: `x` = boost / clock - 1, `y` = the measured step-time loss."""
         self.sxx = FORGET * self.sxx + x * x
         self.sxy = FORGET * self.sxy + x * y
         self.syy = FORGET * self.syy + y * y
