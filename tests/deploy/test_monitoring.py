@@ -199,6 +199,39 @@ ALERT_CASES: list[dict[str, Any]] = [
             {"eval_time": "2m", "alertname": "TriserveGpuDegraded", "exp_alerts": []},
         ],
     },
+    # GPU 0's guard gives up at minute 3 and stays given up: the alert waits its 10 minutes.
+    {
+        "interval": "1m",
+        "input_series": [
+            {"series": f"triserve_slo_bound_unheld{{{GPU}}}", "values": "0 0 0 1x20"},
+            {"series": f"triserve_slo_bound_unheld{{{GPU_POD_B}}}", "values": "0 0 0 1x20"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "10m", "alertname": "TriserveLatencyBoundUnheld", "exp_alerts": []},
+            {
+                "eval_time": "15m",
+                "alertname": "TriserveLatencyBoundUnheld",
+                "exp_alerts": [
+                    {
+                        "exp_labels": {
+                            "severity": "warning",
+                            "node": "gpu-1",
+                            "gpu": "0",
+                            "UUID": "GPU-a",
+                        },
+                        "exp_annotations": {
+                            "summary": "triserve cannot hold the latency bound on gpu-1 GPU 0",
+                            "description": "For 10 minutes clock control could not keep the "
+                            "policy's latency bound or SLO targets on GPU 0 of gpu-1: it runs at "
+                            "the PMU default and saves nothing there. See the LatencyBoundHeld "
+                            "condition (kubectl describe enpol) and loosen the bound or the "
+                            "targets.",
+                        },
+                    }
+                ],
+            },
+        ],
+    },
     # Policy "fleet" has a 1,000 W budget. Its two GPUs draw 450 + 450 W (GPU 0's series
     # repeats for a second pod: it counts once), then 450 + 650 W from minute 5.
     {

@@ -57,3 +57,25 @@ def test_on_an_a100_the_entry_gpu_keeps_p99_ttft_within_the_bound() -> None:
     assert unfloored.ttft_p99_s is not None
     assert floored.ttft_p99_s <= 1.01 * default.ttft_p99_s
     assert unfloored.ttft_p99_s > 1.01 * default.ttft_p99_s, "the scenario exercises the floor"
+
+
+def test_an_idle_entry_gpu_holds_its_first_token_floor_and_keeps_ttft_in_bound() -> None:
+    """The driver keeps an idle GPU with a CUDA context at boost (and its power): the entry
+    GPU instead holds the floor a new request's prefill can afford, not the stall clock."""
+    scenario = short("reference", 300.0, warmup_s=60.0)
+    default = drive(scenario, ControlSettings(strategy=StrategyKind.DEFAULT))
+    run = drive(scenario, ControlSettings())
+    boost = run.loops[0].limits.default_max_mhz
+    held = [
+        t.decision.target_sm_clock_mhz
+        for t in run.ticks[0]
+        if t.now_s > 120.0 and "first-token floor" in t.decision.message
+    ]
+    assert held, "the entry GPU idles with no upstream: it must hold the floor"
+    assert all(c is not None and 0.6 * boost < c < boost for c in held), set(held)
+    idle = [t for t in run.ticks[0] if t.now_s > 120.0 and t.phase == "idle"]
+    e_idle = sum(t.sample.power_mw for t in idle) / len(idle)
+    d_idle = [t for t in default.ticks[0] if t.now_s > 120.0 and t.phase == "idle"]
+    assert e_idle < 0.97 * sum(t.sample.power_mw for t in d_idle) / len(d_idle)
+    ttft, base = run.sim.report().ttft_p99_s, default.sim.report().ttft_p99_s
+    assert ttft is not None and base is not None and ttft <= 1.01 * base
