@@ -11,15 +11,17 @@ One `TriServeStrategy` runs per GPU inside a `ControlLoop`. Each tick it asks, i
    also restores boost explicitly). A driver that holds its boost state for a resident
    CUDA context (the default, arXiv 2605.23918) climbs back to boost once unlocked: the
    strategy sees the clock return while still stalled and from then on keeps the stall
-   lock until work arrives, paying up to a tick at the stall clock on the next phase;
+   lock until work arrives, paying up to a tick at the stall clock on the next phase; an
+   idle GPU that takes new requests (no upstream at work) holds its first-token floor
+   instead, the clock a new prefill can start at within the TTFT bound;
 3. A — memory-bound phase? lock its ridge clock (``ridge``), from a measured profile, the
    online ridge search or a counter estimate (`triserve.control.intensity`; the decision's
-   `source` says which); compute-bound? full boost (``compute``);
+   `source` says which), within `PLANNED_SHARE` of the latency bound; compute-bound? full
+   boost (``compute``). Does a stage on this GPU have requests queued? then a slower step
+   is paid by every queued request: lift the ridge lock (``pipeline``, at boost);
 4. P (off unless the policy enables it) — do this GPU's stages feed a stage elsewhere on
    the node whose queue has lasted? cap a busy, not compute-bound phase below boost
-   (``pipeline``; `triserve.control.pipeline`); never while the guard holds clocks back.
-   Does a stage on this GPU have requests queued? then it is the bottleneck: lift A's ridge
-   lock (``pipeline``, at boost);
+   (``pipeline``; `triserve.control.pipeline`); never while the guard holds clocks back;
 5. T — would the temperature reach slowdown - headroom within the horizon? cap the clock at
    a sustainable value (``thermal``).
 
