@@ -233,3 +233,13 @@ def test_row_groups_expand_on_the_command_line() -> None:
         "tri-serve-slo-2",
     ]
     assert _selected("optimum-slo")[-1] == "optimum-slo-2"
+
+
+def test_an_optimum_plan_is_chosen_with_a_margin_on_each_latency_bound() -> None:
+    from triserve.bench.catalog import optimum_bounds, selection_bounds
+
+    strict = selection_bounds(optimum_bounds("optimum"))
+    assert (strict.p99_e2e_pct, strict.p99_ttft_pct) == (0.5, 0.5)
+    loose = selection_bounds(optimum_bounds("optimum-slo-2"))
+    assert (loose.p99_e2e_pct, loose.p99_ttft_pct) == (80.0, 80.0)
+    assert loose.throughput_loss_pct == strict.throughput_loss_pct == 0.5
