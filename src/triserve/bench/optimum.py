@@ -22,8 +22,9 @@ p99 end-to-end latency and p99 TTFT within +1% of the ``default`` row and throug
 -0.5%; an SLO row's optimum, ``optimum-slo-*``, within that row's targets). The bench runs
 the search on a seed it does not score (`triserve.bench.cli`), with a margin on each latency
 bound there (`triserve.bench.catalog.selection_bounds`) so that the plan keeps the rule on
-other seeds, replays the plan on every scored seed, and there reports the best of the replay and every other row that keeps the
-same rule on that seed, so that the optimum is never below a row it judges. Unlike the
+other seeds, replays the plan on every scored seed, and there reports the best of the
+replay and every other row that keeps the same rule on that seed, so that the optimum is
+never below a row it judges. Unlike the
 `lookahead` row it is not bound to Tri-serve's per-phase no-loss rule: it may trade latency
 for energy in any phase kind wherever the tails allow. It acts on the bench's control tick
 like every row, so a phase that starts between ticks runs one tick at the previous lock: the
