@@ -253,7 +253,12 @@ def run_scenario(
         {n: pool.submit(run_strategy, scenario, searches[n].spec, seed, window) for n in searched}
     )
     outputs.update({n: f.result() for n, f in futs.items()})
-    results = {n: outputs[n].result for n in wanted}
+    # A replayed plan's spec carries the search's own label (``optimum``): each searched row
+    # keeps its name here, as the optimum-slo rows must to be told apart.
+    results = {
+        n: replace(outputs[n].result, strategy=n) if n in searched else outputs[n].result
+        for n in wanted
+    }
     for n in searched:
         if n == "optimum" or n in SLO_OPTIMA:
             chosen, results[n] = _upper_bound(n, results)

@@ -10,8 +10,10 @@ docs/controller.md). So the ridge comes from one of three sources, chosen by the
 - ``Profile``: ridge clocks per stage and phase measured offline by `triserve profile`
   (locked-clock sweeps of the serving engine's own token rate) and listed in the policy;
   the agent combines them with the phase it reads from the serving metrics;
-- ``Search``: the online ridge search (`triserve.control.search`) — step down while the
-  measured token rate stays within `maxThroughputLossPercent`, back off at the first loss;
+- ``Search``: the online ridge search (`triserve.control.search`) — paired windows at
+  boost and at a candidate clock, fitted to a one-parameter model of the step's
+  clock-sensitive share; the lock is the lowest clock whose predicted loss of token rate is
+  within the allowed one (`observe_load`);
 - ``Counters``: an estimate from compute-pipe activity against DRAM activity relative to the
   device's saturation, ``f* ≈ f · tensor_active / (dram_active / DRAM_SATURATION)``. It
   assumes the phase's kernels could reach the pipe's peak, so it is a lower bound of the

@@ -243,3 +243,32 @@ def test_an_optimum_plan_is_chosen_with_a_margin_on_each_latency_bound() -> None
     loose = selection_bounds(optimum_bounds("optimum-slo-2"))
     assert (loose.p99_e2e_pct, loose.p99_ttft_pct) == (80.0, 80.0)
     assert loose.throughput_loss_pct == strict.throughput_loss_pct == 0.5
+
+
+def test_each_optimum_row_keeps_its_name_and_slo_rows_are_judged_by_their_own() -> None:
+    """Replayed plans all come from `optimum_spec`; the rows must still be told apart."""
+    from triserve.bench.cli import _Inline, run_scenario
+    from triserve.bench.optimum import dimensions, optimum_spec
+    from triserve.bench.runner import run_strategy
+    from triserve.bench.search import SearchOutcome
+    from triserve.sim import load_scenario
+
+    scenario = load_scenario("reference").model_copy(update={"duration_s": 30.0, "warmup_s": 5.0})
+    plan = tuple((d, 1.0) for d in dimensions(scenario))  # behaves exactly like default
+    spec = optimum_spec(plan)
+    run = run_strategy(scenario, spec, 7)
+    found = {n: SearchOutcome(plan, spec, run, 1, 0.0, run) for n in ("optimum", "optimum-slo-2")}
+    names = ["default", "tri-serve", "tri-serve-slo-2", "optimum", "optimum-slo-2"]
+    out = run_scenario(scenario, names, 0, _Inline(), False, found, search_seed=7)
+    assert [r.strategy for r in out.results] == names
+    by = {r.strategy: r for r in out.results}
+    from triserve.bench.catalog import optimum_bounds
+
+    for best in ("optimum", "optimum-slo-2"):
+        rule = optimum_bounds(best)
+        kept = [r for r in out.results if not r.strategy.startswith("optimum")]
+        kept = [r for r in kept if not rule.violations(by["default"], r)]
+        assert kept and by[best].tokens_per_j >= max(r.tokens_per_j for r in kept), best
+    # Each SLO row is judged by the optimum under its own targets.
+    assert by["tri-serve-slo-2"].share_of_optimum_pct is not None
+    assert out.search_seed == 7
