@@ -138,8 +138,13 @@ class Curve:
             return top if self.a > level else low_w
         if top <= self.p0_w:
             return top
+        ratio = self.a * self.e / level
+        if ratio <= 0.0:
+            return low_w  # a tiny (subnormal) fit underflows: no marginal throughput at all
+        if not math.isfinite(ratio):
+            return top
         # In logs: an elasticity near 1 would overflow the power.
-        log_above = math.log(self.a * self.e / level) / (1.0 - self.e)
+        log_above = math.log(ratio) / (1.0 - self.e)
         if log_above >= math.log(top - self.p0_w):
             return top
         return max(self.p0_w + math.exp(log_above), low_w)

@@ -146,3 +146,11 @@ def test_elasticity_is_measured_from_two_capped_windows() -> None:
     assert curve.e == pytest.approx(1.0)
     prior = fit(_gpu("a", _bound(300, 1000)))
     assert prior.e == budget.PRIOR_ELASTICITY
+
+
+def test_a_fit_whose_slope_underflows_gets_the_floor_not_a_math_error() -> None:
+    """Found by hypothesis: a window with 5e-324 tokens/s fits a subnormal slope."""
+    from triserve.operator.budget import Curve
+
+    curve = Curve(a=5e-324, e=0.05, demand_w=101.2, p0_w=50.0)
+    assert curve.cap_at(1e-12, 100.0, 150.0) == 100.0
