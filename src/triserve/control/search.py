@@ -302,10 +302,10 @@ class RidgeSearch:
         wanted = top / (1.0 + self.max_loss / (share * self.caution))
         return min(limits.snap_up(wanted), top)
 
-    def _settle(self, st: KeyState, now_s: float, soon: bool = False) -> None:
+    def _settle(self, st: KeyState, now_s: float) -> None:
         st.mode = Mode.SETTLED
         st.pending = st.previous = None
-        st.recheck_s = now_s + (WINDOW_S * 4 if soon else self.recheck_s)
+        st.recheck_s = now_s + self.recheck_s
 
     def widen(self, limits: DeviceLimits) -> None:
         """The latency guard tripped: take every key's clock share as larger, re-check soon."""
@@ -313,7 +313,7 @@ class RidgeSearch:
         for st in self.keys.values():
             if st.mode is Mode.SETTLED:
                 st.ok_mhz = self._model_clock(st, limits) if not st.exploring else st.ok_mhz
-                st.recheck_s = min(st.recheck_s, 0.0)
+                st.recheck_s = 0.0
             st.candidate_mhz = max(st.candidate_mhz, st.ok_mhz)
 
     def _itl_delta(self, stages: Sequence[StageObservation]) -> Histogram | None:
