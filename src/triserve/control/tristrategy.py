@@ -23,7 +23,9 @@ One `TriServeStrategy` runs per GPU inside a `ControlLoop`. Each tick it asks, i
    the node whose queue has lasted? cap a busy, not compute-bound phase below boost
    (``pipeline``; `triserve.control.pipeline`); never while the guard holds clocks back;
 5. T — would the temperature reach slowdown - headroom within the horizon? cap the clock at
-   a sustainable value (``thermal``).
+   a sustainable value (``thermal``); while that ceiling holds, A's ridge lock counts its
+   loss allowance from the ceiling instead of boost (the PMU default runs no faster there),
+   which leaves more of the heat budget to the compute-bound phases.
 
 Each component is switched separately by `ControlSettings` (the bench's ablations use that).
 """
@@ -139,11 +141,45 @@ class TriServeStrategy:
             decision = _pipeline_capped(decision, ceiling, self.pipeline.message)
         if decision.reason is Reason.PIPELINE:
             self.intensity.search.interrupt(ctx.now_s)  # its window did not run its clock
+        if cap is not None and decision.reason is Reason.RIDGE:
+            decision = self._heat_limited(ctx, decision, cap)
         if cap is not None and (
             decision.target_sm_clock_mhz is None or decision.target_sm_clock_mhz > cap
         ):
             decision = Decision(cap, Reason.THERMAL, self.thermal.message)
         return decision
+
+    def _heat_limited(self, ctx: TickContext, decision: Decision, cap: int) -> Decision:
+        """A ridge lock on a heat-limited GPU, its allowance counted from T's ceiling.
+
+        A's ridge lock `R` is the lowest clock whose modelled loss s·(f_boost/f - 1) (the
+        clock-sensitive share of a memory-bound step, `triserve.control.search`) is within
+        its allowance, counted from boost. While T holds a ceiling `C` the PMU default would
+        not run the step at boost either (it throttles to about what the cooling carries
+        away), so the same allowance is counted from `C`: the lock `f` with
+        s·(f_boost/f - f_boost/C) = s·(f_boost/R - 1), i.e. 1/f = 1/C + 1/R - 1/f_boost,
+        and never below A's floor (the first-token floor on an entry GPU). Every watt the
+        memory-bound phase gives up cools the GPU, and T's ceiling then caps the
+        compute-bound prefills, which lose their whole clock ratio, less.
+        """
+        target = decision.target_sm_clock_mhz
+        if target is None:
+            return decision
+        limits = ctx.limits
+        floor = limits.snap_up(self.intensity.floor_fraction * limits.default_max_mhz)
+        inverse = 1.0 / cap + 1.0 / target - 1.0 / limits.default_max_mhz
+        clock = max(floor, limits.snap_up(1.0 / inverse))
+        if clock >= target:
+            return decision
+        if decision.source == "search":
+            self.intensity.search.interrupt(ctx.now_s)  # its window would not run its clock
+        return Decision(
+            clock,
+            Reason.THERMAL,
+            f"{self.thermal.message}; heat-limited: ridge lock {target} MHz counted from the "
+            f"{cap} MHz ceiling: {clock} MHz",
+            source=decision.source,
+        )
 
     def _under_targets(self, ctx: TickContext, decision: Decision) -> Decision:
         """`decision` under the SLO-target ceilings (mode Targets; see `slotargets`)."""

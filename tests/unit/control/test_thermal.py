@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 
-from triserve.control import ControlSettings, DefaultStrategy, Reason
+from tests.unit.decode_stage import DecodeStage
+from triserve.control import (
+    ControlSettings,
+    Decision,
+    DefaultStrategy,
+    DeviceLimits,
+    IntensitySource,
+    Reason,
+    StageSignals,
+    TickContext,
+)
 from triserve.control.thermal import ThermalModel
+from triserve.control.tristrategy import TriServeStrategy
+from triserve.sim import Simulation, load_scenario
 
 from .conftest import Run, drive, short
 
@@ -51,3 +64,42 @@ def test_a_hot_gpu_is_held_below_slowdown_instead_of_throttling() -> None:
     assert hottest_c < slowdown_c
     reasons = {t.decision.reason for ticks in thermal.ticks.values() for t in ticks}
     assert Reason.THERMAL in reasons
+
+
+def test_a_heat_limited_gpu_counts_the_ridge_allowance_from_its_ceiling() -> None:
+    """While T holds a ceiling, a decode's ridge lock goes lower: the PMU default would run
+    it at about that ceiling too, so the lock's loss allowance is counted from there (the
+    watts it gives up cool the GPU for the prefills); without a ceiling, or with one the
+    lock is far under, the ridge lock stands, and the lock never goes below A's floor."""
+    limits = DeviceLimits.from_backend(Simulation(load_scenario("reference")).backend, 0)
+    boost = limits.default_max_mhz
+    ridge = (("talker", "decode", 1200),)
+    settings = ControlSettings(
+        intensity_source=IntensitySource.PROFILE, ridge_profile=ridge, first_token_floor=False
+    )
+    sample = Simulation(load_scenario("reference")).backend.sample(0)
+    busy = StageSignals(True, False, False, False, 0.0, 4)
+
+    def run(cap_mhz: int | None, floor: float = 0.35) -> Decision:
+        strategy = TriServeStrategy(replace(settings, ridge_floor_fraction=floor))
+        strategy.thermal.update = lambda ctx: cap_mhz  # type: ignore[method-assign]
+        stage = DecodeStage()
+        decision = None
+        for i in range(5):  # phase detection needs two scrapes
+            obs = stage.observe(i * 0.25, 0.02)
+            decision = strategy.decide(TickContext(i * 0.25, 0.25, sample, [obs], busy, limits))
+        assert decision is not None
+        return decision
+
+    uncapped = run(None)
+    assert uncapped.reason is Reason.RIDGE
+    locked = uncapped.target_sm_clock_mhz
+    assert locked is not None and locked < boost
+    capped = run(1500)
+    assert capped.reason is Reason.THERMAL and capped.target_sm_clock_mhz is not None
+    expected = 1.0 / (1.0 / 1500 + 1.0 / locked - 1.0 / boost)
+    assert expected <= capped.target_sm_clock_mhz < expected + 60
+    assert "counted from the 1500 MHz ceiling" in capped.message
+    assert run(1500, floor=0.7).target_sm_clock_mhz == limits.snap_up(0.7 * boost)
+    # A ceiling at boost leaves the ridge lock as it is.
+    assert run(boost).target_sm_clock_mhz == locked
